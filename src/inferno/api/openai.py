@@ -1,0 +1,217 @@
+"""OpenAI wire schemas: what a client may send, validated strictly, and the bodies we answer.
+
+Validation is strict (a string is not a number) and bounded (``max_tokens``, ``n``,
+sampling ranges, list lengths), because every field here ends up in an engine.
+:func:`parse_request` is the one place a pydantic ``ValidationError`` or a JSON error
+becomes an OpenAI 400 naming the offending ``param``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inferno.core.errors import InvalidRequest
+
+MAX_STOP_SEQUENCES = 4
+MAX_TOKENS_LIMIT = 1_000_000
+
+
+class _Strict(BaseModel):
+    # Unknown fields are tolerated (clients send vendor extensions) but never trusted.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Sampling(_Strict):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: int | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if any(s == "" for s in items):
+            raise ValueError("stop sequences must not be empty")
+        return v
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=4096)]
+    # The newer name for max_tokens; when both are given the smaller wins.
+    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS_LIMIT)] | None = None
+
+    def token_limit(self) -> int | None:
+        limits = [x for x in (self.max_tokens, self.max_completion_tokens) if x is not None]
+        return min(limits) if limits else None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    echo: bool = False
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def token_limit(self) -> int | None:
+        # The legacy completions API defaults to 16 tokens.
+        return self.max_tokens if self.max_tokens is not None else 16
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def parse_request(model: type[_M], body: bytes) -> _M:
+    """Validate a JSON body into ``model`` or raise a 400 that names the offending field."""
+    if not body:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise _to_invalid_request(exc) from exc
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
+
+
+def _is_type_tag(part: object) -> bool:
+    # Union branches appear in the location ("str", "list[str]"); they are not params.
+    text = str(part)
+    return isinstance(part, str) and (text in _TYPE_TAGS or "[" in text or "-" in text)
+
+
+def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be a JSON object."
+        )
+    if first["type"] == "model_type" and not first["loc"]:
+        return InvalidRequest("The request body must be a JSON object.")
+    param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p))
+    # Union errors name each branch; the message of the first branch is the useful one.
+    msg = first["msg"]
+    value = first.get("input")
+    scalar = isinstance(value, int | float | bool) or value is None
+    shown = repr(value) if scalar else type(value).__name__
+    if first["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
+    return InvalidRequest(f"Invalid value for '{param}' ({shown}): {msg}.", param=param)
+
+
+# ---------------------------------------------------------------- response bodies
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_completion(rid: str, model: str, created: int, text: str, finish: str | None,
+                    prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }],
+        "usage": usage_dict(prompt_tokens, completion_tokens),
+    }
+
+
+def chat_chunk(rid: str, model: str, created: int, delta: dict[str, Any],
+               finish: str | None) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+
+
+def text_completion(rid: str, model: str, created: int, text: str, finish: str | None,
+                    usage: dict[str, int] | None, *, chunk: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage is not None or not chunk:
+        body["usage"] = usage
+    return body
+
+
+def usage_chunk(rid: str, model: str, created: int, obj: str,
+                prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The final streamed chunk when ``stream_options.include_usage`` is set: no choices."""
+    return {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_dict(prompt_tokens, completion_tokens),
+    }
+
+
+def model_card(model_id: str, owned_by: str = "inferno", created: int | None = None,
+               **extra: Any) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created or int(time.time()),
+            "owned_by": owned_by, **extra}
+
+
+def model_list(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"object": "list", "data": cards}

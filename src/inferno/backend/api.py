@@ -1,0 +1,225 @@
+"""The node's OpenAI-compatible API over one engine.
+
+Everything engine-independent lives here: validation, model-name checks, chat templating,
+stop strings, SSE framing, usage, and metrics. A streaming request pulls the engine's
+first chunk before answering, so that errors found at admission (context too long) are
+real HTTP errors rather than in-band events; after that the stream is relayed as
+generated. Closing the engine's iterator is how stop strings and disconnects end work.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from inferno.api import openai as oa
+from inferno.backend.engines.base import Chunk, Engine, SamplingParams
+from inferno.backend.metrics import BackendMetrics
+from inferno.backend.stops import StopMatcher
+from inferno.core.errors import (
+    InfernoError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    NotReady,
+)
+from inferno.net import Request, Response, StreamingResponse
+from inferno.net.sse import SSE_DONE, sse_event
+
+_ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
+
+
+class BackendAPI:
+    def __init__(self, engine: Engine, metrics: BackendMetrics,
+                 state: Callable[[], str]) -> None:
+        self._engine = engine
+        self._metrics = metrics
+        self._state = state
+        self.in_flight = 0
+        self.requests_total = 0
+
+    def _names(self) -> set[str]:
+        info = self._engine.info
+        return {info.id, *info.aliases}
+
+    async def handle(self, req: Request) -> Response | StreamingResponse:
+        path = req.path.rstrip("/") or "/"
+        method = _ROUTES.get(path)
+        if method is None:
+            raise NotFound(f"Unknown route {req.method} {req.path}.")
+        if req.method != method:
+            raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use {method}.")
+        if path == "/v1/models":
+            return self._models()
+        endpoint = "chat" if path.endswith("chat/completions") else "completions"
+        started = time.perf_counter()
+        self.in_flight += 1
+        self.requests_total += 1
+        self._metrics.in_flight.inc()
+        status = 500
+        streaming = False
+        try:
+            resp = await self._completion(req, endpoint, started)
+            status = resp.status
+            if isinstance(resp, StreamingResponse):
+                streaming = True  # the stream's own finally settles the books
+            return resp
+        except InfernoError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            if not streaming:
+                self._finish(endpoint, status, started)
+
+    def _finish(self, endpoint: str, status: int, started: float) -> None:
+        self.in_flight -= 1
+        self._metrics.in_flight.dec()
+        self._metrics.requests.labels(endpoint, str(status)).inc()
+        self._metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _models(self) -> Response:
+        info = self._engine.info
+        card = oa.model_card(info.id, info.owned_by, context_length=info.context_length,
+                             aliases=list(info.aliases))
+        return Response.json(oa.model_list([card]))
+
+    async def _completion(self, req: Request, endpoint: str,
+                          started: float) -> Response | StreamingResponse:
+        if self._state() != "ready":
+            raise NotReady(f"This node is {self._state()}; try another node.")
+        if endpoint == "chat":
+            creq: oa.ChatCompletionRequest | oa.CompletionRequest = oa.parse_request(
+                oa.ChatCompletionRequest, req.body)
+        else:
+            creq = oa.parse_request(oa.CompletionRequest, req.body)
+        if creq.model not in self._names():
+            raise ModelNotFound(f"The model '{creq.model}' does not exist on this node.",
+                                param="model")
+        if isinstance(creq, oa.ChatCompletionRequest):
+            if not self._engine.info.has_chat_template:
+                raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
+                                     "use /v1/completions.", param="model")
+            prompt = self._engine.render_chat(
+                [{"role": m.role, "content": m.text()} for m in creq.messages])
+        else:
+            prompt = creq.prompt_text()
+            if not prompt:
+                raise InvalidRequest("The prompt is empty.", param="prompt")
+        params = SamplingParams(
+            max_tokens=creq.token_limit(), temperature=creq.temperature, top_p=creq.top_p,
+            seed=creq.seed, presence_penalty=creq.presence_penalty,
+            frequency_penalty=creq.frequency_penalty)
+        gen = self._engine.generate(prompt, params)
+        try:
+            first = await anext(gen)
+        except StopAsyncIteration:
+            first = Chunk("", 0, 0, "stop")
+        except BaseException:
+            await gen.aclose()
+            raise
+        self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
+        turn = _Turn(endpoint, creq, gen, first)
+        if creq.stream:
+            return StreamingResponse(self._stream(turn, started))
+        try:
+            body = await turn.collect()
+        finally:
+            self._metrics.tokens.inc(turn.completion_tokens)
+        return Response(200, orjson.dumps(body))
+
+    async def _stream(self, turn: _Turn, started: float) -> AsyncIterator[bytes]:
+        status = 200
+        try:
+            async for event in turn.events():
+                yield sse_event(orjson.dumps(event))
+            yield SSE_DONE
+        except InfernoError as exc:
+            status = exc.status_code
+            yield sse_event(exc.to_json())
+        except BaseException:
+            status = 499  # client went away (cancelled) or the stream broke
+            raise
+        finally:
+            self._metrics.tokens.inc(turn.completion_tokens)
+            self._finish(turn.endpoint, status, started)
+
+
+class _Turn:
+    """One generation: the engine's chunks turned into OpenAI bodies, stop strings applied."""
+
+    def __init__(self, endpoint: str, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
+                 gen: AsyncIterator[Chunk], first: Chunk) -> None:
+        self.endpoint = endpoint
+        self.creq = creq
+        self.gen = gen
+        self.first = first
+        self.id = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.prompt_tokens = first.prompt_tokens
+        self.completion_tokens = 0
+        self._stops = StopMatcher(creq.stop_list())
+
+    async def pieces(self) -> AsyncIterator[tuple[str, str | None]]:
+        """(text, finish_reason) pairs; finish is set on the last one only."""
+        try:
+            chunk: Chunk | None = self.first
+            while chunk is not None:
+                self.completion_tokens = chunk.completion_tokens
+                text = self._stops.feed(chunk.text)
+                if self._stops.stopped:
+                    yield text, "stop"
+                    return
+                if chunk.finish_reason is not None:
+                    yield text + self._stops.flush(), _finish(chunk.finish_reason)
+                    return
+                if text:
+                    yield text, None
+                chunk = await anext(self.gen, None)
+            yield self._stops.flush(), "stop"
+        finally:
+            close = getattr(self.gen, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def collect(self) -> dict[str, Any]:
+        parts: list[str] = []
+        finish: str | None = None
+        async for text, reason in self.pieces():
+            parts.append(text)
+            finish = reason
+        text = "".join(parts)
+        if self.endpoint == "chat":
+            return oa.chat_completion(self.id, self.creq.model, self.created, text, finish,
+                                      self.prompt_tokens, self.completion_tokens)
+        if isinstance(self.creq, oa.CompletionRequest) and self.creq.echo:
+            text = self.creq.prompt_text() + text
+        return oa.text_completion(self.id, self.creq.model, self.created, text, finish,
+                                  oa.usage_dict(self.prompt_tokens, self.completion_tokens))
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        model, rid, created = self.creq.model, self.id, self.created
+        chat = self.endpoint == "chat"
+        if chat:
+            yield oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None)
+        async for text, finish in self.pieces():
+            if chat:
+                if text:
+                    yield oa.chat_chunk(rid, model, created, {"content": text}, None)
+                if finish:
+                    yield oa.chat_chunk(rid, model, created, {}, finish)
+            elif text or finish:
+                yield oa.text_completion(rid, model, created, text, finish, None, chunk=True)
+        if self.creq.include_usage:
+            obj = "chat.completion.chunk" if chat else "text_completion"
+            yield oa.usage_chunk(rid, model, created, obj, self.prompt_tokens,
+                                 self.completion_tokens)
+
+
+def _finish(reason: str) -> str:
+    # "abort" means the engine shut down under us; the client sees a normal end of text.
+    return "stop" if reason == "abort" else reason

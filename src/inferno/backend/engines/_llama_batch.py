@@ -1,0 +1,323 @@
+"""The continuous-batching decode loop behind :class:`~.llamacpp.LlamaCppEngine`.
+
+Everything here that touches llama.cpp runs in one worker thread, the only user of
+the context, the batch and the samplers; the event loop only appends to the FIFO of
+pending sequences (under a lock) and flips ``Sequence.cancelled``. See the module
+docstring of :mod:`inferno.backend.engines.llamacpp` for the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import ctypes
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from inferno.backend.engines.base import Chunk, FinishReason
+from inferno.core.errors import EngineError
+
+# A queue item: a chunk, or the error that ends the generation.
+Item = Chunk | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerConfig:
+    temperature: float
+    top_p: float
+    seed: int
+    presence_penalty: float
+    frequency_penalty: float
+
+
+class Sequence:
+    """One generation request, from the FIFO through its slot to its last chunk."""
+
+    __slots__ = (
+        "cancelled",
+        "completion",
+        "decoder",
+        "finished",
+        "loop",
+        "max_new",
+        "n_fed",
+        "next_token",
+        "prompt",
+        "queue",
+        "sampler",
+        "sampler_config",
+        "seq_id",
+    )
+
+    def __init__(
+        self,
+        prompt: list[int],
+        max_new: int,
+        sampler_config: SamplerConfig,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[Item],
+    ) -> None:
+        self.prompt = prompt
+        self.max_new = max_new
+        self.sampler_config = sampler_config
+        self.loop = loop
+        self.queue = queue
+        # Written by the event loop, read by the worker: a plain bool is enough under the GIL.
+        self.cancelled = False
+        self.finished = False
+        self.seq_id = -1
+        self.sampler: Any = None
+        self.n_fed = 0  # tokens already decoded into the KV cache (prompt, then generated)
+        self.next_token: int | None = None  # sampled, not yet decoded
+        self.completion = 0
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+class BatchScheduler:
+    """Owns the decode thread; ``lib`` is the ``llama_cpp.llama_cpp`` bindings module."""
+
+    def __init__(
+        self,
+        lib: Any,
+        ctx: Any,
+        vocab: Any,
+        *,
+        n_batch: int,
+        n_parallel: int,
+        n_ctx_seq: int,
+        name: str,
+    ) -> None:
+        self._lib = lib
+        self._ctx = ctx
+        self._vocab = vocab
+        self._mem = lib.llama_get_memory(ctx)
+        self._n_batch = n_batch
+        self._n_ctx_seq = n_ctx_seq
+        self._n_vocab = lib.llama_vocab_n_tokens(vocab)
+        self._batch = lib.llama_batch_init(n_batch, 0, n_parallel)
+        self._free_ids = list(range(n_parallel - 1, -1, -1))
+        self._cond = threading.Condition()
+        self._pending: deque[Sequence] = deque()  # guarded by _cond
+        self._stopping = False  # guarded by _cond
+        self._active: list[Sequence] = []  # worker-owned; len() read by stats()
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.tokens_generated = 0
+        self.prompt_tokens = 0
+        self._thread = threading.Thread(target=self._run, name=f"llamacpp-{name}", daemon=True)
+        self._thread.start()
+
+    # ---- event-loop side -------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def submit(self, seq: Sequence) -> None:
+        with self._cond:
+            if self._stopping:
+                raise EngineError("the engine is closed")
+            self._pending.append(seq)
+            self._cond.notify()
+
+    def cancel(self, seq: Sequence) -> None:
+        seq.cancelled = True
+        with self._cond:
+            # A queued sequence leaves the FIFO now, so queue depth drops at once; an
+            # active one is dropped by the worker before its next decode step.
+            try:
+                self._pending.remove(seq)
+            except ValueError:
+                pass
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Blocking: ends the worker (after its current step) and frees the batch."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join()
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+
+    # ---- worker side -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._pending or self._active):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    admitted: list[Sequence] = []
+                    while self._pending and self._free_ids:
+                        seq = self._pending.popleft()
+                        seq.seq_id = self._free_ids.pop()
+                        admitted.append(seq)
+                for seq in admitted:
+                    seq.sampler = self._make_sampler(seq.sampler_config)
+                    self.prompt_tokens += len(seq.prompt)
+                    self._active.append(seq)
+                self._drop_cancelled()
+                if self._active:
+                    self._step()
+        except BaseException as exc:  # the thread must never die silently
+            error = exc
+        finally:
+            with self._cond:
+                self._stopping = True
+                leftover = list(self._pending)
+                self._pending.clear()
+            out: list[tuple[Sequence, Item]] = []
+            for seq in self._active + leftover:
+                if error is None:
+                    item: Item = Chunk("", len(seq.prompt), seq.completion, "abort")
+                else:
+                    item = EngineError(f"llama.cpp decode loop failed: {error}")
+                out.append((seq, item))
+            for seq in list(self._active):
+                self._release(seq)
+            self._deliver(out)
+
+    def _make_sampler(self, cfg: SamplerConfig) -> Any:
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            # OpenAI semantics: only generated tokens count, and the chain only ever
+            # accepts the tokens it sampled itself.
+            lib.llama_sampler_chain_add(
+                chain,
+                lib.llama_sampler_init_penalties(
+                    self._n_vocab, self._n_ctx_seq, 1.0,
+                    cfg.frequency_penalty, cfg.presence_penalty,
+                ),
+            )
+        if cfg.temperature <= 0.0:
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        else:
+            # Temperature before top-p: the nucleus is taken from the distribution that
+            # is actually sampled, as OpenAI documents.
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(cfg.temperature))
+            if cfg.top_p < 1.0:
+                lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(cfg.top_p, 1))
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(cfg.seed))
+        return chain
+
+    def _release(self, seq: Sequence) -> None:
+        self._active.remove(seq)
+        self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        if seq.sampler is not None:
+            self._lib.llama_sampler_free(seq.sampler)
+            seq.sampler = None
+        seq.finished = True
+        with self._cond:
+            self._free_ids.append(seq.seq_id)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.cancelled]:
+            self._release(seq)
+
+    def _step(self) -> None:
+        lib, batch = self._lib, self._batch
+        token, pos, n_seq_id, seq_ids, logits = (
+            batch.token, batch.pos, batch.n_seq_id, batch.seq_id, batch.logits,
+        )
+        n = 0
+        fed: list[tuple[Sequence, int]] = []  # tokens each sequence adds to the KV cache
+        outputs: list[tuple[Sequence, int]] = []  # batch index whose logits it samples
+        # Generating sequences first: each costs one slot of the batch and must never
+        # wait behind a long prompt.
+        for seq in self._active:
+            if seq.next_token is not None:
+                token[n], pos[n], n_seq_id[n], logits[n] = seq.next_token, seq.n_fed, 1, 1
+                seq_ids[n][0] = seq.seq_id
+                fed.append((seq, 1))
+                outputs.append((seq, n))
+                n += 1
+        # Prompts fill what is left, FIFO, in chunks: a long prompt spreads over several
+        # steps while the generating sequences keep producing one token per step.
+        for seq in self._active:
+            if seq.next_token is not None or n >= self._n_batch:
+                continue
+            prompt, sid, start = seq.prompt, seq.seq_id, seq.n_fed
+            take = min(len(prompt) - start, self._n_batch - n)
+            for j in range(start, start + take):
+                token[n], pos[n], n_seq_id[n], logits[n] = prompt[j], j, 1, 0
+                seq_ids[n][0] = sid
+                n += 1
+            fed.append((seq, take))
+            if start + take == len(prompt):
+                logits[n - 1] = 1
+                outputs.append((seq, n - 1))
+        batch.n_tokens = n
+        rc = lib.llama_decode(self._ctx, batch)
+        if rc != 0:
+            # 1 (no KV slot) cannot happen: admission keeps every sequence within its
+            # budget and the cache holds all budgets. Anything else fails this batch's
+            # sequences only; their cells are removed so the others go on.
+            failed: list[tuple[Sequence, Item]] = []
+            for seq, _ in fed:
+                self._release(seq)
+                failed.append((seq, EngineError(f"llama_decode failed with status {rc}")))
+            self._deliver(failed)
+            return
+        for seq, count in fed:
+            seq.n_fed += count
+        out: list[tuple[Sequence, Item]] = []
+        vocab = self._vocab
+        for seq, idx in outputs:
+            tok = lib.llama_sampler_sample(seq.sampler, self._ctx, idx)
+            if lib.llama_vocab_is_eog(vocab, tok):
+                # The end-of-generation token is not part of the completion: no text,
+                # not counted in completion_tokens.
+                self._release(seq)
+                out.append((seq, self._final(seq, "", "stop")))
+                continue
+            seq.completion += 1
+            self.tokens_generated += 1
+            text = seq.decoder.decode(self._piece(tok))
+            if seq.completion >= seq.max_new:
+                self._release(seq)
+                out.append((seq, self._final(seq, text, "length")))
+            else:
+                seq.next_token = tok
+                out.append((seq, Chunk(text, len(seq.prompt), seq.completion)))
+        self._deliver(out)
+
+    def _final(self, seq: Sequence, text: str, reason: FinishReason) -> Chunk:
+        text += seq.decoder.decode(b"", final=True)
+        return Chunk(text, len(seq.prompt), seq.completion, reason)
+
+    def _piece(self, tok: int) -> bytes:
+        buf = self._piece_buf
+        # special=False: control tokens (<|im_end|>, ...) render as nothing.
+        n = self._lib.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _deliver(self, out: list[tuple[Sequence, Item]]) -> None:
+        """One ``call_soon_threadsafe`` per event loop per step, not one per token."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Sequence, Item]]] = {}
+        for seq, item in out:
+            by_loop.setdefault(seq.loop, []).append((seq, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                for seq, _ in items:
+                    seq.cancelled = True
+
+
+def _put_all(items: list[tuple[Sequence, Item]]) -> None:
+    for seq, item in items:
+        seq.queue.put_nowait(item)

@@ -1,0 +1,89 @@
+"""The contract between a backend node and the engine that runs its model.
+
+An engine owns one loaded model and schedules generation for it. The node's HTTP layer
+does everything engine-independent: request validation, chat templating decisions,
+stop strings, SSE framing, usage accounting, and cancellation on client disconnect.
+
+Contract:
+- ``load()`` is called once before any request; it may block for seconds, so the node
+  calls it in a worker thread. ``close()`` releases the model; generations still running
+  end with ``finish_reason="abort"``.
+- ``tokenize()`` is cheap and thread-safe enough to call from the event loop.
+- ``generate()`` returns an async iterator of :class:`Chunk`. It yields as tokens are
+  produced (never buffering a whole answer), ends after a chunk whose ``finish_reason``
+  is ``"stop"`` (end of sequence) or ``"length"`` (``max_tokens`` reached). Closing the
+  iterator early (``aclose()``, or cancelling the task that iterates it) must free the
+  sequence's slot within one decode step: this is how stop strings and client
+  disconnects end a generation.
+- Requests beyond the engine's parallel capacity wait in a FIFO queue (fair: first come,
+  first served); ``stats()`` reports the queue depth.
+- The output of one greedy sequence (temperature 0) must not depend on what else runs.
+- Errors are :mod:`inferno.core.errors` classes: ``ContextLengthExceeded`` when the prompt
+  plus ``max_tokens`` does not fit, ``EngineError`` for anything the engine itself broke.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: up to the end of the context window
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """New text since the previous chunk (may be empty), with running token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str  # the name clients use in "model"
+    path: str
+    context_length: int  # the node's context window (n_ctx), in tokens
+    owned_by: str = "inferno"
+    has_chat_template: bool = True
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    active: int  # sequences generating now
+    queued: int  # requests waiting for a slot
+    capacity: int  # sequences that can generate at once
+    tokens_generated: int  # since start, completion tokens only
+    prompt_tokens: int  # since start
+
+
+class Engine(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from."""
+        ...
+
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]: ...
+
+    def stats(self) -> EngineStats: ...

@@ -1,0 +1,40 @@
+"""The backend's Prometheus metrics, on a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from inferno.backend.engines.base import EngineStats
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class BackendMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("inferno_backend_requests", "Requests by endpoint and status",
+                                ["endpoint", "status"], registry=registry)
+        self.latency = Histogram("inferno_backend_request_seconds",
+                                 "Request latency, to the last byte", ["endpoint"],
+                                 buckets=_LATENCY_BUCKETS, registry=registry)
+        self.ttft = Histogram("inferno_backend_time_to_first_token_seconds",
+                              "Time from request to the first generated token", ["endpoint"],
+                              buckets=_LATENCY_BUCKETS, registry=registry)
+        self.tokens = Counter("inferno_backend_generated_tokens", "Completion tokens generated",
+                              registry=registry)
+        self.in_flight = Gauge("inferno_backend_in_flight", "Requests being served",
+                               registry=registry)
+        self.model_loaded = Gauge("inferno_backend_model_loaded",
+                                  "1 once the model is loaded and the node is ready",
+                                  registry=registry)
+        self.queue_depth = Gauge("inferno_backend_queue_depth",
+                                 "Requests waiting for an engine slot", registry=registry)
+        self.active = Gauge("inferno_backend_active_sequences", "Sequences generating now",
+                            registry=registry)
+
+    def bind_engine(self, stats: Callable[[], EngineStats]) -> None:
+        # Read at scrape time: the engine's counters are the single source of truth.
+        self.queue_depth.set_function(lambda: stats().queued)
+        self.active.set_function(lambda: stats().active)

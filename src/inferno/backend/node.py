@@ -1,0 +1,106 @@
+"""A backend node's lifecycle: load, serve, register, drain.
+
+States: ``loading`` (ops /health 503, API 503) -> ``ready`` -> ``draining`` (deregistered
+from the proxy first, so no new requests arrive, then in-flight work finishes, then exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from inferno import __version__
+from inferno.api.node import Registration, Vitals
+from inferno.backend.api import BackendAPI
+from inferno.backend.engines.base import Engine
+from inferno.backend.metrics import BackendMetrics
+from inferno.backend.registration import RegistrationClient
+from inferno.core.config import BackendSettings
+from inferno.net import HttpClient, HttpServer
+from inferno.ops import OpsServer, RateMeter
+
+log = logging.getLogger("inferno.backend")
+
+
+class BackendNode:
+    def __init__(self, settings: BackendSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.state = "loading"
+        self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._started = time.monotonic()
+        registry = CollectorRegistry()
+        self.metrics = BackendMetrics(registry)
+        self.api = BackendAPI(engine, self.metrics, lambda: self.state)
+        self._tokens = RateMeter(lambda: float(engine.stats().tokens_generated))
+        self.server = HttpServer(self.api.handle)
+        self.ops = OpsServer(health=lambda: self.state, telemetry=self.vitals, registry=registry)
+        self._client = HttpClient()
+        self._registration: RegistrationClient | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        # Ops first: a supervisor can watch /health say "loading" while the model loads.
+        await self.ops.start(s.host, s.ops_port)
+        await asyncio.to_thread(self.engine.load)
+        self.metrics.bind_engine(self.engine.stats)
+        self.metrics.model_loaded.set(1)
+        await self.server.start(s.host, s.port)
+        self.state = "ready"
+        self._sampler = asyncio.create_task(self._sample_rates(), name="rate-sampler")
+        if s.discovery_lb:
+            self._registration = RegistrationClient(
+                s.discovery_lb, self.registration(), interval=s.heartbeat_interval,
+                client=self._client)
+            self._registration.start()
+        log.info("node %s ready: model %s on %s:%d (ops %d)", self.node_id,
+                 self.engine.info.id, s.host, self.server.port, self.ops.port)
+
+    def registration(self) -> Registration:
+        s = self.settings
+        host = s.advertise_host or s.host
+        return Registration(
+            id=self.node_id, address=f"{host}:{self.server.port}", metrics_port=self.ops.port,
+            models=[self.engine.info.id, *self.engine.info.aliases],
+            capacity=self.engine.stats().capacity, lease_seconds=s.lease_seconds)
+
+    async def drain(self) -> None:
+        """Leave rotation first, then finish in-flight work, then stop."""
+        if self.state == "draining":
+            return
+        self.state = "draining"
+        log.info("node %s draining (%d in flight)", self.node_id, self.api.in_flight)
+        if self._registration is not None:
+            await self._registration.deregister()
+        await self.server.stop(grace=self.settings.drain_timeout)
+        if self._sampler is not None:
+            self._sampler.cancel()
+        await self.engine.close()
+        await self.ops.stop()
+        await self._client.aclose()
+        log.info("node %s stopped", self.node_id)
+
+    async def _sample_rates(self) -> None:
+        while True:
+            self._tokens.sample()
+            await asyncio.sleep(1.0)
+
+    def vitals(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        info = self.engine.info
+        return Vitals(
+            id=self.node_id, component="backend", version=__version__,
+            state=self.state,  # type: ignore[arg-type]
+            uptime_s=round(time.monotonic() - self._started, 3),
+            models=[info.id], capacity=stats.capacity, in_flight=self.api.in_flight,
+            queue_depth=stats.queued, tokens_per_second=round(self._tokens.rate(), 2),
+            requests_total=self.api.requests_total, active_sequences=stats.active,
+            context_length=info.context_length, tokens_generated=stats.tokens_generated,
+        ).model_dump()

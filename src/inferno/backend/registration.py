@@ -1,0 +1,85 @@
+"""Registers a node with the proxy and keeps its lease alive.
+
+Registration is idempotent: the heartbeat is the same ``POST /registration`` sent every
+``interval`` seconds, which renews the lease on the proxy. A proxy that restarts (and
+forgot us) therefore learns about the node again within one interval. ``deregister()``
+tells the proxy to stop routing here before the node drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+
+from inferno.api.node import Registration
+from inferno.core.errors import InfernoError
+from inferno.net import HttpClient
+
+log = logging.getLogger("inferno.backend.registration")
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    return host.strip("[]"), int(port)
+
+
+class RegistrationClient:
+    def __init__(self, discovery_lb: str, registration: Registration, *,
+                 interval: float, client: HttpClient) -> None:
+        self._host, self._port = split_host_port(discovery_lb, 6100)
+        self._registration = registration
+        self._interval = interval
+        self._client = client
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="registration-heartbeat")
+
+    async def _run(self) -> None:
+        while True:
+            await self._send("POST", "/registration", self._registration.model_dump_json().encode())
+            await asyncio.sleep(self._interval)
+
+    async def _send(self, method: str, path: str, body: bytes = b"") -> bool:
+        try:
+            resp = await self._client.request(
+                self._host, self._port, method, path, body=body,
+                headers=[(b"content-type", b"application/json")],
+                connect_timeout=2.0, header_timeout=5.0)
+            payload = await resp.read()
+        except InfernoError as exc:
+            self._report(f"proxy at {self._host}:{self._port} unreachable: {exc.message}")
+            return False
+        if resp.status >= 300:
+            detail = _error_message(payload)
+            self._report(f"proxy refused {method} {path} ({resp.status}): {detail}")
+            return False
+        if self._failing:
+            log.info("registered with proxy at %s:%d again", self._host, self._port)
+        self._failing = False
+        return True
+
+    def _report(self, message: str) -> None:
+        # Log the first failure of a streak, not every heartbeat of an outage.
+        if not self._failing:
+            log.warning("%s (will keep retrying)", message)
+        self._failing = True
+
+    async def deregister(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._send("DELETE", f"/registration/{self._registration.id}")
+
+
+def _error_message(payload: bytes) -> str:
+    try:
+        return str(orjson.loads(payload)["error"]["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return payload[:200].decode("utf-8", "replace")

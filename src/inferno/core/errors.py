@@ -1,0 +1,205 @@
+"""Every error Inferno raises, and how a client sees it.
+
+Each class carries the HTTP status, the OpenAI error ``type`` and ``code`` a client
+receives, and whether another attempt (on another node, or later) may succeed.
+Foreign exceptions (socket errors, pydantic, llama.cpp) are translated into this tree
+at one boundary each, with ``raise ... from exc``, so nothing else needs to know them.
+
+    InfernoError                         500 server_error / internal_error
+    ├── ClientError                      400 invalid_request_error
+    │   ├── InvalidRequest               400 invalid_request_error / invalid_value (+param)
+    │   │   └── ContextLengthExceeded    400 invalid_request_error / context_length_exceeded
+    │   ├── AuthenticationError          401 authentication_error / invalid_api_key
+    │   ├── PermissionDenied             403 permission_error / insufficient_permissions
+    │   ├── NotFound                     404 invalid_request_error / not_found
+    │   │   └── ModelNotFound            404 invalid_request_error / model_not_found
+    │   ├── MethodNotAllowed             405 invalid_request_error / method_not_allowed
+    │   ├── PayloadTooLarge              413 invalid_request_error / payload_too_large
+    │   ├── RateLimited                  429 rate_limit_error / rate_limit_exceeded   (retryable)
+    │   └── HeadersTooLarge              431 invalid_request_error / headers_too_large
+    ├── ServiceUnavailable               503 server_error / service_unavailable       (retryable)
+    │   ├── NoBackendAvailable           503 server_error / no_backend_available
+    │   ├── Overloaded                   503 server_error / overloaded
+    │   └── NotReady                     503 server_error / not_ready (loading or draining)
+    ├── UpstreamError                    502 server_error / upstream_error            (retryable)
+    │   ├── UpstreamConnectError         502 server_error / upstream_connect_error
+    │   ├── UpstreamTimeout              504 server_error / upstream_timeout
+    │   └── UpstreamProtocolError        502 server_error / upstream_protocol_error
+    ├── EngineError                      500 server_error / engine_error
+    └── ConfigError                      (never reaches a client: the CLI prints it and exits 2)
+
+``retryable`` answers "may another attempt succeed?"; whether the proxy *may* retry
+also depends on whether any byte already went to the client (see proxy.forward).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class InfernoError(Exception):
+    status_code: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str] = "internal_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message or self.default_message())
+        self.message = message or self.default_message()
+        self.param = param
+        self.retry_after = retry_after
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The server had an error while processing your request."
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_dict(self.message, self.type, self.code, self.param)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def headers(self) -> list[tuple[str, str]]:
+        if self.retry_after is None:
+            return []
+        return [("retry-after", str(max(1, round(self.retry_after))))]
+
+
+def error_dict(message: str, type_: str, code: str | None,
+               param: str | None = None) -> dict[str, Any]:
+    """The OpenAI error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class ClientError(InfernoError):
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The request was invalid."
+
+
+class InvalidRequest(ClientError):
+    code = "invalid_value"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class AuthenticationError(ClientError):
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "Missing or invalid API key."
+
+
+class PermissionDenied(ClientError):
+    status_code = 403
+    type = "permission_error"
+    code = "insufficient_permissions"
+
+
+class NotFound(ClientError):
+    status_code = 404
+    code = "not_found"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "Not found."
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(ClientError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ClientError):
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retryable = True
+
+
+class HeadersTooLarge(ClientError):
+    status_code = 431
+    code = "headers_too_large"
+
+
+class ServiceUnavailable(InfernoError):
+    status_code = 503
+    code = "service_unavailable"
+    retryable = True
+
+    def __init__(self, message: str = "", *, param: str | None = None,
+                 retry_after: float | None = 1.0) -> None:
+        super().__init__(message, param=param, retry_after=retry_after)
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The service is temporarily unavailable; retry later."
+
+
+class NoBackendAvailable(ServiceUnavailable):
+    code = "no_backend_available"
+
+
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+
+
+class NotReady(ServiceUnavailable):
+    code = "not_ready"
+
+
+class UpstreamError(InfernoError):
+    status_code = 502
+    code = "upstream_error"
+    retryable = True
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The inference node failed to answer."
+
+
+class UpstreamConnectError(UpstreamError):
+    code = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_protocol_error"
+
+
+class EngineError(InfernoError):
+    code = "engine_error"
+
+
+class ConfigError(InfernoError):
+    """A setting is invalid. Raised at start-up; the message names the field and its source."""

@@ -1,0 +1,22 @@
+"""Inferno's HTTP/1.1 wire layer: a minimal server, a pooled client, SSE helpers.
+
+Built directly on ``asyncio.Protocol`` and ``httptools`` so the proxy's hot path costs
+a fraction of a general-purpose framework; see each module for its contract.
+"""
+
+from .client import HttpClient, UpstreamResponse
+from .server import Handler, HttpServer, Request, Response, StreamingResponse
+from .sse import SSE_DONE, SSEDecoder, sse_event
+
+__all__ = [
+    "SSE_DONE",
+    "Handler",
+    "HttpClient",
+    "HttpServer",
+    "Request",
+    "Response",
+    "SSEDecoder",
+    "StreamingResponse",
+    "UpstreamResponse",
+    "sse_event",
+]

@@ -1,0 +1,102 @@
+"""The objects a server handler receives and returns.
+
+Contract: ``Request`` is built once per request by the connection and never copied;
+``Response`` and ``StreamingResponse`` are plain carriers - they are encoded (and their
+headers validated against CR/LF injection) only when written, by the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ._http import find_header
+
+
+class Request:
+    __slots__ = (
+        "_http10",
+        "_keep_alive",
+        "body",
+        "client",
+        "disconnected",
+        "headers",
+        "method",
+        "path",
+        "query",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        client: tuple[str, int] | None,
+        keep_alive: bool,
+        http10: bool,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.disconnected = asyncio.Event()
+        self._keep_alive = keep_alive
+        self._http10 = http10
+
+    def header(self, name: str) -> str | None:
+        return find_header(self.headers, name)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class Response:
+    __slots__ = ("body", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        body: bytes = b"",
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.content_type = content_type
+
+    @classmethod
+    def json(
+        cls, obj: Any, status: int = 200, headers: list[tuple[str, str]] | None = None
+    ) -> Response:
+        return cls(status, orjson.dumps(obj), headers=headers)
+
+
+class StreamingResponse:
+    """Sent chunked; each yielded bytes object is written and flushed as it arrives."""
+
+    __slots__ = ("chunks", "content_type", "headers", "status")
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        status: int = 200,
+        *,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str = "text/event-stream",
+    ) -> None:
+        self.chunks = chunks
+        self.status = status
+        self.headers = headers
+        self.content_type = content_type
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

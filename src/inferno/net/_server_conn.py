@@ -1,0 +1,478 @@
+"""One accepted HTTP/1.1 connection: parsing, dispatch, response writing.
+
+Contract (see ``server.py`` for the public side):
+- requests are answered strictly in order; while one is being handled, later pipelined
+  ones are queued and reading is paused, so a client cannot make us buffer unboundedly;
+- limit violations and parse errors are queued like requests, answered with an OpenAI
+  error body and ``connection: close``, then the connection lingers briefly, discarding
+  input, so the peer reads the answer instead of a TCP reset;
+- when the peer goes away, the running handler task is cancelled (which also throws
+  into a streaming iterator awaited by it) and the iterator is ``aclose()``d.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from ..core.errors import HeadersTooLarge, InfernoError, InvalidRequest, PayloadTooLarge
+from ._http import encode_str_headers, status_line
+from ._messages import Request, Response, StreamingResponse
+
+if TYPE_CHECKING:
+    from .server import HttpServer
+
+log = logging.getLogger("inferno.net")
+
+_GENERIC_500 = (
+    b'{"error":{"message":"The server had an error while processing your request.",'
+    b'"type":"server_error","param":null,"code":"internal_error"}}'
+)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNK_END = b"0\r\n\r\n"
+_TE_CHUNKED = b"transfer-encoding: chunked\r\n\r\n"
+_SSE_EXTRA = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
+_LINGER_S = 1.0
+_SMALL_BODY = 64 * 1024
+_METHODS: dict[bytes, str] = {
+    m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
+}
+# connection-header modes, part of the cached head prefix key
+_CONN_NONE, _CONN_CLOSE, _CONN_KEEP = 0, 1, 2
+_CONN_LINES = (b"", b"connection: close\r\n", b"connection: keep-alive\r\n")
+
+
+class _Abort(Exception):
+    """Raised inside parser callbacks; the real error is in ``conn._error``."""
+
+
+class ServerConnection(asyncio.Protocol):
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._loop = server._loop
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._client: tuple[str, int] | None = None
+        self._lost = False
+        # request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._partial = 0
+        self._in_headers = False
+        self._in_body = False
+        self._expect = False
+        self._content_length = -1
+        self._error: InfernoError | None = None
+        # dispatch
+        self._task: asyncio.Task[None] | None = None
+        self._request: Request | None = None
+        self._pipeline: deque[Request | InfernoError] = deque()
+        self._no_more = False  # parsing stopped (error or upgrade): close after the queue
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.deadline = math.inf  # only enforced while no handler runs
+
+    # ---- transport callbacks -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop transports are not asyncio.Transport subclasses; same interface.
+        transport = cast("asyncio.Transport", transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # AttributeError/OSError: a unix socket or an already closed one.
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self._client = (str(peer[0]), int(peer[1]))
+        server = self._server
+        server._conns.add(self)
+        if server._stopping:
+            transport.close()
+            return
+        self.deadline = self._loop.time() + server._header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._server._conns.discard(self)
+        if self._request is not None:
+            self._request.disconnected.set()
+        for item in self._pipeline:
+            if isinstance(item, Request):
+                item.disconnected.set()
+        self._pipeline.clear()
+        if self._task is not None:
+            self._task.cancel()
+        self._wake_drain()
+
+    def eof_received(self) -> bool | None:
+        return None  # half-closed peer: close the transport (and cancel in-flight work)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    def data_received(self, data: bytes) -> None:
+        if self._no_more:
+            return  # lingering after an error, or past an upgrade: discard
+        was_in_headers = self._in_headers
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades are unsupported; the request itself was parsed (bodies are
+            # refused in on_headers_complete), so answer it and close.
+            self._no_more = True
+        except httptools.HttpParserError:
+            err = self._error or InvalidRequest("Malformed HTTP request.")
+            self._error = None
+            self._fail(err)
+            return
+        if self._in_body:
+            self.deadline = self._loop.time() + self._server._header_timeout
+        elif was_in_headers and self._in_headers:
+            # The whole chunk was header bytes httptools buffers before any callback.
+            self._partial += len(data)
+            if self._partial > self._server._max_header_size:
+                self._fail(HeadersTooLarge("Request headers too large."))
+
+    # ---- parser callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_headers = True
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        self._header_bytes = 0
+        self._partial = 0
+        self._expect = False
+        self._content_length = -1
+        if self._task is None:
+            self.deadline = self._loop.time() + self._server._header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self._server._max_header_size:
+            raise self._abort(HeadersTooLarge("Request URL too long."))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._server._max_header_size:
+            raise self._abort(HeadersTooLarge("Request headers too large."))
+        name = name.lower()
+        self._headers.append((name, value))
+        if name == b"content-length":
+            try:
+                self._content_length = int(value)
+            except ValueError:
+                raise self._abort(InvalidRequest("Invalid Content-Length.")) from None
+        elif name == b"expect":
+            self._expect = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._in_body = True
+        if self._content_length > self._server._max_body_size:
+            raise self._abort(PayloadTooLarge("Request body too large."))
+        if (
+            self._parser.should_upgrade()
+            and self._parser.get_method() != b"CONNECT"
+            and (
+                self._content_length > 0 or any(k == b"transfer-encoding" for k, _ in self._headers)
+            )
+        ):
+            raise self._abort(InvalidRequest("Protocol upgrade with a body is not supported."))
+        if self._expect and self._task is None and not self._pipeline and self._transport:
+            self._transport.write(_CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > self._server._max_body_size:
+            raise self._abort(PayloadTooLarge("Request body too large."))
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        parser = self._parser
+        url = self._url
+        if url[:1] != b"/" and url != b"*":
+            try:
+                url = httptools.parse_url(url).path or b"/"  # absolute-form target
+            except httptools.HttpParserInvalidURLError:
+                raise self._abort(InvalidRequest("Invalid request target.")) from None
+        path, _, query = url.partition(b"?")
+        raw_method = parser.get_method()
+        body = self._body
+        req = Request(
+            _METHODS.get(raw_method) or raw_method.decode("latin-1"),
+            path.decode("latin-1"),
+            query.decode("latin-1"),
+            self._headers,
+            body[0] if len(body) == 1 else b"".join(body),
+            self._client,
+            parser.should_keep_alive(),
+            parser.get_http_version() == "1.0",
+        )
+        self._body = []
+        if self._task is None and not self._pipeline:
+            self._start(req)
+        else:
+            self._pipeline.append(req)
+            self._pause_reading()
+
+    def _abort(self, err: InfernoError) -> _Abort:
+        self._error = err
+        return _Abort()
+
+    # ---- dispatch ------------------------------------------------------------------
+    def _fail(self, err: InfernoError) -> None:
+        self._no_more = True
+        if self._task is None and not self._pipeline:
+            self._send_error_and_linger(err)
+        else:
+            self._pipeline.append(err)
+            self._pause_reading()
+
+    def _start(self, item: Request | InfernoError) -> None:
+        if isinstance(item, InfernoError):
+            self._send_error_and_linger(item)
+            return
+        if self._server._stopping or self._lost:
+            self.close()
+            return
+        self._request = item
+        self._server._active += 1
+        self._task = self._loop.create_task(self._run(item))
+
+    async def _run(self, req: Request) -> None:
+        keep_alive = False
+        try:
+            try:
+                resp = await self._server._handler(req)
+            except InfernoError as err:
+                resp = Response(err.status_code, err.to_json(), headers=err.headers())
+            except asyncio.CancelledError:
+                if self._cancelled_by_us():
+                    raise
+                # A stray CancelledError from inside the handler, not a cancel of this
+                # task: still answer, or the client would hang on this connection.
+                log.error("handler for %s %s raised CancelledError", req.method, req.path)
+                resp = Response(500, _GENERIC_500)
+            except Exception:
+                log.exception("handler failed for %s %s", req.method, req.path)
+                resp = Response(500, _GENERIC_500)
+            try:
+                if isinstance(resp, StreamingResponse):
+                    keep_alive = await self._send_stream(resp, req)
+                else:
+                    if not isinstance(resp, Response):
+                        log.error("handler returned %r, not a Response", type(resp).__name__)
+                        resp = Response(500, _GENERIC_500)
+                    keep_alive = self._send_response(resp, req)
+            except asyncio.CancelledError:
+                if self._cancelled_by_us():
+                    raise
+                log.error("stream for %s %s raised CancelledError", req.method, req.path)
+                keep_alive = False
+            except Exception:
+                log.exception("sending the response for %s %s failed", req.method, req.path)
+                keep_alive = False
+        finally:
+            self._server._active -= 1
+            self._task = None
+            self._request = None
+        self._after_response(keep_alive)
+
+    def _cancelled_by_us(self) -> bool:
+        task = asyncio.current_task()
+        return self._lost or self._server._stopping or (task is not None and task.cancelling() > 0)
+
+    def _after_response(self, keep_alive: bool) -> None:
+        if self._lost:
+            return
+        if not keep_alive or self._server._stopping:
+            self.close()
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            if self._pipeline or self._task is None:
+                return
+        elif self._no_more:
+            self.close()
+            return
+        self.deadline = self._loop.time() + (
+            self._server._header_timeout
+            if self._in_headers or self._in_body
+            else self._server._keepalive_timeout
+        )
+        if self._read_paused and not self._no_more and self._transport is not None:
+            self._read_paused = False
+            self._transport.resume_reading()
+
+    # ---- writing -------------------------------------------------------------------
+    def _conn_mode(self, req: Request) -> int:
+        if not req._keep_alive or self._server._stopping or (self._no_more and not self._pipeline):
+            return _CONN_CLOSE
+        return _CONN_KEEP if req._http10 else _CONN_NONE
+
+    def _head(
+        self, status: int, content_type: str, headers: list[tuple[str, str]] | None, mode: int
+    ) -> bytes:
+        cache = self._server._head_cache
+        key = (status, content_type, mode)
+        prefix = cache.get(key)
+        if prefix is None:
+            prefix = status_line(status) + self._server._server_line + _CONN_LINES[mode]
+            if content_type:
+                prefix += encode_str_headers([("content-type", content_type)])
+                if content_type.startswith("text/event-stream"):
+                    prefix += _SSE_EXTRA
+            if len(cache) < 512:
+                cache[key] = prefix
+        if headers:
+            prefix += encode_str_headers(headers)
+        return prefix
+
+    def _send_response(self, resp: Response, req: Request) -> bool:
+        mode = self._conn_mode(req)
+        status = resp.status
+        body = resp.body
+        try:
+            if not isinstance(body, bytes | bytearray | memoryview):
+                raise ValueError(f"response body is {type(body).__name__}, not bytes")
+            head = self._head(status, resp.content_type, resp.headers, mode)
+        except (ValueError, UnicodeEncodeError):
+            log.exception("invalid response for %s %s", req.method, req.path)
+            status, body = 500, _GENERIC_500
+            head = self._head(status, "application/json", None, mode)
+        if status == 204 or status == 304:
+            body = b""  # these must carry neither a body nor content-length
+            head += b"\r\n"
+        else:
+            head += b"content-length: %d\r\n\r\n" % len(body)
+        transport = self._transport
+        if transport is not None and not self._lost:
+            if len(body) < _SMALL_BODY:
+                transport.write(head + body)
+            else:
+                transport.write(head)
+                transport.write(body)
+        return mode != _CONN_CLOSE
+
+    async def _send_stream(self, resp: StreamingResponse, req: Request) -> bool:
+        it = resp.chunks
+        chunked = not req._http10  # HTTP/1.0 has no chunked coding: close-delimit instead
+        mode = self._conn_mode(req) if chunked else _CONN_CLOSE
+        transport = self._transport
+        assert transport is not None
+        try:
+            try:
+                head = self._head(resp.status, resp.content_type, resp.headers, mode)
+            except (ValueError, UnicodeEncodeError):
+                log.exception("invalid response for %s %s", req.method, req.path)
+                return self._send_response(Response(500, _GENERIC_500), req)
+            if self._lost:
+                return False
+            transport.write(head + (_TE_CHUNKED if chunked else b"\r\n"))
+            try:
+                async for chunk in it:
+                    if self._lost:
+                        return False
+                    if not chunk:
+                        continue  # an empty chunk would end the chunked body
+                    if chunked:
+                        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    else:
+                        transport.write(chunk)
+                    if self._write_paused:
+                        await self._wait_drain()
+            except InfernoError as err:
+                log.warning("stream aborted for %s %s: %s", req.method, req.path, err)
+                self.close()
+                return False
+            except Exception:
+                # Headers are out: the only honest signal left is an unterminated body.
+                log.exception("stream failed for %s %s", req.method, req.path)
+                self.close()
+                return False
+            if chunked and not self._lost:
+                transport.write(_CHUNK_END)
+            return mode != _CONN_CLOSE
+        finally:
+            aclose: Any = getattr(it, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:
+                    log.exception("closing the stream iterator failed")
+
+    async def _wait_drain(self) -> None:
+        if self._lost or not self._write_paused:
+            return
+        if self._drain is None or self._drain.done():
+            self._drain = self._loop.create_future()
+        await self._drain
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain
+        if waiter is not None:
+            self._drain = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _send_error_and_linger(self, err: InfernoError) -> None:
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        head = self._head(err.status_code, "application/json", err.headers(), _CONN_CLOSE)
+        body = err.to_json()
+        transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+        self.deadline = math.inf
+        if transport.can_write_eof():
+            transport.write_eof()
+            # Keep reading (and discarding) so unread request bytes do not turn our
+            # close into a reset that destroys the answer before the peer reads it.
+            if self._read_paused:
+                self._read_paused = False
+                transport.resume_reading()
+            self._loop.call_later(_LINGER_S, self.close)
+        else:
+            transport.close()
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and self._transport is not None and not self._lost:
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    # ---- used by HttpServer --------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._task is not None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()

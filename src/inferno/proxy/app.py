@@ -1,0 +1,125 @@
+"""The proxy's OpenAI-compatible API: read just what routing needs, then forward.
+
+The body is parsed once with orjson to find ``model``, ``stream`` and ``user``; it is
+forwarded as received. Deeper validation happens on the node, whose 4xx is relayed
+unchanged (and never retried).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from inferno.api import openai as oa
+from inferno.core.errors import (
+    InfernoError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NoBackendAvailable,
+    NotFound,
+    NotReady,
+)
+from inferno.net import Request, Response, StreamingResponse
+from inferno.proxy.forward import Forwarder
+from inferno.proxy.metrics import ProxyMetrics
+from inferno.proxy.pool import Pool
+from inferno.proxy.routing import Picker, RouteContext
+
+_INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+
+
+class ProxyAPI:
+    def __init__(self, pool: Pool, picker: Picker, forwarder: Forwarder,
+                 metrics: ProxyMetrics) -> None:
+        self._pool = pool
+        self._picker = picker
+        self._forwarder = forwarder
+        self._metrics = metrics
+        self.accepting = True
+        self.in_flight = 0
+        self.requests_total = 0
+        self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
+
+    async def handle(self, req: Request) -> Response | StreamingResponse:
+        path = req.path
+        if path in _INFERENCE:
+            if req.method != "POST":
+                raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
+            return await self._inference(req, path)
+        if path.rstrip("/") == "/v1/models":
+            if req.method != "GET":
+                raise MethodNotAllowed(f"{req.method} is not allowed on /v1/models; use GET.")
+            return self._models()
+        if path.startswith("/v1/models/") and req.method == "GET":
+            return self._model(path.removeprefix("/v1/models/"))
+        raise NotFound(f"Unknown route {req.method} {path}.")
+
+    async def _inference(self, req: Request, path: str) -> Response | StreamingResponse:
+        started = time.perf_counter()
+        self.in_flight += 1
+        self.requests_total += 1
+        self._metrics.in_flight.inc()
+        status = 500
+        try:
+            if not self.accepting:
+                raise NotReady("The proxy is shutting down; retry on another replica.")
+            model, stream, user = _routing_fields(req.body)
+            snapshot = self._pool.snapshot
+            nodes = snapshot.by_model.get(model)
+            if not nodes:
+                raise _no_route(model, snapshot.models, bool(snapshot.nodes))
+            order = self._picker.order(nodes, RouteContext(model, stream, user))
+            resp = await self._forwarder.forward(path, req.headers, req.body, order, stream)
+            status = resp.status
+            return resp
+        except InfernoError as exc:
+            status = exc.status_code
+            raise
+        finally:
+            self.in_flight -= 1
+            self._metrics.in_flight.dec()
+            counter = self._count.get(path) if status == 200 else None
+            (counter or self._metrics.requests.labels(path, str(status))).inc()
+            self._metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    def _models(self) -> Response:
+        created = int(time.time())
+        cards = [oa.model_card(m, created=created) for m in sorted(self._pool.snapshot.models)]
+        return Response.json(oa.model_list(cards))
+
+    def _model(self, model_id: str) -> Response:
+        if model_id not in self._pool.snapshot.models:
+            raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+        return Response.json(oa.model_card(model_id))
+
+
+def _routing_fields(body: bytes) -> tuple[str, bool, str | None]:
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("We could not parse the JSON body of your request. "
+                             "The body must be a JSON object.") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = data.get("model")
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("Invalid value for 'model': expected a non-empty string.",
+                             param="model")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("Invalid value for 'stream': expected a boolean.", param="stream")
+    user = data.get("user")
+    return model, stream, user if isinstance(user, str) else None
+
+
+def _no_route(model: str, known: frozenset[str], any_nodes: bool) -> InfernoError:
+    if model in known:
+        return NoBackendAvailable(f"No healthy node serves '{model}' right now.", retry_after=1)
+    if not any_nodes:
+        return NoBackendAvailable("No inference nodes are registered yet.", retry_after=1)
+    return ModelNotFound(f"The model '{model}' does not exist.", param="model")

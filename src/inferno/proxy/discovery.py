@@ -1,0 +1,88 @@
+"""How nodes enter and leave the pool: registration with leases, and static backends.
+
+``POST /registration`` (ops port) adds a node or renews its lease; ``DELETE
+/registration/{id}`` removes it at once (a draining node calls it before it stops taking
+work). A node whose lease lapses is removed by the sweeper. Static backends from config
+are probed with ``GET /v1/models`` and enter the pool through the same lease mechanism,
+so a static node that stops answering also leaves rotation, and returns when it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from pydantic import ValidationError
+
+from inferno.api.node import Registration
+from inferno.core.errors import InfernoError, InvalidRequest, NotFound
+from inferno.net import HttpClient, Request, Response
+from inferno.proxy.metrics import ProxyMetrics
+from inferno.proxy.pool import Pool
+
+log = logging.getLogger("inferno.proxy.discovery")
+
+
+class RegistrationAPI:
+    def __init__(self, pool: Pool, metrics: ProxyMetrics) -> None:
+        self._pool = pool
+        self._metrics = metrics
+
+    async def post(self, req: Request) -> Response:
+        try:
+            reg = Registration.model_validate_json(req.body)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise InvalidRequest(f"Invalid registration: {param or 'body'}: {first['msg']}",
+                                 param=param) from exc
+        known = self._pool.get(reg.id) is not None
+        node = self._pool.upsert(reg)
+        if not known:
+            self._metrics.registrations.labels("registered").inc()
+            log.info("node %s registered at %s serving %s", reg.id, reg.address,
+                     ", ".join(reg.models))
+        return Response.json({"id": node.id, "lease_seconds": node.expires_at and
+                              (reg.lease_seconds or 0), "state": node.state})
+
+    async def delete(self, req: Request) -> Response:
+        node_id = req.path.rsplit("/", 1)[-1]
+        if not self._pool.remove(node_id):
+            raise NotFound(f"No node '{node_id}' is registered.")
+        self._metrics.registrations.labels("deregistered").inc()
+        log.info("node %s deregistered", node_id)
+        return Response.json({"id": node_id, "deleted": True})
+
+
+async def sweep_leases(pool: Pool, metrics: ProxyMetrics, interval: float = 0.25) -> None:
+    while True:
+        for node_id in pool.expire():
+            metrics.registrations.labels("expired").inc()
+            log.warning("node %s removed: its lease expired (no heartbeat)", node_id)
+        await asyncio.sleep(interval)
+
+
+async def probe_static(pool: Pool, client: HttpClient, backends: list[str],
+                       interval: float = 1.0) -> None:
+    """Keep static backends' leases alive while they answer ``GET /v1/models``."""
+    while True:
+        await asyncio.gather(*(_probe_one(pool, client, spec, interval * 3) for spec in backends))
+        await asyncio.sleep(interval)
+
+
+async def _probe_one(pool: Pool, client: HttpClient, spec: str, lease: float) -> None:
+    address, _, ops = spec.partition("/")
+    host, _, port = address.rpartition(":")
+    try:
+        resp = await client.request(host, int(port), "GET", "/v1/models",
+                                    connect_timeout=1.0, header_timeout=2.0)
+        body = await resp.read()
+        models = [m["id"] for m in orjson.loads(body)["data"]] if resp.status == 200 else []
+    except (InfernoError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return
+    if not models:
+        return
+    pool.upsert(Registration(id=f"static-{address}", address=address,
+                             metrics_port=int(ops or 6100), models=models,
+                             lease_seconds=lease), source="static")

