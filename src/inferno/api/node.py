@@ -8,7 +8,7 @@ rotation before the node stops. ``GET /telemetry`` on any node returns :class:`V
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,6 +30,10 @@ class Registration(BaseModel):
     state: NodeState = "ready"
     # Seconds the registration stays valid without a renewal.
     lease_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    # What the node costs, for cost-aware routing: per hour of running, per 1M tokens.
+    price_per_hour: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    price_per_mtok_input: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    price_per_mtok_output: Annotated[float, Field(ge=0, le=1e6)] = 0.0
 
     @field_validator("address")
     @classmethod
@@ -64,3 +68,9 @@ class Vitals(BaseModel):
     queue_depth: int = 0
     tokens_per_second: float = 0.0
     requests_total: int = 0
+    # Backend nodes
+    active_sequences: int | None = None
+    context_length: int | None = None
+    tokens_generated: int | None = None
+    # The proxy: its view of every node
+    nodes: list[dict[str, Any]] | None = None

@@ -12,6 +12,7 @@ import time
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from inferno.core.errors import InvalidRequest
 
@@ -98,6 +99,29 @@ class CompletionRequest(_Sampling):
     def token_limit(self) -> int | None:
         # The legacy completions API defaults to 16 tokens.
         return self.max_tokens if self.max_tokens is not None else 16
+
+
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Strict):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    # Token-id inputs parse (OpenAI accepts them) so a node can reject them by name.
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65536)] | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, v: str | list[Any]) -> str | list[Any]:
+        if isinstance(v, list) and not v:
+            raise PydanticCustomError("empty_input", "the list of inputs is empty")
+        if isinstance(v, list) and len(v) > MAX_EMBEDDING_INPUTS:
+            raise PydanticCustomError(
+                "too_many_inputs", "at most {limit} inputs per request, got {n}",
+                {"limit": MAX_EMBEDDING_INPUTS, "n": len(v)})
+        return v
 
 
 _M = TypeVar("_M", bound=BaseModel)

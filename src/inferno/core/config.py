@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -73,11 +73,31 @@ class BackendSettings(ComponentSettings):
     model: str = "smollm2-135m"
     # The name clients use; defaults to the catalog id or the file's stem.
     served_name: str | None = None
-    engine: Literal["llamacpp", "fake"] = "llamacpp"
+    engine: Literal["llamacpp", "onnx", "openai", "gemini", "fake"] = "llamacpp"
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     threads: Annotated[int, Field(ge=1, le=256)] = 1
+    # Sequences generated at once; remote engines: requests in flight to the provider.
     parallel: Annotated[int, Field(ge=1, le=256)] = 4
     node_id: str | None = None
+    # Where built artefacts are cached (the ONNX graph); default $INFERNO_DATA_DIR or
+    # ~/.cache/inferno.
+    data_dir: Path | None = None
+    # Embedding engines: texts per model call, and how long an idle model waits for a
+    # batch to fill (seconds) before running what it has.
+    embed_batch_size: Annotated[int, Field(ge=1, le=1024)] = 32
+    embed_batch_wait: Annotated[float, Field(ge=0, le=1)] = 0.002
+    # Remote engines (openai, gemini): the provider's base URL (e.g. http://host:8000/v1,
+    # https://api.openai.com/v1, https://generativelanguage.googleapis.com/v1beta), the
+    # provider's model name (default: model), and the credential: the name of the
+    # environment variable that holds it (preferred), or the key itself. Never logged.
+    remote_url: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    remote_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # What a token costs on this node (USD per million), reported for cost-aware routing.
+    price_per_mtok_input: Annotated[float, Field(ge=0, le=1e6)] = 0.0
+    price_per_mtok_output: Annotated[float, Field(ge=0, le=1e6)] = 0.0
     # host:port of the proxy's ops server; when set the node registers and renews a lease.
     discovery_lb: str | None = None
     advertise_host: str | None = None
@@ -86,6 +106,65 @@ class BackendSettings(ComponentSettings):
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Fake engine only: seconds per generated token (for tests and demos).
     fake_token_delay: Annotated[float, Field(ge=0, le=10)] = 0.0
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoutingPlugin(_Frozen):
+    type: str
+    name: str
+    params: dict[str, Any] = {}
+
+
+class ScorerRef(_Frozen):
+    ref: str
+    weight: Annotated[float, Field(ge=0, le=1000)] = 1.0
+
+
+class RoutingProfileSpec(_Frozen):
+    filters: list[str] = ["not-draining", "healthy"]
+    scorers: list[ScorerRef] = []
+    picker: str = "max-score"
+
+
+class RoutingConfig(_Frozen):
+    plugins: list[RoutingPlugin] = []
+    profiles: dict[str, RoutingProfileSpec]
+    default_profile: str
+    # model -> profile name; requests may also pick one with the x-inferno-profile header.
+    model_profiles: dict[str, str] = {}
+    # Weighted canary: public model name -> {served model: weight}, e.g. 90/10.
+    canary: dict[str, dict[str, Annotated[float, Field(ge=0)]]] = {}
+
+
+def _preset(name: str, scorers: list[tuple[str, float]], picker: str = "max-score"
+            ) -> RoutingConfig:
+    spec = RoutingProfileSpec(scorers=[ScorerRef(ref=r, weight=w) for r, w in scorers],
+                              picker=picker)
+    return RoutingConfig(profiles={name: spec}, default_profile=name)
+
+
+ROUTING_PRESETS: dict[str, RoutingConfig] = {
+    "least-outstanding": _preset("least-outstanding", [
+        ("least-outstanding", 1.0), ("queue-depth", 0.5), ("latency", 0.25)]),
+    "round-robin": _preset("round-robin", [], picker="round-robin"),
+    "prefix-affinity": _preset("prefix-affinity", [
+        ("prefix-affinity", 2.0), ("least-outstanding", 1.0)]),
+    "power-of-two": _preset("power-of-two", [
+        ("least-outstanding", 1.0), ("queue-depth", 0.5)], picker="weighted-random"),
+    "cost": _preset("cost", [("cost", 2.0), ("least-outstanding", 1.0)]),
+}
+
+
+def _routing(v: Any) -> Any:
+    if isinstance(v, str):
+        if v not in ROUTING_PRESETS:
+            raise ValueError(f"unknown routing preset '{v}' "
+                             f"(known: {', '.join(ROUTING_PRESETS)}); or give a mapping")
+        return ROUTING_PRESETS[v]
+    return v
 
 
 class ProxySettings(ComponentSettings):
@@ -98,7 +177,9 @@ class ProxySettings(ComponentSettings):
     # Static backends: host:port of each node's inference API (their ops port is assumed 6100
     # unless given as host:port/ops_port).
     backends: Annotated[list[str], NoDecode] = []
-    routing: Literal["least-outstanding", "round-robin"] = "least-outstanding"
+    # A preset name (least-outstanding, round-robin, prefix-affinity, power-of-two, cost)
+    # or a full mapping of plugins and profiles.
+    routing: RoutingConfig = ROUTING_PRESETS["least-outstanding"]
     # Lease of a registration that does not state its own.
     default_lease: Annotated[float, Field(gt=0, le=3600)] = 5.0
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 2.0
@@ -106,11 +187,32 @@ class ProxySettings(ComponentSettings):
     response_timeout: Annotated[float, Field(gt=0, le=3600)] = 300.0
     # Longest pause between two streamed chunks before the stream is abandoned.
     stream_idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # One deadline for a request across all its attempts.
+    request_timeout: Annotated[float, Field(gt=0, le=3600)] = 600.0
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    # Retries allowed: this fraction of recent requests plus a floor per second.
+    retry_budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
+    retry_budget_min_per_s: Annotated[float, Field(ge=0, le=10_000)] = 3.0
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_body_size: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
+    # Passive outlier detection / circuit breaker per node.
+    eject_after_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    base_ejection: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    max_ejection: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    max_ejected_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    # Active checks of each node's ops /health.
+    health_interval: Annotated[float, Field(gt=0, le=600)] = 1.0
+    health_timeout: Annotated[float, Field(gt=0, le=600)] = 1.0
+    healthy_after: Annotated[int, Field(ge=1, le=100)] = 2
+    unhealthy_after: Annotated[int, Field(ge=1, le=100)] = 2
+    # Admission: requests in flight per node (0: 4 x the node's capacity), then a bounded
+    # queue in the proxy; beyond it, or after queue_wait, the client gets 429/503 at once.
+    max_per_node: Annotated[int, Field(ge=0, le=100_000)] = 0
+    queue_size: Annotated[int, Field(ge=0, le=1_000_000)] = 512
+    queue_wait: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
     _csv = field_validator("backends", mode="before")(_split_csv)
+    _routing = field_validator("routing", mode="before")(_routing)
 
 
 class ServeSettings(ComponentSettings):
@@ -129,6 +231,44 @@ class ServeSettings(ComponentSettings):
     # First inference and ops ports of the nodes; node i uses base + i.
     node_port_base: Port = 8100
     node_ops_port_base: Port = 6200
+
+
+class GovernatorSettings(ComponentSettings):
+    """The governator: reads telemetry, applies the scale policy, drives a provider."""
+
+    section: ClassVar[str] = "governator"
+    model_config = SettingsConfigDict(env_prefix="INFERNO_GOVERNATOR_", extra="forbid",
+                                      frozen=True)
+
+    host: str = "127.0.0.1"
+    ops_port: Port = 6300
+    # host:port of the proxy's ops server (telemetry in, drains out).
+    proxy_ops: str = "127.0.0.1:6100"
+    provider: Literal["local", "kubernetes"] = "local"
+    # Policy and price list YAML; without them a single default pool is governed.
+    policy_file: Path | None = None
+    prices_file: Path | None = None
+    # Used by the default policy (no policy file): the one pool's model and bounds.
+    model: str = "smollm2-135m"
+    min_replicas: Annotated[int, Field(ge=0, le=256)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=256)] = 4
+    interval: Annotated[float, Field(gt=0, le=600)] = 1.0
+    # Telemetry store: "memory", "sqlite:///path.db", or a postgresql:// URL (via inferno.store).
+    store_url: str = "memory"
+    raw_retention_s: Annotated[float, Field(gt=0)] = 3600.0
+    rollup_retention_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # Local provider: how each node process is started.
+    engine: Literal["llamacpp", "fake"] = "llamacpp"
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+    parallel: Annotated[int, Field(ge=1, le=256)] = 4
+    n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
+    node_port_base: Port = 0  # 0: any free port
+    node_ops_port_base: Port = 0
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # Kubernetes provider.
+    k8s_namespace: str = "default"
+    k8s_deployment: str = "inferno-backend"
+    k8s_node_ops_port: Port = 6100
 
 
 S = TypeVar("S", bound=ComponentSettings)

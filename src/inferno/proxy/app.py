@@ -23,21 +23,24 @@ from inferno.core.errors import (
     NotReady,
 )
 from inferno.net import Request, Response, StreamingResponse
+from inferno.proxy.admission import Admission
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
-from inferno.proxy.routing import Picker, RouteContext
+from inferno.proxy.router import Router
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 class ProxyAPI:
-    def __init__(self, pool: Pool, picker: Picker, forwarder: Forwarder,
-                 metrics: ProxyMetrics) -> None:
+    def __init__(self, pool: Pool, router: Router, forwarder: Forwarder, admission: Admission,
+                 metrics: ProxyMetrics, *, request_timeout: float) -> None:
         self._pool = pool
-        self._picker = picker
+        self._router = router
         self._forwarder = forwarder
+        self._admission = admission
         self._metrics = metrics
+        self._request_timeout = request_timeout
         self.accepting = True
         self.in_flight = 0
         self.requests_total = 0
@@ -66,13 +69,9 @@ class ProxyAPI:
         try:
             if not self.accepting:
                 raise NotReady("The proxy is shutting down; retry on another replica.")
-            model, stream, user = _routing_fields(req.body)
-            snapshot = self._pool.snapshot
-            nodes = snapshot.by_model.get(model)
-            if not nodes:
-                raise _no_route(model, snapshot.models, bool(snapshot.nodes))
-            order = self._picker.order(nodes, RouteContext(model, stream, user))
-            resp = await self._forwarder.forward(path, req.headers, req.body, order, stream)
+            data = _parse(req.body)
+            model, stream, user = _routing_fields(data)
+            resp = await self._route_and_forward(req, path, data, model, stream, user)
             status = resp.status
             return resp
         except InfernoError as exc:
@@ -85,6 +84,33 @@ class ProxyAPI:
             (counter or self._metrics.requests.labels(path, str(status))).inc()
             self._metrics.latency.labels(path).observe(time.perf_counter() - started)
 
+    async def _route_and_forward(self, req: Request, path: str, data: dict[str, Any],
+                                 model: str, stream: bool,
+                                 user: str | None) -> Response | StreamingResponse:
+        deadline = time.monotonic() + self._request_timeout
+        body = req.body
+        target = self._router.target_model(model)
+        if target != model:  # canary: only these requests pay for re-serialising
+            body = orjson.dumps({**data, "model": target})
+        profile = self._router.profile_for(target, req.header("x-inferno-profile"))
+        session = req.header("x-session-id")
+        while True:
+            snapshot = self._pool.snapshot
+            nodes = snapshot.by_model.get(target)
+            if not nodes:
+                raise _no_route(target, snapshot.models, bool(snapshot.nodes))
+            decision = self._router.route(profile, nodes, model=target, stream=stream,
+                                          user=user, session=session, body=data)
+            if not decision.order:
+                raise NoBackendAvailable(f"No healthy node serves '{target}' right now.",
+                                         retry_after=1)
+            if self._admission.has_room(decision.order):
+                break
+            await self._admission.wait(deadline)  # raises Overloaded when refused
+        order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
+        return await self._forwarder.forward(path, req.headers, body, order, stream,
+                                             deadline=deadline, route=decision.explain)
+
     def _models(self) -> Response:
         created = int(time.time())
         cards = [oa.model_card(m, created=created) for m in sorted(self._pool.snapshot.models)]
@@ -96,7 +122,7 @@ class ProxyAPI:
         return Response.json(oa.model_card(model_id))
 
 
-def _routing_fields(body: bytes) -> tuple[str, bool, str | None]:
+def _parse(body: bytes) -> dict[str, Any]:
     try:
         data: Any = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -104,6 +130,10 @@ def _routing_fields(body: bytes) -> tuple[str, bool, str | None]:
                              "The body must be a JSON object.") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    return data
+
+
+def _routing_fields(data: dict[str, Any]) -> tuple[str, bool, str | None]:
     model = data.get("model")
     if model is None:
         raise InvalidRequest("Missing required parameter: 'model'.", param="model")

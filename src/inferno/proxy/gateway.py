@@ -12,16 +12,23 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from inferno import __version__
-from inferno.api.node import Vitals
+from inferno.api.node import NodeState, Vitals
 from inferno.core.config import ProxySettings
 from inferno.net import HttpClient, HttpServer
 from inferno.ops import OpsServer
+from inferno.proxy.admission import Admission
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
-from inferno.proxy.forward import Forwarder
+from inferno.proxy.forward import Forwarder, Timeouts
+from inferno.proxy.health.active import ActiveHealth
+from inferno.proxy.health.breaker import BreakerPolicy
+from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
-from inferno.proxy.routing import make_picker
+from inferno.proxy.retry import RetryBudget
+from inferno.proxy.router import Router
+from inferno.proxy.routing import build_router
+from inferno.proxy.state import RouterState
 
 log = logging.getLogger("inferno.proxy")
 
@@ -29,26 +36,41 @@ log = logging.getLogger("inferno.proxy")
 class Gateway:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        self.state = "loading"
+        self.state: NodeState = "loading"
         self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
         self._started = time.monotonic()
         registry = CollectorRegistry()
         self.metrics = ProxyMetrics(registry)
-        self.pool = Pool(default_lease=settings.default_lease)
+        s = settings
+        self.pool = Pool(default_lease=s.default_lease, breaker=BreakerPolicy(
+            consecutive_failures=s.eject_after_failures, base_ejection=s.base_ejection,
+            max_ejection=s.max_ejection))
         self.metrics.bind_pool(
-            lambda s: sum(1 for n in self.pool.snapshot.nodes if n.state == s))
+            lambda st: sum(1 for n in self.pool.snapshot.nodes if n.state == st))
         self.client = HttpClient()
+        self.passive = PassiveHealth(self.pool, max_ejected_percent=s.max_ejected_percent,
+                                     on_eject=lambda n: self.metrics.ejections.inc())
+        self.active = ActiveHealth(self.pool, self.client, interval=s.health_interval,
+                                   timeout=s.health_timeout, healthy_after=s.healthy_after,
+                                   unhealthy_after=s.unhealthy_after)
+        self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
+        self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
+                                   queue_wait=s.queue_wait)
+        self.router = Router(s.routing, build_router(s.routing))
         forwarder = Forwarder(
-            self.client, self.metrics, connect_timeout=settings.connect_timeout,
-            response_timeout=settings.response_timeout,
-            stream_idle_timeout=settings.stream_idle_timeout, max_attempts=settings.max_attempts)
-        self.api = ProxyAPI(self.pool, make_picker(settings.routing), forwarder, self.metrics)
-        self.server = HttpServer(self.api.handle, max_body_size=settings.max_body_size)
+            self.client, self.metrics, self.passive, self.budget,
+            Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
+            max_attempts=s.max_attempts, on_release=self.admission.release)
+        self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
+                            request_timeout=s.request_timeout)
+        self.server = HttpServer(self.api.handle, max_body_size=s.max_body_size)
         registration = RegistrationAPI(self.pool, self.metrics)
+        state = RouterState(self.pool, self.router, self.budget, self.admission)
         self.ops = OpsServer(
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
             routes={("POST", "/registration"): registration.post,
-                    ("DELETE", "/registration/*"): registration.delete})
+                    ("DELETE", "/registration/*"): registration.delete,
+                    ("GET", "/router/state"): state.get})
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -56,6 +78,7 @@ class Gateway:
         await self.ops.start(s.host, s.ops_port)
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
+        self._tasks.append(asyncio.create_task(self.active.run()))
         if s.backends:
             self._tasks.append(asyncio.create_task(probe_static(self.pool, self.client,
                                                                 list(s.backends))))
@@ -79,7 +102,7 @@ class Gateway:
         snap = self.pool.snapshot
         return Vitals(
             id=self.id, component="proxy", version=__version__,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             uptime_s=round(time.monotonic() - self._started, 3), models=sorted(snap.models),
             capacity=sum(n.capacity for n in snap.nodes), in_flight=self.api.in_flight,
             requests_total=self.api.requests_total,

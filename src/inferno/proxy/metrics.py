@@ -26,6 +26,8 @@ class ProxyMetrics:
         self.stream_errors = Counter("inferno_proxy_stream_errors",
                                      "Streams cut after the first byte (ended with an error event)",
                                      registry=registry)
+        self.ejections = Counter("inferno_proxy_ejections",
+                                 "Nodes ejected by passive outlier detection", registry=registry)
         self.nodes = Gauge("inferno_proxy_nodes", "Nodes in the pool by state", ["state"],
                            registry=registry)
         self.registrations = Counter("inferno_proxy_registrations",
@@ -33,4 +35,8 @@ class ProxyMetrics:
 
     def bind_pool(self, count: Callable[[str], int]) -> None:
         for state in ("ready", "draining"):
-            self.nodes.labels(state).set_function(lambda s=state: count(s))
+            self.nodes.labels(state).set_function(_bind(count, state))
+
+
+def _bind(count: Callable[[str], int], state: str) -> Callable[[], float]:
+    return lambda: float(count(state))

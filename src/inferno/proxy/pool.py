@@ -2,9 +2,10 @@
 
 Membership changes (registration, lease expiry, drain) build a new :class:`PoolSnapshot`
 and swap one reference; the request path reads ``pool.snapshot`` once and routes over it
-without locks. Per-node live counters (outstanding requests) sit on the :class:`Node`
-objects, which successive snapshots share, as Pingora's load balancer shares backend
-stats across its ``ArcSwap``-ed sets.
+without locks. Per-node live state (outstanding requests, latency, the circuit breaker,
+active-check verdict) sits on the :class:`Node` objects, which successive snapshots share,
+as Pingora's load balancer shares backend stats across its ``ArcSwap``-ed sets; health
+filters read it at routing time without side effects.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from inferno.api.node import Registration
+from inferno.proxy.health.breaker import Breaker, BreakerPolicy
 
 Source = Literal["static", "registered"]
 
@@ -31,16 +33,26 @@ class Node:
     source: Source
     state: str = "ready"
     expires_at: float = float("inf")
-    # Live counters, shared by every snapshot that holds this node.
+    price_per_hour: float = 0.0
+    price_per_mtok: float = 0.0  # input and output averaged, for ranking
+    # Live state, shared by every snapshot that holds this node.
     outstanding: int = 0
     requests: int = 0
     failures: int = 0
     last_error: str | None = None
-    # Encoded once: sent with every response this node serves.
-    header_id: bytes = field(default=b"", repr=False)
+    ewma_ttft: float = 0.0  # seconds; 0 until the first measurement
+    queue_depth: int = 0  # from the node's /telemetry
+    # Active health checks: a node must pass N in a row to (re)enter rotation.
+    healthy: bool = True
+    passes: int = 0
+    breaker: Breaker = field(default_factory=lambda: Breaker(BreakerPolicy()))
 
-    def __post_init__(self) -> None:
-        self.header_id = self.id.encode()
+    def routable(self, now: float) -> bool:
+        return self.healthy and self.breaker.available(now)
+
+    def observe_ttft(self, seconds: float, alpha: float = 0.3) -> None:
+        self.ewma_ttft = seconds if self.ewma_ttft == 0.0 else (
+            alpha * seconds + (1 - alpha) * self.ewma_ttft)
 
     @property
     def address(self) -> str:
@@ -69,10 +81,11 @@ class PoolSnapshot:
 
 
 class Pool:
-    def __init__(self, *, default_lease: float,
+    def __init__(self, *, default_lease: float, breaker: BreakerPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._nodes: dict[str, Node] = {}
         self._default_lease = default_lease
+        self._breaker = breaker or BreakerPolicy()
         self._clock = clock
         self.snapshot = PoolSnapshot()
 
@@ -95,7 +108,9 @@ class Pool:
             return node
         node = Node(id=reg.id, host=reg.host, port=reg.port, ops_port=reg.metrics_port,
                     models=models, capacity=reg.capacity, source=source, state=reg.state,
-                    expires_at=expires)
+                    expires_at=expires, price_per_hour=reg.price_per_hour,
+                    price_per_mtok=(reg.price_per_mtok_input + reg.price_per_mtok_output) / 2,
+                    breaker=Breaker(self._breaker))
         self._nodes[reg.id] = node
         self._publish()
         return node
@@ -118,3 +133,6 @@ class Pool:
 
     def get(self, node_id: str) -> Node | None:
         return self._nodes.get(node_id)
+
+    def nodes(self) -> list[Node]:
+        return list(self._nodes.values())

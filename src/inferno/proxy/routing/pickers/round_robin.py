@@ -1,4 +1,5 @@
-"""Round-robin: each request starts one node further along; fallbacks follow in ring order."""
+"""Round-robin: each request starts one node further along, ignoring scores; fallbacks
+follow in ring order."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from inferno.proxy.routing.base import RouteContext
 class RoundRobin:
     name = "round-robin"
 
-    def __init__(self) -> None:
+    def __init__(self, **_: object) -> None:
         self._next = 0
 
-    def order(self, nodes: Sequence[Node], ctx: RouteContext) -> list[Node]:
+    def order(self, nodes: Sequence[Node], totals: Sequence[float],
+              ctx: RouteContext) -> list[Node]:
         n = len(nodes)
         if n <= 1:
             return list(nodes)

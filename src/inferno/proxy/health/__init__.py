@@ -1,0 +1,1 @@
+"""Node health: passive outlier detection with circuit breakers, and active checks."""

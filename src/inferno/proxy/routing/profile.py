@@ -1,0 +1,73 @@
+"""A routing profile: filters, then weighted scorers, then a picker.
+
+The profile owns the rules a plugin should not have to know: scores are clamped to
+[0, 1] and weighted here; each scorer's time is accumulated for /router/state; if the
+panic-tolerant filters (health) would leave no node, they are ignored so the request is
+still tried rather than refused untried.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from inferno.proxy.pool import Node
+from inferno.proxy.routing.base import Filter, Observer, Picker, RouteContext, Scorer
+
+
+@dataclass(slots=True)
+class ScorerStats:
+    calls: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    order: list[Node]
+    # "profile n1=0.91 n0=0.40": the top scores, for the x-inferno-route header.
+    explain: str
+    panic: bool = False
+
+
+@dataclass
+class Profile:
+    name: str
+    filters: Sequence[Filter]
+    scorers: Sequence[tuple[Scorer, float]]
+    picker: Picker
+    observers: Sequence[Observer] = ()
+    needs_prefix: bool = False
+    stats: dict[str, ScorerStats] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stats = {s.name: ScorerStats() for s, _ in self.scorers}
+
+    def route(self, nodes: Sequence[Node], ctx: RouteContext) -> Decision:
+        kept = [n for n in nodes if all(f.keep(n, ctx) for f in self.filters)]
+        panic = False
+        if not kept:
+            # Ignore only panic-tolerant filters (health), never draining or the like.
+            strict = [f for f in self.filters if not getattr(f, "panic_ok", False)]
+            kept = [n for n in nodes if all(f.keep(n, ctx) for f in strict)]
+            panic = bool(kept)
+        if not kept:
+            return Decision([], f"{self.name} no-candidates")
+        totals = [0.0] * len(kept)
+        for scorer, weight in self.scorers:
+            started = time.perf_counter()
+            scores = scorer.score(kept, ctx)
+            st = self.stats[scorer.name]
+            st.seconds += time.perf_counter() - started
+            st.calls += 1
+            for i, s in enumerate(scores):
+                totals[i] += weight * (0.0 if s != s else min(1.0, max(0.0, s)))  # NaN -> 0
+        order = self.picker.order(kept, totals, ctx)
+        for observer in self.observers:
+            observer.observe(order[0], ctx)
+        return Decision(order, self._explain(kept, totals, panic), panic)
+
+    def _explain(self, nodes: Sequence[Node], totals: Sequence[float], panic: bool) -> str:
+        top = sorted(range(len(nodes)), key=lambda i: -totals[i])[:3]
+        scores = " ".join(f"{nodes[i].id}={totals[i]:.2f}" for i in top)
+        return f"{self.name}{' panic' if panic else ''} {self.picker.name} {scores}"
