@@ -8,7 +8,7 @@ unchanged (and never retried).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -29,12 +29,21 @@ from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
 from inferno.proxy.router import Router
 
+if TYPE_CHECKING:
+    from inferno.proxy.security.admin import AdminAPI
+    from inferno.proxy.security.guard import RequestGuard
+
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 class ProxyAPI:
     def __init__(self, pool: Pool, router: Router, forwarder: Forwarder, admission: Admission,
-                 metrics: ProxyMetrics, *, request_timeout: float) -> None:
+                 metrics: ProxyMetrics, *, request_timeout: float,
+                 guard: RequestGuard | None = None, admin: AdminAPI | None = None) -> None:
+        # guard: auth, limits, cache and the request log around each inference request
+        # (inferno.proxy.security); None serves every request unauthenticated, unrecorded.
+        self._guard = guard
+        self._admin = admin
         self._pool = pool
         self._router = router
         self._forwarder = forwarder
@@ -52,12 +61,16 @@ class ProxyAPI:
             if req.method != "POST":
                 raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
             return await self._inference(req, path)
+        if self._guard is not None and path.startswith("/v1/models"):
+            self._guard.auth.authenticate(req)
         if path.rstrip("/") == "/v1/models":
             if req.method != "GET":
                 raise MethodNotAllowed(f"{req.method} is not allowed on /v1/models; use GET.")
             return self._models()
         if path.startswith("/v1/models/") and req.method == "GET":
             return self._model(path.removeprefix("/v1/models/"))
+        if self._admin is not None and self._admin.owns(path):
+            return await self._admin.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
 
     async def _inference(self, req: Request, path: str) -> Response | StreamingResponse:
@@ -69,9 +82,12 @@ class ProxyAPI:
         try:
             if not self.accepting:
                 raise NotReady("The proxy is shutting down; retry on another replica.")
-            data = _parse(req.body)
-            model, stream, user = _routing_fields(data)
-            resp = await self._route_and_forward(req, path, data, model, stream, user)
+            if self._guard is not None:
+                resp = await self._guard.handle(req, path, self._route_and_forward)
+            else:
+                data = _parse(req.body)
+                model, stream, user = _routing_fields(data)
+                resp = await self._route_and_forward(req, path, data, model, stream, user)
             status = resp.status
             return resp
         except InfernoError as exc:
@@ -85,10 +101,10 @@ class ProxyAPI:
             self._metrics.latency.labels(path).observe(time.perf_counter() - started)
 
     async def _route_and_forward(self, req: Request, path: str, data: dict[str, Any],
-                                 model: str, stream: bool,
-                                 user: str | None) -> Response | StreamingResponse:
+                                 model: str, stream: bool, user: str | None,
+                                 body: bytes | None = None) -> Response | StreamingResponse:
         deadline = time.monotonic() + self._request_timeout
-        body = req.body
+        body = req.body if body is None else body
         target = self._router.target_model(model)
         if target != model:  # canary: only these requests pay for re-serialising
             body = orjson.dumps({**data, "model": target})

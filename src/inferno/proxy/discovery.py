@@ -20,14 +20,17 @@ from inferno.core.errors import InfernoError, InvalidRequest, NotFound
 from inferno.net import HttpClient, Request, Response
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
+from inferno.proxy.security.registration_guard import RegistrationGuard
 
 log = logging.getLogger("inferno.proxy.discovery")
 
 
 class RegistrationAPI:
-    def __init__(self, pool: Pool, metrics: ProxyMetrics) -> None:
+    def __init__(self, pool: Pool, metrics: ProxyMetrics,
+                 guard: RegistrationGuard | None = None) -> None:
         self._pool = pool
         self._metrics = metrics
+        self._guard = guard  # node token, address allowlist, id ownership
 
     async def post(self, req: Request) -> Response:
         try:
@@ -37,6 +40,8 @@ class RegistrationAPI:
             param = ".".join(str(p) for p in first["loc"]) or None
             raise InvalidRequest(f"Invalid registration: {param or 'body'}: {first['msg']}",
                                  param=param) from exc
+        if self._guard is not None:
+            await self._guard.check(req, reg)
         known = self._pool.get(reg.id) is not None
         node = self._pool.upsert(reg)
         if not known:
@@ -48,6 +53,8 @@ class RegistrationAPI:
 
     async def delete(self, req: Request) -> Response:
         node_id = req.path.rsplit("/", 1)[-1]
+        if self._guard is not None:
+            self._guard.check_delete(req, node_id)
         if not self._pool.remove(node_id):
             raise NotFound(f"No node '{node_id}' is registered.")
         self._metrics.registrations.labels("deregistered").inc()

@@ -2,7 +2,7 @@
 
 An attempt may move to the next node only before the first byte goes out: on a connect
 failure, a reset or timeout before the response completes (non-streaming) or before
-headers (streaming), or a 429/502/503/504 answer. Every retry is paid for from the
+headers (streaming), or a 429/500/502/503/504 answer. Every retry is paid for from the
 :class:`RetryBudget`, and one deadline covers all attempts. Once a stream has started, a
 failure ends it with an in-band ``data: {"error": ...}`` event and no ``[DONE]``, so
 OpenAI clients raise instead of silently returning a truncated answer.
@@ -31,7 +31,9 @@ from inferno.proxy.retry import RetryBudget
 
 log = logging.getLogger("inferno.proxy")
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# 500 too: an inference node's internal error is rarely the request's fault, and another
+# node usually answers; 4xx are never retried.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id"))
 
 

@@ -28,6 +28,7 @@ from inferno.proxy.pool import Pool
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
+from inferno.proxy.security.setup import Security
 from inferno.proxy.state import RouterState
 
 log = logging.getLogger("inferno.proxy")
@@ -61,10 +62,13 @@ class Gateway:
             self.client, self.metrics, self.passive, self.budget,
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
             max_attempts=s.max_attempts, on_release=self.admission.release)
+        self.security = Security(s, registry)  # auth, limits, cache, request log, store
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
-                            request_timeout=s.request_timeout)
-        self.server = HttpServer(self.api.handle, max_body_size=s.max_body_size)
-        registration = RegistrationAPI(self.pool, self.metrics)
+                            request_timeout=s.request_timeout, guard=self.security.guard,
+                            admin=self.security.admin)
+        self.server = HttpServer(self.api.handle, max_body_size=s.max_body_size,
+                                 max_header_size=s.max_header_size)
+        registration = RegistrationAPI(self.pool, self.metrics, guard=self.security.registration)
         state = RouterState(self.pool, self.router, self.budget, self.admission)
         self.ops = OpsServer(
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
@@ -75,6 +79,7 @@ class Gateway:
 
     async def start(self) -> None:
         s = self.settings
+        await self.security.start()  # migrations, keys; refuses an unauthenticated public bind
         await self.ops.start(s.host, s.ops_port)
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
@@ -97,6 +102,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
         await self.ops.stop()
+        await self.security.close()  # flushes the request log
 
     def vitals(self) -> dict[str, Any]:
         snap = self.pool.snapshot

@@ -1,5 +1,9 @@
-"""Highest total first; the rest in descending order as fallbacks. Ties rotate, so equal
-nodes share a burst instead of all of it landing on the first one listed."""
+"""Highest total first; the rest in descending order as fallbacks.
+
+Totals within ``tie_margin`` of the best count as a tie, and ties rotate: measured
+signals (latency EWMA) always differ a little, and without a margin the node that is
+marginally fastest would take every request until its own load caught up (herding).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ from inferno.proxy.routing.base import RouteContext
 class MaxScore:
     name = "max-score"
 
-    def __init__(self, **_: object) -> None:
+    def __init__(self, tie_margin: float = 0.05, **_: object) -> None:
+        self._margin = float(tie_margin)
         self._turn = 0
 
     def order(self, nodes: Sequence[Node], totals: Sequence[float],
@@ -21,6 +26,8 @@ class MaxScore:
         if n <= 1:
             return list(nodes)
         self._turn += 1
-        shift = self._turn
-        ranked = sorted(range(n), key=lambda i: (-totals[i], (i - shift) % n))
-        return [nodes[i] for i in ranked]
+        best = max(totals)
+        top = [i for i in range(n) if totals[i] >= best - self._margin]
+        first = top[self._turn % len(top)]
+        rest = sorted((i for i in range(n) if i != first), key=lambda i: -totals[i])
+        return [nodes[first], *(nodes[i] for i in rest)]

@@ -1,0 +1,137 @@
+"""The request log: one row per client request, written by a background writer.
+
+:meth:`RequestLog.record` only appends to a bounded in-memory queue; the writer task takes
+batches of up to ``batch_size`` rows and inserts each batch in one transaction. While the
+database is down the batch is retried with back-off, new rows wait in the queue (up to
+``queue_size``; beyond that they are dropped and counted) and the proxy keeps serving.
+Inserts skip rows already stored, so a batch retried after an ambiguous failure is never
+doubled: every request id is in the table exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from inferno.proxy.security.metrics import SecurityMetrics
+from inferno.store import Store
+
+log = logging.getLogger("inferno.proxy.accounting")
+_PAYLOAD_LIMIT = 64 * 1024
+
+
+class Prices:
+    """USD per million prompt / completion tokens, per model."""
+
+    def __init__(self, table: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        self._table = {m: (float(p.get("prompt", 0)) / 1e6, float(p.get("completion", 0)) / 1e6)
+                       for m, p in (table or {}).items()}
+
+    def cost(self, model: str | None, prompt: int, completion: int) -> float:
+        per = self._table.get(model or "")
+        return prompt * per[0] + completion * per[1] if per else 0.0
+
+
+def payload_text(data: bytes) -> str:
+    return data[:_PAYLOAD_LIMIT].decode("utf-8", "replace")
+
+
+class RequestLog:
+    def __init__(self, store: Store | None, metrics: SecurityMetrics, *,
+                 queue_size: int = 100_000, batch_size: int = 500,
+                 flush_interval: float = 0.5, log_payloads: bool = False) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._queue: deque[dict[str, Any]] = deque()
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._interval = flush_interval
+        self.log_payloads = log_payloads
+        self._wake = asyncio.Event()
+        self._failing = False
+        self.written = 0
+        metrics.log_backlog.set_function(lambda: float(len(self._queue)))
+
+    @property
+    def enabled(self) -> bool:
+        return self._store is not None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Never blocks and never raises: the request path calls it once per request."""
+        if self._store is None:
+            return
+        if len(self._queue) >= self._queue_size:
+            self._metrics.log_dropped.inc()
+            return
+        self._queue.append(row)
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        backoff = self._interval
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                except TimeoutError:
+                    pass
+                continue
+            # Peek, write, then pop: a cancelled writer loses nothing (flush() retries it).
+            n = min(len(self._queue), self._batch_size)
+            batch = [self._queue[i] for i in range(n)]
+            if await self._write(batch):
+                for _ in range(n):
+                    self._queue.popleft()
+                backoff = self._interval
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _write(self, batch: list[dict[str, Any]]) -> bool:
+        assert self._store is not None
+        try:
+            await self._store.requests.insert_many(batch)
+        except Exception as exc:
+            self._metrics.log_write_errors.inc()
+            if not self._failing:
+                log.warning("request log: database unavailable (%s); keeping %d rows and "
+                            "retrying", type(exc).__name__, self.backlog)
+            self._failing = True
+            return False
+        if self._failing:
+            log.info("request log: database back; flushing the backlog (%d rows)", self.backlog)
+        self._failing = False
+        self.written += len(batch)
+        self._metrics.log_written.inc(len(batch))
+        return True
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything queued now (used on shutdown and by tests)."""
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
+            n = min(len(self._queue), self._batch_size)
+            batch = [self._queue[i] for i in range(n)]
+            if await self._write(batch):
+                for _ in range(n):
+                    self._queue.popleft()
+            else:
+                await asyncio.sleep(0.1)
+        return not self._queue
+
+
+def new_row(request_id: str, ts: float, route: str) -> dict[str, Any]:
+    return {"request_id": request_id, "ts": ts,
+            "day": time.strftime("%Y-%m-%d", time.gmtime(ts)), "key_id": None,
+            "route": route, "model": None, "node": None, "status": 500, "error_code": None,
+            "attempts": 0, "stream": False, "prompt_tokens": 0, "completion_tokens": 0,
+            "latency_ms": 0.0, "ttft_ms": None, "cost": 0.0, "cache_hit": False,
+            "request_body": None, "response_body": None}

@@ -1,0 +1,57 @@
+"""Authentication: ``Authorization: Bearer <API key | JWT>`` -> :class:`Principal`.
+
+Synchronous and in-memory (a dict lookup and one SHA-256, or a cached JWT check): the
+request path never waits on the database. Error messages never echo what was presented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from inferno.core.errors import AuthenticationError, PermissionDenied
+from inferno.net import Request
+from inferno.proxy.security.jwt_tokens import JwtVerifier
+from inferno.proxy.security.keys import ANONYMOUS, KeyCache, Principal
+
+_MAX_CREDENTIAL = 8192
+
+
+class Authenticator:
+    def __init__(self, keys: KeyCache, jwt: JwtVerifier | None = None, *,
+                 enabled: bool = True,
+                 on_failure: Callable[[str], None] | None = None) -> None:
+        self.keys = keys
+        self.jwt = jwt
+        self.enabled = enabled
+        self._on_failure = on_failure or (lambda reason: None)
+
+    def authenticate(self, req: Request) -> Principal:
+        if not self.enabled:
+            return ANONYMOUS
+        value = req.header("authorization")
+        if not value:
+            self._on_failure("missing")
+            raise AuthenticationError(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
+        scheme, _, credential = value.strip().partition(" ")
+        credential = credential.strip()
+        principal: Principal | None = None
+        if scheme.lower() == "bearer" and 0 < len(credential) <= _MAX_CREDENTIAL:
+            if credential.startswith("inf_"):
+                principal = self.keys.verify(credential)
+            elif self.jwt is not None and credential.count(".") == 2:
+                principal = self.jwt.verify(credential)
+        if principal is None:
+            self._on_failure("invalid")
+            raise AuthenticationError("Incorrect API key provided.")
+        return principal
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise PermissionDenied("This route needs an API key with the admin scope.")
+
+
+def check_model(principal: Principal, model: str) -> None:
+    if principal.models is not None and model not in principal.models:
+        raise PermissionDenied(f"This API key may not use the model '{model}'.", param="model")
