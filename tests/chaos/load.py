@@ -63,14 +63,14 @@ def _valid_error(payload: bytes) -> bool:
 
 async def one_request(client: HttpClient, port: int, index: int, stream: bool,
                       model: str = "fake-model", max_tokens: int = 8,
-                      timeout: float = 30.0) -> Outcome:
+                      deadline_s: float = 30.0) -> Outcome:
     out = Outcome(index, stream, time.monotonic())
     body = json.dumps({"model": model, "stream": stream, "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": f"hello {index}"}]}).encode()
     try:
         resp = await client.request("127.0.0.1", port, "POST", "/v1/chat/completions",
                                     headers=[(b"content-type", b"application/json")],
-                                    body=body, connect_timeout=5, header_timeout=timeout)
+                                    body=body, connect_timeout=5, header_timeout=deadline_s)
         out.status = resp.status
         out.backend = resp.header("x-inferno-backend")
         out.attempts = int(resp.header("x-inferno-attempts") or 0)
@@ -88,7 +88,7 @@ async def one_request(client: HttpClient, port: int, index: int, stream: bool,
             return out
         decoder = SSEDecoder()
         done = False
-        async for chunk in resp.iter_chunks(idle_timeout=timeout):
+        async for chunk in resp.iter_chunks(idle_timeout=deadline_s):
             if not out.first_byte:
                 out.first_byte = time.monotonic()
             for data in decoder.feed(chunk):
@@ -111,9 +111,9 @@ async def one_request(client: HttpClient, port: int, index: int, stream: bool,
     return out
 
 
-async def open_loop(port: int, *, rate: float, duration: float, stream_every: int = 0,
-                    stream_fraction: float = 0.0, model: str = "fake-model",
-                    max_tokens: int = 8, timeout: float = 30.0) -> LoadReport:
+async def open_loop(port: int, *, rate: float, duration: float, stream_fraction: float = 0.0,
+                    model: str = "fake-model", max_tokens: int = 8,
+                    deadline_s: float = 30.0) -> LoadReport:
     """``rate`` requests/s for ``duration`` s; a ``stream_fraction`` of them streamed
     (spread evenly, deterministic)."""
     client = HttpClient(max_idle_per_host=512)
@@ -135,7 +135,7 @@ async def open_loop(port: int, *, rate: float, duration: float, stream_every: in
             if stream:
                 acc -= 1.0
             tasks.append(asyncio.create_task(
-                one_request(client, port, i, stream, model, max_tokens, timeout)))
+                one_request(client, port, i, stream, model, max_tokens, deadline_s)))
         report.outcomes = list(await asyncio.gather(*tasks))
     finally:
         await client.aclose()

@@ -207,8 +207,13 @@ async def _heartbeat(node: ChaosNode, lb: str, interval: float) -> None:
         req = urllib.request.Request(f"http://{lb}/registration", data=body,
                                      headers={"content-type": "application/json"})
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(lambda: urllib.request.urlopen(req, timeout=2).read())
+            await asyncio.to_thread(_post, req)
         await asyncio.sleep(interval)
+
+
+def _post(req: urllib.request.Request) -> None:
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        resp.read()
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ async def test_all_nodes_503_retries_stay_within_budget(chaos_nodes: list[ChaosN
 async def test_hung_node_and_stalled_stream(chaos_nodes: list[ChaosNode]) -> None:
     timeouts = {"response_timeout": 1.0, "stream_idle_timeout": 1.0, "request_timeout": 4.0}
     gw = await start_gateway(routing="round-robin", **timeouts)
-    hung, good, staller = chaos_nodes
+    hung, _good, staller = chaos_nodes
     await hung.set_mode("hang")
     await staller.set_mode("stall")
     register(gw, chaos_nodes)

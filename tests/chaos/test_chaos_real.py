@@ -37,7 +37,7 @@ async def test_kill_real_llama_node_under_load(tmp_path: Path) -> None:
 
         chaos = asyncio.create_task(killer())
         report = await open_loop(gw.server.port, rate=4, duration=8, stream_fraction=0.3,
-                                 model="smollm2-135m", max_tokens=8, timeout=60)
+                                 model="smollm2-135m", max_tokens=8, deadline_s=60)
         await chaos
         cut = [o for o in report.outcomes if o.kind == "stream_error"]
         summary("kill-real", report, cut_streams=len(cut),
