@@ -100,8 +100,8 @@ class ChaosNode:
                         return
                 finally:
                     self.in_flight -= 1
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            return  # the peer left, or the node is shutting down
         finally:
             self.open_connections -= 1
             self._writers.discard(writer)

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -40,6 +47,17 @@ class _YamlSection(PydanticBaseSettingsSource):
         return dict(_yaml_section.get() or {})
 
 
+class _UnprefixedEnv(PydanticBaseSettingsSource):
+    """``INFERNO_DATABASE_URL`` and friends: below the prefixed variable, above YAML."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        names: dict[str, str] = getattr(self.settings_cls, "unprefixed_env", {})
+        return {f: os.environ[e] for f, e in names.items() if os.environ.get(e)}
+
+
 class ComponentSettings(BaseSettings):
     section: ClassVar[str] = ""
     model_config = SettingsConfigDict(extra="forbid", frozen=True)
@@ -53,7 +71,15 @@ class ComponentSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSection(settings_cls))
+        return (init_settings, env_settings, _UnprefixedEnv(settings_cls),
+                _YamlSection(settings_cls))
+
+
+def _default_data_dir() -> Path:
+    if os.environ.get("INFERNO_DATA_DIR"):
+        return Path(os.environ["INFERNO_DATA_DIR"])
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "inferno"
 
 
 def _split_csv(v: Any) -> Any:
@@ -100,6 +126,8 @@ class BackendSettings(ComponentSettings):
     price_per_mtok_output: Annotated[float, Field(ge=0, le=1e6)] = 0.0
     # host:port of the proxy's ops server; when set the node registers and renews a lease.
     discovery_lb: str | None = None
+    # The proxy's node token (one of its node_tokens), sent when registering.
+    node_token: SecretStr | None = None
     advertise_host: str | None = None
     heartbeat_interval: Annotated[float, Field(gt=0, le=600)] = 1.0
     lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
@@ -155,6 +183,8 @@ ROUTING_PRESETS: dict[str, RoutingConfig] = {
     "power-of-two": _preset("power-of-two", [
         ("least-outstanding", 1.0), ("queue-depth", 0.5)], picker="weighted-random"),
     "cost": _preset("cost", [("cost", 2.0), ("least-outstanding", 1.0)]),
+    # Local first; the cloud takes the excess while local queue wait is over 2 s.
+    "hybrid": _preset("hybrid", [("offload", 3.0), ("least-outstanding", 1.0)]),
 }
 
 
@@ -170,6 +200,9 @@ def _routing(v: Any) -> Any:
 class ProxySettings(ComponentSettings):
     section: ClassVar[str] = "proxy"
     model_config = SettingsConfigDict(env_prefix="INFERNO_PROXY_", extra="forbid", frozen=True)
+    # Shared by every component that uses them: also read without the component prefix.
+    unprefixed_env: ClassVar[dict[str, str]] = {"database_url": "INFERNO_DATABASE_URL",
+                                                "redis_url": "INFERNO_REDIS_URL"}
 
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -210,8 +243,62 @@ class ProxySettings(ComponentSettings):
     max_per_node: Annotated[int, Field(ge=0, le=100_000)] = 0
     queue_size: Annotated[int, Field(ge=0, le=1_000_000)] = 512
     queue_wait: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    max_header_size: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
 
-    _csv = field_validator("backends", mode="before")(_split_csv)
+    # --- Store, auth, limits, cache, request log (README "Keys, limits, cache and logs").
+    # Where the embedded SQLite database and the disk cache live
+    # (default $INFERNO_DATA_DIR, else $XDG_DATA_HOME/inferno or ~/.local/share/inferno).
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # SQLAlchemy URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...); unset: SQLite in
+    # data_dir; "none": no database (no stored keys, no request log).
+    database_url: SecretStr | None = None
+    # PostgreSQL: keep Inferno's tables in this schema (created if missing).
+    database_schema: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] | None = None
+    # Shared rate-limit counters for several proxy replicas; unset: in-process counters.
+    redis_url: SecretStr | None = None
+    # Key prefix of the rate-limit counters (replicas that share limits share the prefix).
+    redis_prefix: Annotated[str, Field(min_length=1, max_length=100)] = "inferno:rl"
+    # auto: on once an API key exists or a JWT key is configured; off only on a loopback
+    # host (elsewhere the proxy refuses to start). none: off, loudly. on: always.
+    auth: Literal["auto", "on", "none"] = "auto"
+    keys_refresh_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # JWT bearer tokens: an HS* secret, or an RS*/ES* public key (PEM file) or a JWKS file.
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = []
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: Annotated[float, Field(ge=0, le=300)] = 10.0
+    # Limits for callers whose key or token states none (0 = unlimited), and per model.
+    default_rpm: Annotated[int, Field(ge=0)] = 0
+    default_tpm: Annotated[int, Field(ge=0)] = 0
+    model_limits: dict[str, dict[Literal["rpm", "tpm"], Annotated[int, Field(ge=0)]]] = {}
+    # Requests-per-minute bursts: up to this many seconds' worth of requests at once.
+    limit_burst_seconds: Annotated[float, Field(gt=0, le=60)] = 0.3
+    # Tokens reserved at admission when a request states no max_tokens.
+    default_reserve_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 256
+    # Registration: shared node tokens (any one of them), and where nodes may live.
+    node_tokens: Annotated[list[SecretStr], NoDecode] = []
+    registration_allowlist: Annotated[list[str], NoDecode] = [
+        "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+        "fc00::/7", "localhost"]
+    # Request log: rows are written in the background; payloads only when enabled.
+    log_payloads: bool = False
+    log_queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    log_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    log_flush_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # USD per million tokens, per model: {model: {prompt: x, completion: y}}.
+    prices: dict[str, dict[Literal["prompt", "completion"], Annotated[float, Field(ge=0)]]] = {}
+    # Exact-match response cache (temperature 0, or the x-inferno-cache: on header).
+    cache: bool = False
+    cache_max_bytes: Annotated[int, Field(ge=0, le=1 << 40)] = 64 * 1024 * 1024
+    cache_ttl: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
+    # Compressed second level on disk under data_dir/cache (0 disables it).
+    cache_disk_max_bytes: Annotated[int, Field(ge=0, le=1 << 44)] = 1024 * 1024 * 1024
+
+    _csv = field_validator("backends", "jwt_algorithms", "registration_allowlist",
+                           "node_tokens", mode="before")(_split_csv)
     _routing = field_validator("routing", mode="before")(_routing)
 
 

@@ -21,6 +21,7 @@ from inferno.proxy.routing.profile import Decision, Profile
 from inferno.proxy.routing.scorers.cost import Cost
 from inferno.proxy.routing.scorers.latency import Latency
 from inferno.proxy.routing.scorers.least_outstanding import LeastOutstanding
+from inferno.proxy.routing.scorers.offload import Offload
 from inferno.proxy.routing.scorers.prefix_affinity import PrefixAffinity
 from inferno.proxy.routing.scorers.queue_depth import QueueDepth
 from inferno.proxy.routing.scorers.session_affinity import SessionAffinity
@@ -36,6 +37,7 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
     Cost.name: Cost,
     SessionAffinity.name: SessionAffinity,
     PrefixAffinity.name: PrefixAffinity,
+    Offload.name: Offload,
 }
 PICKERS: dict[str, Callable[..., Picker]] = {
     MaxScore.name: MaxScore,
