@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest_asyncio
 
@@ -9,6 +13,10 @@ from inferno.backend.engines.fake import FakeEngine
 from inferno.backend.node import BackendNode
 from inferno.core.config import BackendSettings, ProxySettings
 from inferno.proxy.gateway import Gateway
+
+# Proxies started by tests (in-process or as processes) keep their SQLite database and
+# cache in a directory of this test session, never in the user's ~/.local/share/inferno.
+os.environ.setdefault("INFERNO_PROXY_DATA_DIR", tempfile.mkdtemp(prefix="inferno-tests-"))
 
 
 def free_port() -> int:
@@ -46,3 +54,51 @@ async def gateway() -> AsyncIterator[Gateway]:
     await gw.start()
     yield gw
     await gw.drain()
+
+
+async def start_gateway(data_dir: Path, **overrides: Any) -> Gateway:
+    """A proxy on free loopback ports with its own data directory (database, cache)."""
+    settings: dict[str, Any] = {
+        "port": 0, "ops_port": 0, "connect_timeout": 0.5, "response_timeout": 10,
+        "stream_idle_timeout": 2, "drain_timeout": 2, "default_lease": 1.0,
+        "data_dir": data_dir, "keys_refresh_interval": 0.2, "log_flush_interval": 0.05}
+    gw = Gateway(ProxySettings(**{**settings, **overrides}))
+    await gw.start()
+    return gw
+
+
+POSTGRES_URLS = ("postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+                 "postgresql+asyncpg://root@127.0.0.1:5432/test")
+
+
+def postgres_url() -> str | None:
+    """A PostgreSQL URL that answers (trust auth on 127.0.0.1:5432), or None."""
+    import asyncio
+
+    async def probe(url: str) -> bool:
+        import asyncpg
+
+        try:
+            conn = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=2)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    global _PG_URL
+    if _PG_URL is None:
+        _PG_URL = next((u for u in POSTGRES_URLS if asyncio.run(probe(u))), "")
+    return _PG_URL or None
+
+
+_PG_URL: str | None = None
+
+
+def redis_url() -> str | None:
+    """The local Redis (127.0.0.1:6379) if it answers PING, else None."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return "redis://127.0.0.1:6379/0" if s.recv(16).startswith(b"+PONG") else None
+    except OSError:
+        return None

@@ -16,6 +16,7 @@ from inferno import __version__
 from inferno.core.config import (
     BackendSettings,
     ComponentSettings,
+    GovernatorSettings,
     ProxySettings,
     S,
     ServeSettings,
@@ -27,6 +28,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="
                   help="Inferno: a self-healing cloud for AI inference.")
 models_app = typer.Typer(no_args_is_help=True, help="Models that ship with Inferno's packages.")
 app.add_typer(models_app, name="models")
+governator_app = typer.Typer(help="Keep the fleet just big enough for its targets, cheaply.")
+app.add_typer(governator_app, name="governator")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the proxy (stored hashed).")
+app.add_typer(keys_app, name="keys")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
 HostOpt = Annotated[str | None, typer.Option(help="Interface to bind. [default: 127.0.0.1]")]
@@ -50,7 +55,8 @@ def _cli(values: dict[str, Any], cls: type[ComponentSettings]) -> dict[str, Any]
 def backend(
     model: Annotated[str | None, typer.Option(help="Catalog id or GGUF path. "
                                               "[default: smollm2-135m]")] = None,
-    engine: Annotated[str | None, typer.Option(help="llamacpp | fake")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="llamacpp | onnx | openai | gemini | fake")] = None,
     host: HostOpt = None,
     port: Annotated[int | None, typer.Option(help="Inference API port. [default: 8000]")] = None,
     ops_port: OpsOpt = None,
@@ -68,6 +74,23 @@ def backend(
     heartbeat_interval: Annotated[float | None, typer.Option(
         help="Seconds between lease renewals. [default: 1]")] = None,
     fake_token_delay: Annotated[float | None, typer.Option(hidden=True)] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="Cache for built artefacts (ONNX graphs). [default: ~/.cache/inferno]")] = None,
+    embed_batch_size: Annotated[int | None, typer.Option(
+        help="Embedding engines: texts per model call. [default: 32]")] = None,
+    embed_batch_wait: Annotated[float | None, typer.Option(
+        help="Embedding engines: seconds an idle model waits to fill a batch.")] = None,
+    remote_url: Annotated[str | None, typer.Option(
+        help="Remote engines: the provider's base URL (http://host:port/v1, https://...).")
+    ] = None,
+    remote_model: Annotated[str | None, typer.Option(
+        help="Remote engines: the provider's model name. [default: --model]")] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        help="Remote engines: environment variable holding the provider's API key.")] = None,
+    price_per_mtok_input: Annotated[float | None, typer.Option(
+        help="USD per million input tokens, reported for cost-aware routing.")] = None,
+    price_per_mtok_output: Annotated[float | None, typer.Option(
+        help="USD per million output tokens, reported for cost-aware routing.")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
@@ -78,11 +101,11 @@ def backend(
     settings = _settings(BackendSettings, _cli(locals(), BackendSettings), config)
     configure_logging(log_level)
     try:
-        engine = build_engine(settings)
+        model_engine = build_engine(settings)
     except ConfigError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
-    run_service(lambda: BackendNode(settings, engine))
+    run_service(lambda: BackendNode(settings, model_engine))
 
 
 @app.command()
@@ -94,6 +117,9 @@ def proxy(
         help="Static nodes, comma-separated host:port[/ops_port].")] = None,
     routing: Annotated[str | None, typer.Option(
         help="least-outstanding | round-robin")] = None,
+    auth: Annotated[str | None, typer.Option(
+        help="auto | on | none (none on a public interface: anyone may call). "
+             "[default: auto]")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
@@ -103,7 +129,90 @@ def proxy(
 
     settings = _settings(ProxySettings, _cli(locals(), ProxySettings), config)
     configure_logging(log_level)
-    run_service(lambda: Gateway(settings))
+    try:
+        run_service(lambda: Gateway(settings))
+    except ConfigError as exc:  # e.g. a public bind without auth, a bad JWT key
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    scope: Annotated[str, typer.Option(help="admin | user")] = "user",
+    models: Annotated[list[str] | None, typer.Option(
+        help="Models the key may use (repeat; default: all).")] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from inferno.proxy.security import manage
+
+    settings = _settings(ProxySettings, {}, config)
+    if scope not in ("admin", "user"):
+        typer.secho("error: --scope must be admin or user", err=True, fg="red")
+        raise typer.Exit(2)
+    key, row = manage.create(settings, name=name, scope=scope, models=models, rpm=rpm, tpm=tpm)
+    typer.secho(f"Created key {row.id} ({scope}). Store it now; it is not shown again:",
+                err=True, fg="green")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """List API keys by prefix (never the key or its hash)."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from inferno.proxy.security import manage
+    from inferno.proxy.security.keys import display
+
+    table = Table("id", "prefix", "name", "scope", "models", "rpm", "tpm", "created", "status")
+    for r in manage.list_keys(_settings(ProxySettings, {}, config)):
+        table.add_row(r.id, display(r.id), r.name, r.scope, ",".join(r.models or []) or "all",
+                      str(r.rpm or "-"), str(r.tpm or "-"),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created_at)),
+                      "revoked" if r.revoked_at else "active")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id or prefix.")],
+                config: ConfigOpt = None) -> None:
+    """Revoke a key (running proxies stop accepting it within a second)."""
+    from inferno.proxy.security import manage
+
+    if not manage.revoke(_settings(ProxySettings, {}, config), key_id):
+        typer.secho(f"error: no active key {key_id}", err=True, fg="red")
+        raise typer.Exit(1)
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def usage(
+    since: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Last day, YYYY-MM-DD (UTC).")] = None,
+    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Tokens, requests and cost per key, model and day, from the request log."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inferno.proxy.security import manage
+
+    rows = manage.usage(_settings(ProxySettings, {}, config), since=since, until=until,
+                        key_id=key)
+    table = Table("day", "key", "model", "requests", "errors", "prompt tok", "completion tok",
+                  "cache hits", "cost $")
+    for u in rows:
+        table.add_row(u.day, u.key_id or "(no key)", u.model or "-", str(u.requests),
+                      str(u.errors), str(u.prompt_tokens), str(u.completion_tokens),
+                      str(u.cache_hits), f"{u.cost:.6f}")
+    Console().print(table)
 
 
 @app.command()
@@ -122,7 +231,87 @@ def serve(
     from inferno.serve import run_serve
 
     settings = _settings(ServeSettings, _cli(locals(), ServeSettings), config)
-    sys.exit(run_serve(settings, config))
+    # The governator owns node lifecycle: --nodes is the minimum, governator.max_replicas the max.
+    gov = _settings(GovernatorSettings, {}, config)
+    sys.exit(run_serve(settings, gov, config))
+
+
+@governator_app.callback(invoke_without_command=True)
+def governator(ctx: typer.Context) -> None:
+    """Keep the fleet just big enough for its targets (bare command: same as `run`)."""
+    if ctx.invoked_subcommand is None:
+        governator_run()
+
+
+@governator_app.command("run")
+def governator_run(
+    proxy_ops: Annotated[str | None, typer.Option(
+        help="Proxy ops address host:port. [default: 127.0.0.1:6100]")] = None,
+    provider: Annotated[str | None, typer.Option(help="local | kubernetes")] = None,
+    policy_file: Annotated[Path | None, typer.Option("--policy", help="Policy YAML.")] = None,
+    prices_file: Annotated[Path | None, typer.Option("--prices", help="Price list YAML.")] = None,
+    ops_port: Annotated[int | None, typer.Option(help="Operations port. [default: 6300]")] = None,
+    store_url: Annotated[str | None, typer.Option(
+        "--store", help="memory | sqlite:///path.db")] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run the governator loop: read telemetry, decide, scale through the provider."""
+    from inferno.governator.wiring import (
+        build_governator,
+        load_policy_and_prices,
+        run_governator,
+    )
+    from inferno.wiring import configure_logging
+
+    settings = _settings(GovernatorSettings, _cli(locals(), GovernatorSettings), config)
+    configure_logging(log_level)
+    try:
+        policy, prices = load_policy_and_prices(settings)
+        gov = build_governator(settings, policy, prices, config=config)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    run_governator(gov, settings.host, settings.ops_port)
+
+
+@governator_app.command("status")
+def governator_status(
+    host: Annotated[str, typer.Option(help="Governator host.")] = "127.0.0.1",
+    ops_port: Annotated[int, typer.Option(help="Governator ops port.")] = 6300,
+    as_json: Annotated[bool, typer.Option("--json", help="Raw JSON instead of tables.")] = False,
+) -> None:
+    """The fleet, current signals, targets and the last decisions."""
+    from inferno.governator.render import fetch_state, print_state
+
+    state = fetch_state(host, ops_port)
+    if state is None:
+        typer.secho(f"error: no governator answers at http://{host}:{ops_port}/governator/state",
+                    err=True, fg="red")
+        raise typer.Exit(1)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(state, indent=2))
+    else:
+        print_state(state)
+
+
+@governator_app.command("plan")
+def governator_plan(
+    trace: Annotated[Path, typer.Option(help="Request trace (CSV or JSONL).")],
+    prices: Annotated[Path, typer.Option(help="Price list YAML.")],
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (targets, bounds).")] = None,
+    max_nodes: Annotated[int, typer.Option(help="Largest static fleet tried.")] = 8,
+) -> None:
+    """Replay a trace against candidate fleets: SLO attainment, node-hours, cost."""
+    from inferno.governator.planner import run_plan
+
+    try:
+        run_plan(trace, prices, policy, max_nodes=max_nodes)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2) from exc
 
 
 @models_app.command("list")
@@ -137,7 +326,9 @@ def models_list() -> None:
     for entry in CATALOG.values():
         try:
             path = resolve_model(entry.id).path
-            table.add_row(entry.id, str(path), f"installed ({path.stat().st_size / 1e6:.0f} MB)")
+            files = path.rglob("*") if path.is_dir() else [path]
+            size = sum(f.stat().st_size for f in files if f.is_file())
+            table.add_row(entry.id, str(path), f"installed ({size / 1e6:.0f} MB)")
         except ConfigError:
             table.add_row(entry.id, entry.filename, f"missing: {entry.install}")
     Console().print(table)

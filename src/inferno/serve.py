@@ -1,29 +1,41 @@
-"""``inferno serve``: a proxy and local nodes on this machine, supervised until Ctrl-C.
+"""``inferno serve``: a proxy, the governator and local nodes on this machine, until Ctrl-C.
 
-Each component runs as its own process (a crashed node cannot take the proxy down) and
-nodes register with the proxy exactly as remote ones would. A node that dies is restarted
-with exponential back-off. Stopping sends SIGTERM to the nodes first (each deregisters,
-then finishes its work), then to the proxy.
+The proxy runs as its own process (restarted with back-off if it dies). The governator
+runs in this process with the local provider, which owns node lifecycle: it starts
+``--nodes`` nodes (the pool's minimum), adds nodes under load up to
+``governator.max_replicas``, drains them when the load is gone, and restarts a crashed
+node with back-off. Nodes register with the proxy exactly as remote ones would.
+Stopping drains the nodes first (each leaves rotation, then finishes its work), then
+stops the proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.panel import Panel
 
-from inferno.core.config import ServeSettings
+from inferno.core.config import GovernatorSettings, ServeSettings
+from inferno.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inferno.governator.loop import Governator
 
 console = Console(stderr=True)
+log = logging.getLogger("inferno.serve")
 
 
 @dataclass
@@ -33,7 +45,6 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
-    history: list[float] = field(default_factory=list)
 
     def start(self) -> None:
         # Own process group: Ctrl-C reaches serve only, which then stops children in order.
@@ -48,19 +59,9 @@ def _argv(component: str, *args: str, config: Path | None) -> list[str]:
     return [*argv, "--config", str(config)] if config else argv
 
 
-def plan(s: ServeSettings, config: Path | None) -> tuple[Child, list[Child]]:
-    proxy = Child("proxy", _argv("proxy", "--host", s.host, "--port", str(s.port),
-                                 "--ops-port", str(s.ops_port), config=config))
-    nodes = [
-        Child(f"node-{i}", _argv(
-            "backend", "--host", "127.0.0.1", "--port", str(s.node_port_base + i),
-            "--ops-port", str(s.node_ops_port_base + i), "--node-id", f"node-{i}",
-            "--model", s.model, "--engine", s.engine, "--threads", str(s.threads),
-            "--parallel", str(s.parallel), "--n-ctx", str(s.n_ctx),
-            "--discovery-lb", f"127.0.0.1:{s.ops_port}", config=config))
-        for i in range(s.nodes)
-    ]
-    return proxy, nodes
+def proxy_child(s: ServeSettings, config: Path | None) -> Child:
+    return Child("proxy", _argv("proxy", "--host", s.host, "--port", str(s.port),
+                                "--ops-port", str(s.ops_port), config=config))
 
 
 def _telemetry(port: int) -> dict[str, object] | None:
@@ -75,59 +76,97 @@ def _telemetry(port: int) -> dict[str, object] | None:
         return None
 
 
-def run_serve(s: ServeSettings, config: Path | None) -> int:
-    proxy, nodes = plan(s, config)
-    stopping = False
+def run_serve(s: ServeSettings, gs: GovernatorSettings, config: Path | None) -> int:
+    import uvloop
 
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
+    from inferno.governator.providers import NodeTemplate
+    from inferno.governator.wiring import build_governator, load_policy_and_prices
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    children = [proxy, *nodes]
-    for child in children:
-        child.start()
-    url = f"http://{s.host}:{s.port}/v1"
+    # Nodes register with this proxy; the governator reads its telemetry there.
+    gs = gs.model_copy(update={"proxy_ops": f"127.0.0.1:{s.ops_port}", "provider": "local"})
     try:
-        ready = _wait_ready(s, children, lambda: stopping)
+        policy, prices = load_policy_and_prices(gs, min_replicas=s.nodes, model=s.model)
+    except ConfigError as exc:
+        console.print(f"[red]error: {exc.message}[/red]")
+        return 2
+    template = NodeTemplate(model=s.model, engine=s.engine, threads=s.threads,
+                            parallel=s.parallel, n_ctx=s.n_ctx)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    governator = build_governator(gs, policy, prices, template=template,
+                                  port_base=s.node_port_base,
+                                  ops_port_base=s.node_ops_port_base, config=config)
+    proxy = proxy_child(s, config)
+    return uvloop.run(_main(s, gs, governator, proxy))
+
+
+async def _main(s: ServeSettings, gs: GovernatorSettings, governator: Governator,
+                proxy: Child) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    proxy.start()
+    try:
+        gov_port = await governator.start_ops(gs.host, gs.ops_port)
+    except OSError:  # the default port is taken (another serve?): any free one will do
+        gov_port = await governator.start_ops(gs.host, 0)
+    await governator.start()
+    ready = False
+    try:
+        ready = await _wait_ready(s, proxy, governator, stop)
         if ready:
-            _banner(s, url)
-        while not stopping and ready:
-            _supervise(children)
-            time.sleep(0.2)
+            _banner(s, f"http://{s.host}:{s.port}/v1", gs.host, gov_port)
+        while ready and not stop.is_set():
+            _supervise(proxy)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
     finally:
-        _shutdown(proxy, nodes)
+        console.print("[bold]Stopping: draining nodes, then the proxy…[/bold]")
+        await governator.drain()
+        await asyncio.to_thread(_stop_child, proxy)
+        console.print("[bold]Inferno stopped.[/bold]")
     return 0 if ready else 1
 
 
-def _wait_ready(s: ServeSettings, children: list[Child], stopping: object) -> bool:
+async def _wait_ready(s: ServeSettings, proxy: Child, governator: Governator,
+                      stop: asyncio.Event) -> bool:
+    from inferno.governator.providers.local import LocalProvider
+
+    provider = governator.provider
     deadline = time.monotonic() + 300
     with console.status("[bold]Starting Inferno…") as status:
-        while time.monotonic() < deadline:
-            if callable(stopping) and stopping():
+        while time.monotonic() < deadline and not stop.is_set():
+            if proxy.proc is not None and proxy.proc.poll() is not None:
+                console.print(f"[red]proxy exited with code {proxy.proc.returncode} "
+                              "during start-up[/red]")
                 return False
-            for child in children:
-                if child.proc is not None and child.proc.poll() is not None:
-                    console.print(f"[red]{child.name} exited with code {child.proc.returncode} "
-                                  "during start-up[/red]")
+            if isinstance(provider, LocalProvider):
+                crashed = [n for n in provider.nodes if n.restarts]
+                if crashed:
+                    console.print(f"[red]{crashed[0].id} exited during start-up "
+                                  "(see its log above)[/red]")
                     return False
-            t = _telemetry(s.ops_port)
+            t = await asyncio.to_thread(_telemetry, s.ops_port)
             registered = len(t.get("nodes", [])) if isinstance(t, dict) else 0  # type: ignore[arg-type]
             status.update(f"[bold]Starting Inferno…[/bold] proxy "
                           f"{'up' if t else 'starting'}, nodes registered {registered}/{s.nodes}")
             if registered >= s.nodes:
                 return True
-            time.sleep(0.2)
-    console.print("[red]Inferno did not become ready within 300 s[/red]")
+            await asyncio.sleep(0.2)
+    if not stop.is_set():
+        console.print("[red]Inferno did not become ready within 300 s[/red]")
     return False
 
 
-def _banner(s: ServeSettings, url: str) -> None:
+def _banner(s: ServeSettings, url: str, gov_host: str, gov_port: int) -> None:
     body = (f"[bold green]Inferno is ready[/bold green]\n\n"
             f"OpenAI API   [bold]{url}[/bold]\n"
             f"Model        {s.model}  ({s.nodes} node(s), engine {s.engine})\n"
-            f"Operations   http://{s.host}:{s.ops_port}/health  /metrics  /telemetry\n\n"
+            f"Operations   http://{s.host}:{s.ops_port}/health  /metrics  /telemetry\n"
+            f"Governator   http://{gov_host}:{gov_port}/governator/state  "
+            f"(inferno governator status --ops-port {gov_port})\n\n"
             f"Try:  curl {url}/chat/completions -H 'content-type: application/json' \\\n"
             f"        -d '{{\"model\": \"{s.model}\", \"messages\": "
             f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'\n\n"
@@ -136,36 +175,29 @@ def _banner(s: ServeSettings, url: str) -> None:
     print(url, flush=True)
 
 
-def _supervise(children: list[Child]) -> None:
+def _supervise(child: Child) -> None:
+    if child.alive():
+        return
     now = time.monotonic()
-    for child in children:
-        if child.alive():
-            continue
-        if child.next_start == 0.0:
-            code = child.proc.returncode if child.proc else None
-            child.restarts += 1
-            delay = min(60.0, 2.0 ** min(child.restarts - 1, 6))
-            child.next_start = now + delay
-            console.print(f"[yellow]{child.name} exited (code {code}); restarting in "
-                          f"{delay:.0f} s[/yellow]")
-        elif now >= child.next_start:
-            child.next_start = 0.0
-            child.start()
+    if child.next_start == 0.0:
+        code = child.proc.returncode if child.proc else None
+        child.restarts += 1
+        delay = min(60.0, 2.0 ** min(child.restarts - 1, 6))
+        child.next_start = now + delay
+        console.print(f"[yellow]{child.name} exited (code {code}); restarting in "
+                      f"{delay:.0f} s[/yellow]")
+    elif now >= child.next_start:
+        child.next_start = 0.0
+        child.start()
 
 
-def _shutdown(proxy: Child, nodes: list[Child], timeout: float = 30.0) -> None:
-    console.print("[bold]Stopping: draining nodes, then the proxy…[/bold]")
-    for group in (nodes, [proxy]):
-        for child in group:
-            if child.alive() and child.proc is not None:
-                child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in group:
-            if child.proc is None:
-                continue
-            try:
-                child.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(child.proc.pid, signal.SIGKILL)
-                child.proc.wait()
-    console.print("[bold]Inferno stopped.[/bold]")
+def _stop_child(child: Child, timeout: float = 30.0) -> None:
+    if child.proc is None:
+        return
+    if child.alive():
+        child.proc.send_signal(signal.SIGTERM)
+    try:
+        child.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.proc.pid, signal.SIGKILL)
+        child.proc.wait()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from inferno.backend.engines.base import Engine
+from inferno.backend.engines.base import AnyEngine, Engine
 from inferno.core.config import BackendSettings
+from inferno.core.errors import ConfigError
 
 log = logging.getLogger("inferno")
 
@@ -36,13 +38,55 @@ def _llamacpp(s: BackendSettings) -> Engine:
                           aliases=() if s.served_name else model.aliases)
 
 
-ENGINES: dict[str, Callable[[BackendSettings], Engine]] = {
+def _onnx(s: BackendSettings) -> AnyEngine:
+    from inferno.backend.engines.onnx import OnnxEngine
+    from inferno.models.catalog import resolve_model
+
+    model = resolve_model(s.model)
+    return OnnxEngine(model.path, model_id=s.served_name or model.id, threads=s.threads,
+                      batch_size=s.embed_batch_size, batch_wait=s.embed_batch_wait,
+                      data_dir=s.data_dir, aliases=() if s.served_name else model.aliases)
+
+
+def _remote_args(s: BackendSettings, default_url: str) -> dict[str, Any]:
+    """What both remote engines take; the API key is resolved here, never logged."""
+    key: str | None = None
+    if s.api_key_env:
+        key = os.environ.get(s.api_key_env)
+        if not key:
+            raise ConfigError(f"the environment variable {s.api_key_env} named by "
+                              "api_key_env is not set")
+    elif s.api_key is not None:
+        key = s.api_key.get_secret_value()
+    return {"base_url": s.remote_url or default_url, "model_id": s.served_name or s.model,
+            "remote_model": s.remote_model or s.model, "api_key": key, "parallel": s.parallel,
+            "timeout": s.remote_timeout, "context_length": s.n_ctx,
+            "price_per_mtok_input": s.price_per_mtok_input,
+            "price_per_mtok_output": s.price_per_mtok_output}
+
+
+def _openai(s: BackendSettings) -> AnyEngine:
+    from inferno.backend.engines.remote_openai import RemoteOpenAIEngine
+
+    return RemoteOpenAIEngine(**_remote_args(s, "https://api.openai.com/v1"))
+
+
+def _gemini(s: BackendSettings) -> AnyEngine:
+    from inferno.backend.engines.gemini import GeminiEngine
+
+    return GeminiEngine(**_remote_args(s, "https://generativelanguage.googleapis.com/v1beta"))
+
+
+ENGINES: dict[str, Callable[[BackendSettings], AnyEngine]] = {
     "fake": _fake,
     "llamacpp": _llamacpp,
+    "onnx": _onnx,
+    "openai": _openai,
+    "gemini": _gemini,
 }
 
 
-def build_engine(settings: BackendSettings) -> Engine:
+def build_engine(settings: BackendSettings) -> AnyEngine:
     return ENGINES[settings.engine](settings)
 
 

@@ -130,12 +130,11 @@ async def test_bad_input_gets_openai_errors(fake_node: BackendNode, path: str, m
 async def test_client_disconnect_cancels_generation() -> None:
     node = await start_fake_node(token_delay=0.05)
     try:
-        async with httpx.AsyncClient() as http:
-            async with http.stream("POST", f"http://127.0.0.1:{node.server.port}/v1/completions",
-                                   json={"model": "fake-model", "prompt": "x", "max_tokens": 200,
-                                         "stream": True}) as r:
-                async for _ in r.aiter_bytes():
-                    break
+        url = f"http://127.0.0.1:{node.server.port}/v1/completions"
+        body = {"model": "fake-model", "prompt": "x", "max_tokens": 200, "stream": True}
+        async with httpx.AsyncClient() as http, http.stream("POST", url, json=body) as r:
+            async for _ in r.aiter_bytes():
+                break
         for _ in range(40):
             if node.engine.stats().active == 0:
                 break

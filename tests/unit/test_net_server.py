@@ -61,8 +61,24 @@ async def echo(req: Request) -> Response:
     )
 
 
-async def open_raw(srv: HttpServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", srv.port)
+OpenRaw = Callable[[HttpServer], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+@pytest.fixture
+async def open_raw() -> AsyncIterator[OpenRaw]:
+    """Raw client sockets, all closed at teardown whatever the test did with them."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def _open(srv: HttpServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writers.append(writer)
+        return reader, writer
+
+    yield _open
+    for writer in writers:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -104,8 +120,9 @@ async def assert_closed(reader: asyncio.StreamReader) -> None:
         ("GET", "/search?q=a&b=2", b"", "/search", "q=a&b=2"),
         ("POST", "/v1/chat/completions", b'{"x": 1}', "/v1/chat/completions", ""),
         ("DELETE", "/item/7", b"", "/item/7", ""),
+        ("GET", "http://example.com/abs/p?x=1", b"", "/abs/p", "x=1"),
     ],
-    ids=["get", "get-query", "post", "delete"],
+    ids=["get", "get-query", "post", "delete", "absolute-form"],
 )
 async def test_round_trip(
     serve: Serve,
@@ -146,7 +163,7 @@ async def test_keepalive_reuse_over_100_requests(serve: Serve, client: HttpClien
     assert len(peers) == 1
 
 
-async def test_chunked_request_body(serve: Serve) -> None:
+async def test_chunked_request_body(open_raw: OpenRaw, serve: Serve) -> None:
     srv = await serve(echo)
     reader, writer = await open_raw(srv)
     writer.write(b"POST /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -159,7 +176,7 @@ async def test_chunked_request_body(serve: Serve) -> None:
     writer.close()
 
 
-async def test_pipelined_requests_answered_in_order(serve: Serve) -> None:
+async def test_pipelined_requests_answered_in_order(open_raw: OpenRaw, serve: Serve) -> None:
     async def handler(req: Request) -> Response:
         # The first request is the slowest: a server answering out of order would show it.
         await asyncio.sleep({"/1": 0.05, "/2": 0.0, "/3": 0.01}[req.path])
@@ -183,7 +200,11 @@ async def test_pipelined_requests_answered_in_order(serve: Serve) -> None:
     ids=["http10", "http10-keepalive", "http11-close"],
 )
 async def test_connection_semantics(
-    serve: Serve, request_head: bytes, expect_keep_alive_header: bool, closes: bool
+    open_raw: OpenRaw,
+    serve: Serve,
+    request_head: bytes,
+    expect_keep_alive_header: bool,
+    closes: bool,
 ) -> None:
     srv = await serve(echo)
     reader, writer = await open_raw(srv)
@@ -200,7 +221,7 @@ async def test_connection_semantics(
     writer.close()
 
 
-async def test_expect_100_continue(serve: Serve) -> None:
+async def test_expect_100_continue(open_raw: OpenRaw, serve: Serve) -> None:
     srv = await serve(echo)
     reader, writer = await open_raw(srv)
     writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\nexpect: 100-continue\r\n\r\n")
@@ -259,7 +280,9 @@ async def test_expect_100_continue(serve: Serve) -> None:
         "400-bad-chunk",
     ],
 )
-async def test_limits_and_malformed(serve: Serve, payload: bytes, status: int, code: str) -> None:
+async def test_limits_and_malformed(
+    open_raw: OpenRaw, serve: Serve, payload: bytes, status: int, code: str
+) -> None:
     called = False
 
     async def handler(req: Request) -> Response:
@@ -282,7 +305,9 @@ async def test_limits_and_malformed(serve: Serve, payload: bytes, status: int, c
     writer.close()
 
 
-async def test_413_keeps_answer_readable_while_client_still_uploads(serve: Serve) -> None:
+async def test_413_keeps_answer_readable_while_client_still_uploads(
+    open_raw: OpenRaw, serve: Serve
+) -> None:
     srv = await serve(echo, max_body_size=1000)
     reader, writer = await open_raw(srv)
     writer.write(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3000000\r\n\r\n")
@@ -294,7 +319,7 @@ async def test_413_keeps_answer_readable_while_client_still_uploads(serve: Serve
     writer.close()
 
 
-async def test_headers_split_across_reads_still_parse(serve: Serve) -> None:
+async def test_headers_split_across_reads_still_parse(open_raw: OpenRaw, serve: Serve) -> None:
     srv = await serve(echo, max_header_size=4096)
     reader, writer = await open_raw(srv)
     for part in (b"GET /sp", b"lit HTTP/1.1\r\nhost:", b" x\r\nx-test: 1\r\n", b"\r\n"):
@@ -307,7 +332,7 @@ async def test_headers_split_across_reads_still_parse(serve: Serve) -> None:
     writer.close()
 
 
-async def test_slowloris_headers_time_out(serve: Serve) -> None:
+async def test_slowloris_headers_time_out(open_raw: OpenRaw, serve: Serve) -> None:
     srv = await serve(echo, header_timeout=0.2)
     reader, writer = await open_raw(srv)
     writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n")
@@ -318,7 +343,7 @@ async def test_slowloris_headers_time_out(serve: Serve) -> None:
     writer.close()
 
 
-async def test_idle_keepalive_connection_closed(serve: Serve) -> None:
+async def test_idle_keepalive_connection_closed(open_raw: OpenRaw, serve: Serve) -> None:
     srv = await serve(echo, keepalive_timeout=0.2)
     reader, writer = await open_raw(srv)
     writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -428,7 +453,7 @@ async def test_misbehaving_handler_still_answers_500(
     assert client.open_connections == 1
 
 
-async def test_204_has_no_body_or_length(serve: Serve) -> None:
+async def test_204_has_no_body_or_length(open_raw: OpenRaw, serve: Serve) -> None:
     async def handler(req: Request) -> Response:
         return Response(204, b"ignored")
 
@@ -485,7 +510,9 @@ async def test_stream_chunks_flushed_as_produced(serve: Serve, client: HttpClien
 
 
 @pytest.mark.parametrize("producing", [False, True], ids=["iterator-waiting", "iterator-producing"])
-async def test_client_disconnect_mid_stream_closes_iterator(serve: Serve, producing: bool) -> None:
+async def test_client_disconnect_mid_stream_closes_iterator(
+    open_raw: OpenRaw, serve: Serve, producing: bool
+) -> None:
     closed = asyncio.Event()
     req_seen: list[Request] = []
 
@@ -516,7 +543,7 @@ async def test_client_disconnect_mid_stream_closes_iterator(serve: Serve, produc
     assert srv.active_requests == 0
 
 
-async def test_client_disconnect_cancels_running_handler(serve: Serve) -> None:
+async def test_client_disconnect_cancels_running_handler(open_raw: OpenRaw, serve: Serve) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
 
@@ -602,7 +629,9 @@ async def test_stop_lets_in_flight_finish_and_refuses_new(serve: Serve, client: 
     assert srv.active_requests == 0
 
 
-async def test_stop_cancels_after_grace(serve: Serve, client: HttpClient) -> None:
+async def test_stop_cancels_after_grace(
+    open_raw: OpenRaw, serve: Serve, client: HttpClient
+) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
 

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
 from inferno.api import openai as oa
-from inferno.backend.engines.base import Chunk, Engine, SamplingParams
+from inferno.backend.embeddings import embeddings_body
+from inferno.backend.engines.base import (
+    AnyEngine,
+    Capability,
+    ChatEngine,
+    Chunk,
+    EmbeddingEngine,
+    Engine,
+    SamplingParams,
+)
 from inferno.backend.metrics import BackendMetrics
 from inferno.backend.stops import StopMatcher
 from inferno.core.errors import (
@@ -27,15 +36,22 @@ from inferno.core.errors import (
     ModelNotFound,
     NotFound,
     NotReady,
+    UnsupportedParameter,
 )
 from inferno.net import Request, Response, StreamingResponse
 from inferno.net.sse import SSE_DONE, sse_event
 
-_ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET"}
+_ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET",
+           "/v1/embeddings": "POST"}
+_ENDPOINTS: dict[str, tuple[str, Capability]] = {
+    "/v1/chat/completions": ("chat", "chat"),
+    "/v1/completions": ("completions", "completions"),
+    "/v1/embeddings": ("embeddings", "embeddings"),
+}
 
 
 class BackendAPI:
-    def __init__(self, engine: Engine, metrics: BackendMetrics,
+    def __init__(self, engine: AnyEngine, metrics: BackendMetrics,
                  state: Callable[[], str]) -> None:
         self._engine = engine
         self._metrics = metrics
@@ -56,7 +72,7 @@ class BackendAPI:
             raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use {method}.")
         if path == "/v1/models":
             return self._models()
-        endpoint = "chat" if path.endswith("chat/completions") else "completions"
+        endpoint = _ENDPOINTS[path][0]
         started = time.perf_counter()
         self.in_flight += 1
         self.requests_total += 1
@@ -64,7 +80,10 @@ class BackendAPI:
         status = 500
         streaming = False
         try:
-            resp = await self._completion(req, endpoint, started)
+            if endpoint == "embeddings":
+                resp: Response | StreamingResponse = await self._embeddings(req)
+            else:
+                resp = await self._completion(req, endpoint, started)
             status = resp.status
             if isinstance(resp, StreamingResponse):
                 streaming = True  # the stream's own finally settles the books
@@ -85,8 +104,33 @@ class BackendAPI:
     def _models(self) -> Response:
         info = self._engine.info
         card = oa.model_card(info.id, info.owned_by, context_length=info.context_length,
-                             aliases=list(info.aliases))
+                             aliases=list(info.aliases), capabilities=sorted(info.capabilities))
+        if info.dimensions is not None:
+            card["dimensions"] = info.dimensions
         return Response.json(oa.model_list([card]))
+
+    def _check_model(self, model: str, endpoint: str) -> None:
+        """The model is served here and can do what the endpoint asks (else a clear 4xx)."""
+        if model not in self._names():
+            raise ModelNotFound(f"The model '{model}' does not exist on this node.",
+                                param="model")
+        caps = self._engine.info.capabilities
+        needed = _ENDPOINTS[f"/v1/{'chat/completions' if endpoint == 'chat' else endpoint}"][1]
+        if needed not in caps:
+            can = ", ".join(f"/v1/{'chat/completions' if c == 'chat' else c}"
+                            for c in sorted(caps)) or "nothing"
+            raise UnsupportedParameter(
+                f"The model '{model}' does not support /v1/"
+                f"{'chat/completions' if endpoint == 'chat' else endpoint}; it serves {can}.",
+                param="model")
+
+    async def _embeddings(self, req: Request) -> Response:
+        if self._state() != "ready":
+            raise NotReady(f"This node is {self._state()}; try another node.")
+        ereq = oa.parse_request(oa.EmbeddingRequest, req.body)
+        self._check_model(ereq.model, "embeddings")
+        engine: EmbeddingEngine = self._engine  # type: ignore[assignment]  # checked above
+        return Response(200, await embeddings_body(engine, ereq))
 
     async def _completion(self, req: Request, endpoint: str,
                           started: float) -> Response | StreamingResponse:
@@ -97,24 +141,26 @@ class BackendAPI:
                 oa.ChatCompletionRequest, req.body)
         else:
             creq = oa.parse_request(oa.CompletionRequest, req.body)
-        if creq.model not in self._names():
-            raise ModelNotFound(f"The model '{creq.model}' does not exist on this node.",
-                                param="model")
-        if isinstance(creq, oa.ChatCompletionRequest):
-            if not self._engine.info.has_chat_template:
-                raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
-                                     "use /v1/completions.", param="model")
-            prompt = self._engine.render_chat(
-                [{"role": m.role, "content": m.text()} for m in creq.messages])
-        else:
-            prompt = creq.prompt_text()
-            if not prompt:
-                raise InvalidRequest("The prompt is empty.", param="prompt")
+        self._check_model(creq.model, endpoint)
+        engine: Engine = self._engine  # type: ignore[assignment]  # capability checked above
         params = SamplingParams(
             max_tokens=creq.token_limit(), temperature=creq.temperature, top_p=creq.top_p,
             seed=creq.seed, presence_penalty=creq.presence_penalty,
             frequency_penalty=creq.frequency_penalty)
-        gen = self._engine.generate(prompt, params)
+        if isinstance(creq, oa.ChatCompletionRequest):
+            messages = [{"role": m.role, "content": m.text()} for m in creq.messages]
+            if isinstance(engine, ChatEngine):  # remote providers take messages as they are
+                gen = engine.generate_chat(messages, params)
+            else:
+                if not engine.info.has_chat_template:
+                    raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
+                                         "use /v1/completions.", param="model")
+                gen = engine.generate(engine.render_chat(messages), params)
+        else:
+            prompt = creq.prompt_text()
+            if not prompt:
+                raise InvalidRequest("The prompt is empty.", param="prompt")
+            gen = engine.generate(prompt, params)
         try:
             first = await anext(gen)
         except StopAsyncIteration:
@@ -153,7 +199,7 @@ class _Turn:
     """One generation: the engine's chunks turned into OpenAI bodies, stop strings applied."""
 
     def __init__(self, endpoint: str, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
-                 gen: AsyncIterator[Chunk], first: Chunk) -> None:
+                 gen: AsyncGenerator[Chunk, None], first: Chunk) -> None:
         self.endpoint = endpoint
         self.creq = creq
         self.gen = gen
@@ -170,6 +216,8 @@ class _Turn:
             chunk: Chunk | None = self.first
             while chunk is not None:
                 self.completion_tokens = chunk.completion_tokens
+                # Remote providers may only know the prompt's size at the end.
+                self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
                 text = self._stops.feed(chunk.text)
                 if self._stops.stopped:
                     yield text, "stop"
@@ -182,9 +230,7 @@ class _Turn:
                 chunk = await anext(self.gen, None)
             yield self._stops.flush(), "stop"
         finally:
-            close = getattr(self.gen, "aclose", None)
-            if close is not None:
-                await close()
+            await self.gen.aclose()
 
     async def collect(self) -> dict[str, Any]:
         parts: list[str] = []

@@ -16,9 +16,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from inferno import __version__
-from inferno.api.node import Registration, Vitals
+from inferno.api.node import NodeState, Registration, Vitals
 from inferno.backend.api import BackendAPI
-from inferno.backend.engines.base import Engine
+from inferno.backend.engines.base import AnyEngine
 from inferno.backend.metrics import BackendMetrics
 from inferno.backend.registration import RegistrationClient
 from inferno.core.config import BackendSettings
@@ -29,10 +29,10 @@ log = logging.getLogger("inferno.backend")
 
 
 class BackendNode:
-    def __init__(self, settings: BackendSettings, engine: Engine) -> None:
+    def __init__(self, settings: BackendSettings, engine: AnyEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.state = "loading"
+        self.state: NodeState = "loading"
         self.node_id = settings.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self._started = time.monotonic()
         registry = CollectorRegistry()
@@ -58,7 +58,8 @@ class BackendNode:
         if s.discovery_lb:
             self._registration = RegistrationClient(
                 s.discovery_lb, self.registration(), interval=s.heartbeat_interval,
-                client=self._client)
+                client=self._client,
+                token=s.node_token.get_secret_value() if s.node_token else None)
             self._registration.start()
         log.info("node %s ready: model %s on %s:%d (ops %d)", self.node_id,
                  self.engine.info.id, s.host, self.server.port, self.ops.port)
@@ -69,7 +70,9 @@ class BackendNode:
         return Registration(
             id=self.node_id, address=f"{host}:{self.server.port}", metrics_port=self.ops.port,
             models=[self.engine.info.id, *self.engine.info.aliases],
-            capacity=self.engine.stats().capacity, lease_seconds=s.lease_seconds)
+            capacity=self.engine.stats().capacity, lease_seconds=s.lease_seconds,
+            price_per_mtok_input=self.engine.info.price_per_mtok_input,
+            price_per_mtok_output=self.engine.info.price_per_mtok_output)
 
     async def drain(self) -> None:
         """Leave rotation first, then finish in-flight work, then stop."""
@@ -95,12 +98,18 @@ class BackendNode:
     def vitals(self) -> dict[str, Any]:
         stats = self.engine.stats()
         info = self.engine.info
+        # Extra vitals (Vitals allows them): what the model can do and what it costs.
+        extra: dict[str, Any] = {
+            "capabilities": sorted(info.capabilities), "engine": self.settings.engine,
+            "price_per_mtok_input": info.price_per_mtok_input,
+            "price_per_mtok_output": info.price_per_mtok_output}
         return Vitals(
             id=self.node_id, component="backend", version=__version__,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             uptime_s=round(time.monotonic() - self._started, 3),
             models=[info.id], capacity=stats.capacity, in_flight=self.api.in_flight,
             queue_depth=stats.queued, tokens_per_second=round(self._tokens.rate(), 2),
             requests_total=self.api.requests_total, active_sequences=stats.active,
             context_length=info.context_length, tokens_generated=stats.tokens_generated,
+            **extra,
         ).model_dump()

@@ -29,11 +29,15 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
 
 class RegistrationClient:
     def __init__(self, discovery_lb: str, registration: Registration, *,
-                 interval: float, client: HttpClient) -> None:
+                 interval: float, client: HttpClient, token: str | None = None) -> None:
         self._host, self._port = split_host_port(discovery_lb, 6100)
         self._registration = registration
         self._interval = interval
         self._client = client
+        # The proxy's node token, sent as a bearer credential (never logged).
+        self._headers = [(b"content-type", b"application/json")]
+        if token:
+            self._headers.append((b"authorization", b"Bearer " + token.encode()))
         self._task: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -49,7 +53,7 @@ class RegistrationClient:
         try:
             resp = await self._client.request(
                 self._host, self._port, method, path, body=body,
-                headers=[(b"content-type", b"application/json")],
+                headers=self._headers,
                 connect_timeout=2.0, header_timeout=5.0)
             payload = await resp.read()
         except InfernoError as exc:

@@ -8,7 +8,8 @@ at one boundary each, with ``raise ... from exc``, so nothing else needs to know
     InfernoError                         500 server_error / internal_error
     ├── ClientError                      400 invalid_request_error
     │   ├── InvalidRequest               400 invalid_request_error / invalid_value (+param)
-    │   │   └── ContextLengthExceeded    400 invalid_request_error / context_length_exceeded
+    │   │   ├── ContextLengthExceeded    400 invalid_request_error / context_length_exceeded
+    │   │   └── UnsupportedParameter     400 invalid_request_error / unsupported_parameter
     │   ├── AuthenticationError          401 authentication_error / invalid_api_key
     │   ├── PermissionDenied             403 permission_error / insufficient_permissions
     │   ├── NotFound                     404 invalid_request_error / not_found
@@ -26,6 +27,8 @@ at one boundary each, with ``raise ... from exc``, so nothing else needs to know
     │   ├── UpstreamTimeout              504 server_error / upstream_timeout
     │   └── UpstreamProtocolError        502 server_error / upstream_protocol_error
     ├── EngineError                      500 server_error / engine_error
+    ├── ProviderError                    500 server_error / provider_error (governator: a node
+    │                                    could not be started/stopped; logged, retried)
     └── ConfigError                      (never reaches a client: the CLI prints it and exits 2)
 
 ``retryable`` answers "may another attempt succeed?"; whether the proxy *may* retry
@@ -95,6 +98,12 @@ class InvalidRequest(ClientError):
 
 class ContextLengthExceeded(InvalidRequest):
     code = "context_length_exceeded"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A valid request this model or node cannot honour (e.g. embeddings on a chat model)."""
+
+    code = "unsupported_parameter"
 
 
 class AuthenticationError(ClientError):
@@ -199,6 +208,13 @@ class UpstreamProtocolError(UpstreamError):
 
 class EngineError(InfernoError):
     code = "engine_error"
+
+
+class ProviderError(InfernoError):
+    """A governator provider could not act (process start, Kubernetes API). Never fatal."""
+
+    code = "provider_error"
+    retryable = True
 
 
 class ConfigError(InfernoError):

@@ -61,3 +61,44 @@ def find_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
         if k == key:
             return v.decode("latin-1")
     return None
+
+
+# Connection-header modes of a response head.
+CONN_NONE, CONN_CLOSE, CONN_KEEP = 0, 1, 2
+_CONN_LINES: Final = (b"", b"connection: close\r\n", b"connection: keep-alive\r\n")
+_SSE_EXTRA: Final = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
+
+
+class HeadEncoder:
+    """Response heads up to (not including) the framing header, with a prefix cache.
+
+    The status line, server, connection and content-type lines depend on a handful of
+    values that repeat on every response, so they are encoded once per combination.
+    """
+
+    __slots__ = ("_cache", "_server_line")
+
+    def __init__(self, server_header: str) -> None:
+        self._server_line = (
+            b"server: " + check_value(server_header.encode("latin-1")) + b"\r\n"
+            if server_header
+            else b""
+        )
+        self._cache: dict[tuple[int, str, int], bytes] = {}
+
+    def encode(
+        self, status: int, content_type: str, headers: list[tuple[str, str]] | None, mode: int
+    ) -> bytes:
+        key = (status, content_type, mode)
+        prefix = self._cache.get(key)
+        if prefix is None:
+            prefix = status_line(status) + self._server_line + _CONN_LINES[mode]
+            if content_type:
+                prefix += encode_str_headers([("content-type", content_type)])
+                if content_type.startswith("text/event-stream"):
+                    prefix += _SSE_EXTRA
+            if len(self._cache) < 512:  # bounded: content types come from handlers
+                self._cache[key] = prefix
+        if headers:
+            prefix += encode_str_headers(headers)
+        return prefix

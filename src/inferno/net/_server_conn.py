@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from ..core.errors import HeadersTooLarge, InfernoError, InvalidRequest, PayloadTooLarge
-from ._http import encode_str_headers, status_line
+from ._http import CONN_CLOSE, CONN_KEEP, CONN_NONE
 from ._messages import Request, Response, StreamingResponse
 
 if TYPE_CHECKING:
@@ -38,15 +38,11 @@ _GENERIC_500 = (
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNK_END = b"0\r\n\r\n"
 _TE_CHUNKED = b"transfer-encoding: chunked\r\n\r\n"
-_SSE_EXTRA = b"cache-control: no-cache\r\nx-accel-buffering: no\r\n"
 _LINGER_S = 1.0
 _SMALL_BODY = 64 * 1024
 _METHODS: dict[bytes, str] = {
     m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD")
 }
-# connection-header modes, part of the cached head prefix key
-_CONN_NONE, _CONN_CLOSE, _CONN_KEEP = 0, 1, 2
-_CONN_LINES = (b"", b"connection: close\r\n", b"connection: keep-alive\r\n")
 
 
 class _Abort(Exception):
@@ -209,12 +205,14 @@ class ServerConnection(asyncio.Protocol):
         self._in_body = False
         parser = self._parser
         url = self._url
-        if url[:1] != b"/" and url != b"*":
+        if url[:1] == b"/":
+            path, _, query = url.partition(b"?")
+        else:  # absolute-form ("http://host/p?q") or "*": rare, so the slower parser
             try:
-                url = httptools.parse_url(url).path or b"/"  # absolute-form target
+                parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
                 raise self._abort(InvalidRequest("Invalid request target.")) from None
-        path, _, query = url.partition(b"?")
+            path, query = parsed.path or b"/", parsed.query or b""
         raw_method = parser.get_method()
         body = self._body
         req = Request(
@@ -326,26 +324,13 @@ class ServerConnection(asyncio.Protocol):
     # ---- writing -------------------------------------------------------------------
     def _conn_mode(self, req: Request) -> int:
         if not req._keep_alive or self._server._stopping or (self._no_more and not self._pipeline):
-            return _CONN_CLOSE
-        return _CONN_KEEP if req._http10 else _CONN_NONE
+            return CONN_CLOSE
+        return CONN_KEEP if req._http10 else CONN_NONE
 
     def _head(
         self, status: int, content_type: str, headers: list[tuple[str, str]] | None, mode: int
     ) -> bytes:
-        cache = self._server._head_cache
-        key = (status, content_type, mode)
-        prefix = cache.get(key)
-        if prefix is None:
-            prefix = status_line(status) + self._server._server_line + _CONN_LINES[mode]
-            if content_type:
-                prefix += encode_str_headers([("content-type", content_type)])
-                if content_type.startswith("text/event-stream"):
-                    prefix += _SSE_EXTRA
-            if len(cache) < 512:
-                cache[key] = prefix
-        if headers:
-            prefix += encode_str_headers(headers)
-        return prefix
+        return self._server._heads.encode(status, content_type, headers, mode)
 
     def _send_response(self, resp: Response, req: Request) -> bool:
         mode = self._conn_mode(req)
@@ -371,12 +356,12 @@ class ServerConnection(asyncio.Protocol):
             else:
                 transport.write(head)
                 transport.write(body)
-        return mode != _CONN_CLOSE
+        return mode != CONN_CLOSE
 
     async def _send_stream(self, resp: StreamingResponse, req: Request) -> bool:
         it = resp.chunks
         chunked = not req._http10  # HTTP/1.0 has no chunked coding: close-delimit instead
-        mode = self._conn_mode(req) if chunked else _CONN_CLOSE
+        mode = self._conn_mode(req) if chunked else CONN_CLOSE
         transport = self._transport
         assert transport is not None
         try:
@@ -411,7 +396,7 @@ class ServerConnection(asyncio.Protocol):
                 return False
             if chunked and not self._lost:
                 transport.write(_CHUNK_END)
-            return mode != _CONN_CLOSE
+            return mode != CONN_CLOSE
         finally:
             aclose: Any = getattr(it, "aclose", None)
             if aclose is not None:
@@ -438,7 +423,7 @@ class ServerConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._lost:
             return
-        head = self._head(err.status_code, "application/json", err.headers(), _CONN_CLOSE)
+        head = self._head(err.status_code, "application/json", err.headers(), CONN_CLOSE)
         body = err.to_json()
         transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         self.deadline = math.inf

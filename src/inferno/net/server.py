@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from ._http import HeadEncoder
 from ._messages import Handler, Request, Response, StreamingResponse
 from ._server_conn import ServerConnection
 
@@ -44,12 +45,7 @@ class HttpServer:
         self._max_header_size = max_header_size
         self._keepalive_timeout = keepalive_timeout
         self._header_timeout = header_timeout
-        self._server_line = (
-            b"server: " + server_header.encode("latin-1") + b"\r\n" if server_header else b""
-        )
-        if b"\r" in self._server_line[:-2] or b"\n" in self._server_line[:-2]:
-            raise ValueError("server_header contains CR or LF")
-        self._head_cache: dict[tuple[int, str, int], bytes] = {}
+        self._heads = HeadEncoder(server_header)
         self._conns: set[ServerConnection] = set()
         self._active = 0
         self._stopping = False

@@ -11,6 +11,7 @@ doubled: every request id is in the table exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -80,10 +81,8 @@ class RequestLog:
         while True:
             if not self._queue:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
-                except TimeoutError:
-                    pass
                 continue
             # Peek, write, then pop: a cancelled writer loses nothing (flush() retries it).
             n = min(len(self._queue), self._batch_size)
@@ -103,8 +102,10 @@ class RequestLog:
         except Exception as exc:
             self._metrics.log_write_errors.inc()
             if not self._failing:
-                log.warning("request log: database unavailable (%s); keeping %d rows and "
-                            "retrying", type(exc).__name__, self.backlog)
+                # Class names only: a driver's message may quote row values (payloads).
+                cause = type(getattr(exc, "orig", None) or exc).__name__
+                log.warning("request log: database unavailable (%s/%s); keeping %d rows and "
+                            "retrying", type(exc).__name__, cause, self.backlog)
             self._failing = True
             return False
         if self._failing:
@@ -114,9 +115,9 @@ class RequestLog:
         self._metrics.log_written.inc(len(batch))
         return True
 
-    async def flush(self, timeout: float = 5.0) -> bool:
+    async def flush(self, within: float = 5.0) -> bool:
         """Write everything queued now (used on shutdown and by tests)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while self._queue and time.monotonic() < deadline:
             n = min(len(self._queue), self._batch_size)
             batch = [self._queue[i] for i in range(n)]

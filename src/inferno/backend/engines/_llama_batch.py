@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
+import heapq
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -18,6 +21,8 @@ from typing import Any
 
 from inferno.backend.engines.base import Chunk, FinishReason
 from inferno.core.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 # A queue item: a chunk, or the error that ends the generation.
 Item = Chunk | BaseException
@@ -97,7 +102,8 @@ class BatchScheduler:
         self._n_ctx_seq = n_ctx_seq
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._batch = lib.llama_batch_init(n_batch, 0, n_parallel)
-        self._free_ids = list(range(n_parallel - 1, -1, -1))
+        # A heap: the lowest free id first, see _step on why ids should stay packed.
+        self._free_ids = list(range(n_parallel))
         self._cond = threading.Condition()
         self._pending: deque[Sequence] = deque()  # guarded by _cond
         self._stopping = False  # guarded by _cond
@@ -121,7 +127,7 @@ class BatchScheduler:
     def submit(self, seq: Sequence) -> None:
         with self._cond:
             if self._stopping:
-                raise EngineError("the engine is closed")
+                raise EngineError("the engine is closed or its decode loop has stopped")
             self._pending.append(seq)
             self._cond.notify()
 
@@ -130,10 +136,8 @@ class BatchScheduler:
         with self._cond:
             # A queued sequence leaves the FIFO now, so queue depth drops at once; an
             # active one is dropped by the worker before its next decode step.
-            try:
+            with contextlib.suppress(ValueError):
                 self._pending.remove(seq)
-            except ValueError:
-                pass
             self._cond.notify()
 
     def stop(self) -> None:
@@ -160,7 +164,7 @@ class BatchScheduler:
                     admitted: list[Sequence] = []
                     while self._pending and self._free_ids:
                         seq = self._pending.popleft()
-                        seq.seq_id = self._free_ids.pop()
+                        seq.seq_id = heapq.heappop(self._free_ids)
                         admitted.append(seq)
                 for seq in admitted:
                     seq.sampler = self._make_sampler(seq.sampler_config)
@@ -170,6 +174,7 @@ class BatchScheduler:
                 if self._active:
                     self._step()
         except BaseException as exc:  # the thread must never die silently
+            log.exception("llama.cpp decode loop failed")
             error = exc
         finally:
             with self._cond:
@@ -219,7 +224,7 @@ class BatchScheduler:
             seq.sampler = None
         seq.finished = True
         with self._cond:
-            self._free_ids.append(seq.seq_id)
+            heapq.heappush(self._free_ids, seq.seq_id)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
@@ -234,8 +239,11 @@ class BatchScheduler:
         fed: list[tuple[Sequence, int]] = []  # tokens each sequence adds to the KV cache
         outputs: list[tuple[Sequence, int]] = []  # batch index whose logits it samples
         # Generating sequences first: each costs one slot of the batch and must never
-        # wait behind a long prompt.
-        for seq in self._active:
+        # wait behind a long prompt. In seq_id order: with one KV stream per sequence,
+        # llama.cpp puts only runs of consecutive seq_ids into one ubatch, so an
+        # unordered batch (or ids with holes) costs extra ubatches, each a full pass
+        # over the weights.
+        for seq in sorted(self._active, key=_by_seq_id):
             if seq.next_token is not None:
                 token[n], pos[n], n_seq_id[n], logits[n] = seq.next_token, seq.n_fed, 1, 1
                 seq_ids[n][0] = seq.seq_id
@@ -316,6 +324,10 @@ class BatchScheduler:
             except RuntimeError:  # that loop is closed: nobody is listening any more
                 for seq, _ in items:
                     seq.cancelled = True
+
+
+def _by_seq_id(seq: Sequence) -> int:
+    return seq.seq_id
 
 
 def _put_all(items: list[tuple[Sequence, Item]]) -> None:

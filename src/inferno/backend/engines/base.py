@@ -20,15 +20,33 @@ Contract:
 - The output of one greedy sequence (temperature 0) must not depend on what else runs.
 - Errors are :mod:`inferno.core.errors` classes: ``ContextLengthExceeded`` when the prompt
   plus ``max_tokens`` does not fit, ``EngineError`` for anything the engine itself broke.
+- ``ModelInfo.capabilities`` says which endpoints the model serves (``chat``,
+  ``completions``, ``embeddings``); the HTTP layer answers a clear 400 for the others.
+- Optional ``generate_chat(messages, params)`` (:class:`ChatEngine`): engines that forward
+  to a remote provider take the messages as messages instead of a rendered template; when
+  an engine has it, the HTTP layer calls it for chat instead of ``render_chat`` +
+  ``generate``. Its first chunk may not know the prompt's token count yet: the last
+  chunk's ``prompt_tokens`` is the one reported.
+
+Embedding engines (:class:`EmbeddingEngine`) share ``info``/``load``/``close``/``stats``
+and have ``embed(texts)`` instead of generation: one unit-or-not vector per text, in
+order, and the prompt tokens they cost. Too-long texts raise ``ContextLengthExceeded``
+naming the limit; concurrent calls may be batched together by the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 FinishReason = Literal["stop", "length", "abort"]
+Capability = Literal["chat", "completions", "embeddings", "classifications"]
+GENERATIVE: frozenset[Capability] = frozenset({"chat", "completions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +77,11 @@ class ModelInfo:
     owned_by: str = "inferno"
     has_chat_template: bool = True
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    capabilities: frozenset[Capability] = GENERATIVE
+    # USD per million tokens, for cost-aware routing (remote providers); 0 for local models.
+    price_per_mtok_input: float = 0.0
+    price_per_mtok_output: float = 0.0
+    dimensions: int | None = None  # embedding models: the vector length
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +107,36 @@ class Engine(Protocol):
         """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from."""
         ...
 
-    def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]: ...
+    def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
 
     def stats(self) -> EngineStats: ...
+
+
+@runtime_checkable
+class ChatEngine(Protocol):
+    """An engine that takes chat messages as they are (remote providers)."""
+
+    def generate_chat(self, messages: Sequence[dict[str, str]],
+                      params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: npt.NDArray[np.float32] | list[list[float]]  # one row per input text
+    prompt_tokens: int
+
+
+class EmbeddingEngine(Protocol):
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def embed(self, texts: Sequence[str]) -> EmbeddingResult: ...
+
+    def stats(self) -> EngineStats: ...
+
+
+AnyEngine = Engine | EmbeddingEngine

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
-from inferno.backend.engines.base import Chunk, EngineStats, ModelInfo, SamplingParams
+from inferno.backend.engines.base import (
+    Chunk,
+    EngineStats,
+    FinishReason,
+    ModelInfo,
+    SamplingParams,
+)
 from inferno.core.errors import ContextLengthExceeded, InvalidRequest
 
 _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Paris", "is",
@@ -52,7 +58,7 @@ class FakeEngine:
         return EngineStats(active=self._active, queued=self._queued, capacity=self._parallel,
                            tokens_generated=self._generated, prompt_tokens=self._prompted)
 
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    async def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
         if not prompt:
             raise InvalidRequest("The prompt is empty.", param="prompt")
         n_prompt = len(self.tokenize(prompt))
@@ -82,7 +88,7 @@ class FakeEngine:
                 word = _WORDS[(start + i) % len(_WORDS)]
                 done = i + 1 == limit
                 eos = self._eos_after is not None and i + 1 >= self._eos_after
-                finish = "stop" if eos else ("length" if done else None)
+                finish: FinishReason | None = "stop" if eos else ("length" if done else None)
                 yield Chunk(text=("" if i == 0 else " ") + word, prompt_tokens=n_prompt,
                             completion_tokens=i + 1, finish_reason=finish)
                 if finish:

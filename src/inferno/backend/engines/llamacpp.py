@@ -41,7 +41,7 @@ import asyncio
 import ctypes
 import secrets
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from inferno.backend.engines._llama_batch import BatchScheduler, Item, SamplerConfig
@@ -151,7 +151,8 @@ class LlamaCppEngine:
         lib = _import_llama()
         _silence_llama_logs(lib)
         lib.llama_backend_init()
-        model = lib.llama_model_load_from_file(self._path.encode(), lib.llama_model_default_params())
+        mparams = lib.llama_model_default_params()
+        model = lib.llama_model_load_from_file(self._path.encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load the model at {self._path!r}")
         try:
@@ -294,7 +295,7 @@ class LlamaCppEngine:
 
     # ---- generation ------------------------------------------------------------------
 
-    async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    async def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
         # An async generator: all validation below runs at the first __anext__, so
         # errors surface before any chunk and before the request takes a queue place.
         sched = self._require()

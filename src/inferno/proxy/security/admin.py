@@ -68,11 +68,11 @@ class AdminAPI:
         require_admin(principal)
         if path == "/v1/admin/keys":
             if req.method == "GET":
-                rows = await store.keys.list()
+                keys = await store.keys.list()
                 return Response.json({"object": "list", "data": [
                     {"id": r.id, "prefix": display(r.id), "name": r.name, "scope": r.scope,
                      "models": r.models, "rpm": r.rpm, "tpm": r.tpm, "created_at": r.created_at,
-                     "revoked": r.revoked_at is not None} for r in rows]})
+                     "revoked": r.revoked_at is not None} for r in keys]})
             if req.method == "POST":
                 return await self._create(req, store)
             raise MethodNotAllowed(f"{req.method} is not allowed on {path}.")

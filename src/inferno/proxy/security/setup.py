@@ -47,15 +47,14 @@ def is_loopback(host: str) -> bool:
 
 
 class Security:
-    def __init__(self, settings: ProxySettings, registry: CollectorRegistry,
-                 *, redis_prefix: str = "inferno:rl") -> None:
+    def __init__(self, settings: ProxySettings, registry: CollectorRegistry) -> None:
         s = settings
         self.settings = s
         self.metrics = m = SecurityMetrics(registry)
         url = s.database_url.get_secret_value() if s.database_url else None
         self.store: Store | None = None
         if url != "none":
-            self.store = Store(url or default_sqlite_url(s.data_dir))
+            self.store = Store(url or default_sqlite_url(s.data_dir), schema=s.database_schema)
         self.keys = KeyCache(self.store, interval=s.keys_refresh_interval)
         self.jwt: JwtVerifier | None = None
         if s.jwt_secret or s.jwt_public_key_file or s.jwt_jwks_file:
@@ -68,7 +67,7 @@ class Security:
                                   on_failure=lambda r: m.auth_failures.labels(r).inc())
         self.limiter: Limiter
         if s.redis_url:
-            self.limiter = RedisLimiter(s.redis_url.get_secret_value(), prefix=redis_prefix,
+            self.limiter = RedisLimiter(s.redis_url.get_secret_value(), prefix=s.redis_prefix,
                                         on_error=m.ratelimit_backend_errors.inc)
         else:
             self.limiter = LocalLimiter()
@@ -79,10 +78,13 @@ class Security:
                               batch_size=s.log_batch_size, flush_interval=s.log_flush_interval,
                               log_payloads=s.log_payloads)
         limits = Limits(default_rpm=s.default_rpm, default_tpm=s.default_tpm,
-                        model_limits=s.model_limits, burst_seconds=s.limit_burst_seconds)
+                        model_limits={name: {str(k): n for k, n in v.items()}
+                                      for name, v in s.model_limits.items()},
+                        burst_seconds=s.limit_burst_seconds)
         self.guard = RequestGuard(self.auth, limits, self.limiter, self.log, m,
-                                  prices=Prices(s.prices), cache=self.cache,
-                                  default_reserve=s.default_reserve_tokens)
+                                  prices=Prices({name: {str(k): x for k, x in v.items()}
+                                                 for name, v in s.prices.items()}),
+                                  cache=self.cache, default_reserve=s.default_reserve_tokens)
         self.admin = AdminAPI(self.auth, self.store, self.keys)
         self.registration = RegistrationGuard(
             [t.get_secret_value() for t in s.node_tokens], list(s.registration_allowlist))
@@ -142,7 +144,7 @@ class Security:
         self._tasks.clear()
         if self.log.enabled:
             with contextlib.suppress(Exception):
-                await self.log.flush(timeout=5.0)
+                await self.log.flush(within=5.0)
         if isinstance(self.limiter, RedisLimiter):
             await self.limiter.close()
         if self.cache is not None:

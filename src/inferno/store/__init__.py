@@ -1,0 +1,20 @@
+"""Inferno's storage layer: SQLAlchemy 2 (async) over SQLite (embedded default) or PostgreSQL.
+
+``Store(url)`` opens the engine and applies the Alembic migrations shipped in
+``inferno.store.migrations`` on :meth:`Store.start`; repositories (``store.keys``,
+``store.requests``) hold every query. Components import this package, never each other.
+"""
+
+from inferno.store.engine import Store, StoreUnavailable, default_sqlite_url, normalise_url
+from inferno.store.repos import ApiKeyRow, KeyRepo, RequestRepo, UsageRow
+
+__all__ = [
+    "ApiKeyRow",
+    "KeyRepo",
+    "RequestRepo",
+    "Store",
+    "StoreUnavailable",
+    "UsageRow",
+    "default_sqlite_url",
+    "normalise_url",
+]

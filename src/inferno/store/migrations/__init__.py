@@ -1,0 +1,1 @@
+"""Alembic migrations for :mod:`inferno.store`, applied by ``Store.start``."""

@@ -1,0 +1,60 @@
+"""The schema, as SQLAlchemy Core tables. Changes ship as Alembic migrations (versions/)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per API key. Only the SHA-256 of the key is stored; ``id`` is the public part
+# printed inside the key itself (``inf_<id>_<secret>``) and used to show it afterwards.
+api_keys = Table(
+    "inferno_api_keys", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("models", JSON, nullable=True),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+)
+
+# One row per client request, written in batches by the proxy's background writer.
+request_log = Table(
+    "inferno_request_log", metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("day", String(10), nullable=False),
+    Column("key_id", String(64), nullable=True),
+    Column("route", String(64), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("node", String(128), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("stream", Boolean, nullable=False, default=False),
+    Column("prompt_tokens", BigInteger, nullable=False, default=0),
+    Column("completion_tokens", BigInteger, nullable=False, default=0),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("cost", Float, nullable=False, default=0.0),
+    Column("cache_hit", Boolean, nullable=False, default=False),
+    Column("request_body", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+)
+Index("ix_inferno_request_log_day_key", request_log.c.day, request_log.c.key_id)
+Index("ix_inferno_request_log_ts", request_log.c.ts)

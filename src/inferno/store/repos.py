@@ -1,0 +1,124 @@
+"""Every query the store answers. Keys are matched by id, never by putting a key in SQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from inferno.store.models import api_keys, request_log
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    id: str
+    name: str
+    key_hash: str
+    scope: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    day: str
+    key_id: str | None
+    model: str | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    errors: int
+    cache_hits: int
+
+
+class KeyRepo:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, row: ApiKeyRow) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(insert(api_keys).values(
+                id=row.id, name=row.name, key_hash=row.key_hash, scope=row.scope,
+                models=row.models, rpm=row.rpm, tpm=row.tpm, created_at=row.created_at,
+                revoked_at=row.revoked_at))
+
+    async def list(self, *, include_revoked: bool = True) -> list[ApiKeyRow]:
+        query = select(api_keys).order_by(api_keys.c.created_at)
+        if not include_revoked:
+            query = query.where(api_keys.c.revoked_at.is_(None))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [ApiKeyRow(**dict(r)) for r in rows]
+
+    async def revoke(self, key_id: str) -> bool:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time()))
+        return bool(result.rowcount)
+
+    async def count_active(self) -> int:
+        async with self._engine.connect() as conn:
+            n = await conn.scalar(select(func.count()).select_from(api_keys)
+                                  .where(api_keys.c.revoked_at.is_(None)))
+        return int(n or 0)
+
+
+class RequestRepo:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """One transaction; rows already stored (a retried batch) are skipped, not doubled."""
+        if not rows:
+            return
+        dialect = self._engine.dialect.name
+        stmt: Any = (pg_insert(request_log) if dialect == "postgresql"
+                     else sqlite_insert(request_log))
+        stmt = stmt.on_conflict_do_nothing(index_elements=["request_id"])
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt, list(rows))
+
+    async def usage(self, *, since_day: str | None = None, until_day: str | None = None,
+                    key_id: str | None = None) -> list[UsageRow]:
+        c = request_log.c
+        query = (select(c.day, c.key_id, c.model, func.count().label("requests"),
+                        func.coalesce(func.sum(c.prompt_tokens), 0),
+                        func.coalesce(func.sum(c.completion_tokens), 0),
+                        func.coalesce(func.sum(c.cost), 0.0),
+                        func.coalesce(func.sum(case((c.status >= 400, 1), else_=0)), 0),
+                        func.coalesce(func.sum(case((c.cache_hit, 1), else_=0)), 0))
+                 .group_by(c.day, c.key_id, c.model).order_by(c.day, c.key_id, c.model))
+        if since_day:
+            query = query.where(c.day >= since_day)
+        if until_day:
+            query = query.where(c.day <= until_day)
+        if key_id is not None:
+            query = query.where(c.key_id == key_id)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [UsageRow(day=r[0], key_id=r[1], model=r[2], requests=int(r[3]),
+                         prompt_tokens=int(r[4]), completion_tokens=int(r[5]),
+                         cost=float(r[6]), errors=int(r[7]), cache_hits=int(r[8]))
+                for r in rows]
+
+    async def recent(self, *, key_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(request_log).order_by(request_log.c.ts.desc()).limit(limit)
+        if key_id is not None:
+            query = query.where(request_log.c.key_id == key_id)
+        async with self._engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+
+    async def count(self) -> int:
+        async with self._engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(request_log)) or 0)

@@ -1,0 +1,184 @@
+"""Registration security, what reaches a node, and the request limits the proxy enforces."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+import pytest_asyncio
+
+from inferno.api.node import Registration
+from inferno.backend.registration import RegistrationClient
+from inferno.net import HttpClient
+from inferno.proxy.gateway import Gateway
+from tests.conftest import free_port, start_gateway
+
+TOKEN, OTHER = "node-token-a", "node-token-b"
+
+
+@pytest_asyncio.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    g = await start_gateway(tmp_path, node_tokens=[TOKEN, OTHER],
+                            registration_allowlist=["127.0.0.0/8", "10.0.0.0/8:8000-8999",
+                                                    "localhost"],
+                            max_body_size=4096, max_header_size=2048)
+    yield g
+    await g.drain()
+
+
+def reg(address: str = "127.0.0.1:8001", node_id: str = "n1", **extra: Any) -> dict[str, Any]:
+    return {"id": node_id, "address": address, "metrics_port": 6100, "models": ["m"], **extra}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        pytest.param(reg(), {}, 401, id="no-token"),
+        pytest.param(reg(), auth("wrong"), 401, id="wrong-token"),
+        pytest.param(reg(), {"authorization": TOKEN}, 401, id="not-bearer"),
+        pytest.param(reg("169.254.169.254:80"), auth(TOKEN), 403, id="metadata-ip"),
+        pytest.param(reg("169.254.10.1:8001"), auth(TOKEN), 403, id="link-local"),
+        pytest.param(reg("metadata.google.internal:80"), auth(TOKEN), 403, id="metadata-name"),
+        pytest.param(reg("[fe80::1]:8001"), auth(TOKEN), 403, id="link-local-v6"),
+        pytest.param(reg("[::ffff:169.254.169.254]:80"), auth(TOKEN), 403, id="mapped-v4"),
+        pytest.param(reg("0.0.0.0:8001"), auth(TOKEN), 403, id="unspecified"),
+        pytest.param(reg("8.8.8.8:8001"), auth(TOKEN), 403, id="not-allowlisted"),
+        pytest.param(reg("10.1.2.3:9000"), auth(TOKEN), 403, id="port-outside-range"),
+        pytest.param(reg("http://127.0.0.1:8001"), auth(TOKEN), 400, id="other-scheme"),
+        pytest.param(reg(url="file:///etc/passwd"), auth(TOKEN), 400, id="url-field"),
+        pytest.param(reg("10.1.2.3:8001"), auth(TOKEN), 403, id="ops-port-outside-range"),
+    ],
+)
+async def test_registration_refusals(gw: Gateway, body: dict[str, Any], headers: dict[str, str],
+                                     status: int) -> None:
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"http://127.0.0.1:{gw.ops.port}/registration", json=body,
+                            headers=headers)
+    assert r.status_code == status, r.text
+    assert TOKEN not in r.text and "error" in r.json()
+    assert gw.pool.get(body["id"]) is None
+
+
+async def test_node_ids_cannot_be_taken_over(gw: Gateway) -> None:
+    url = f"http://127.0.0.1:{gw.ops.port}/registration"
+    async with httpx.AsyncClient() as http:
+        assert (await http.post(url, json=reg(), headers=auth(TOKEN))).status_code == 200
+        assert (await http.post(url, json=reg(), headers=auth(TOKEN))).status_code == 200
+        hijack = await http.post(url, json=reg("127.0.0.2:8001"), headers=auth(OTHER))
+        assert hijack.status_code == 403
+        assert (await http.delete(f"{url}/n1", headers=auth(OTHER))).status_code == 403
+        assert (await http.delete(f"{url}/n1")).status_code == 401
+        assert gw.pool.get("n1") is not None and gw.pool.get("n1").host == "127.0.0.1"  # type: ignore[union-attr]
+        assert (await http.delete(f"{url}/n1", headers=auth(TOKEN))).status_code == 200
+        ok = await http.post(url, json=reg("localhost:8001", node_id="n2", metrics_port=8500),
+                             headers=auth(TOKEN))
+        assert ok.status_code == 200
+
+
+async def test_backend_sends_its_node_token(gw: Gateway) -> None:
+    client = HttpClient()
+    rc = RegistrationClient(f"127.0.0.1:{gw.ops.port}", Registration(**reg(node_id="b1")),
+                            interval=0.1, client=client, token=TOKEN)
+    rc.start()
+    try:
+        for _ in range(50):
+            if gw.pool.get("b1"):
+                break
+            await asyncio.sleep(0.05)
+        assert gw.pool.get("b1") is not None
+    finally:
+        await rc.deregister()
+        await client.aclose()
+    assert gw.pool.get("b1") is None
+
+
+async def test_only_safe_headers_reach_the_node(gw: Gateway) -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.lower())
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                     b"content-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        gw.pool.upsert(Registration(**reg(f"127.0.0.1:{server.sockets[0].getsockname()[1]}"),
+                                    lease_seconds=60))
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"http://127.0.0.1:{gw.server.port}/v1/completions",
+                json={"model": "m", "prompt": "x"},
+                headers={"authorization": "Bearer client-secret", "proxy-authorization": "x",
+                         "x-inferno-internal": "1", "te": "trailers", "upgrade": "h2c",
+                         "cookie": "session=1", "x-request-id": "rid-1"})
+        assert r.status_code == 200
+        head = seen[0]
+        for name in (b"authorization", b"proxy-authorization", b"x-inferno-", b"te:",
+                     b"upgrade", b"cookie", b"client-secret"):
+            assert name not in head, name
+        assert b"x-request-id: rid-1" in head
+    finally:
+        server.close()
+
+
+async def test_node_redirects_are_not_followed(gw: Gateway) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\n"
+                     b"content-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        gw.pool.upsert(Registration(**reg(f"127.0.0.1:{server.sockets[0].getsockname()[1]}"),
+                                    lease_seconds=60))
+        async with httpx.AsyncClient() as http:
+            r = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/completions",
+                                json={"model": "m", "prompt": "x"})
+        assert r.status_code == 502 and "location" not in r.headers
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        pytest.param({"json": {"model": "m", "api_base": "http://evil"}}, 400, "api_base",
+                     id="api-base"),
+        pytest.param({"json": {"model": "m", "base_url": "http://evil"}}, 400, "base_url",
+                     id="base-url"),
+        pytest.param({"json": {"model": "m", "temperature": 5}}, 400, "temperature",
+                     id="temperature-range"),
+        pytest.param({"json": {"model": "m", "top_p": -1}}, 400, "top_p", id="top-p-range"),
+        pytest.param({"json": {"model": "m", "max_tokens": 0}}, 400, "max_tokens",
+                     id="max-tokens-zero"),
+        pytest.param({"json": {"model": "m", "max_tokens": 1.5}}, 400, "max_tokens",
+                     id="max-tokens-float"),
+        pytest.param({"json": {"model": "m", "n": True}}, 400, "n", id="n-bool"),
+        pytest.param({"json": {"model": "m", "frequency_penalty": "x"}}, 400,
+                     "frequency_penalty", id="penalty-type"),
+        pytest.param({"json": {"model": "m", "prompt": "x" * 5000}}, 413, None, id="body-limit"),
+        pytest.param({"json": {"model": "m"}, "headers": {"x-big": "y" * 3000}}, 431, None,
+                     id="header-limit"),
+    ],
+)
+async def test_request_limits(gw: Gateway, kwargs: dict[str, Any], status: int,
+                              param: str | None) -> None:
+    gw.pool.upsert(Registration(**reg(f"127.0.0.1:{free_port()}"), lease_seconds=60))
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/completions", **kwargs)
+    assert r.status_code == status
+    if param is not None:
+        assert r.json()["error"]["param"] == param

@@ -1,0 +1,221 @@
+"""Governator pieces: bad files refused with file and field named, the stores, signal
+parsing, the loop with a failing provider, the state route, and the planner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferno.core.config import GovernatorSettings
+from inferno.core.errors import ConfigError, ProviderError
+from inferno.governator.cost import choose_node_type, usd_per_1m_tokens
+from inferno.governator.loop import Governator
+from inferno.governator.planner import load_trace, plan
+from inferno.governator.policy import Decision
+from inferno.governator.signals import (
+    Endpoint,
+    histogram_quantile,
+    parse_ttft_buckets,
+    percentile,
+)
+from inferno.governator.spec import NodeType, PoolSpec, PriceList, load_prices
+from inferno.governator.store import MemoryStore, SqliteStore, open_store
+from inferno.governator.wiring import load_policy_and_prices
+from inferno.net import HttpClient
+from inferno.proxy.gateway import Gateway
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+PRICES_OK = "node_types:\n  cpu: {usd_per_hour: 0.1, capacity: 2}\n"
+
+
+@pytest.mark.parametrize(("prices", "policy", "message"), [
+    pytest.param("node_types:\n  cpu: {usd_per_hour: -1}\n", None,
+                 "prices.yaml: invalid field 'node_types.cpu.usd_per_hour'", id="negative-price"),
+    pytest.param(PRICES_OK, "pools:\n  - {model: m, node_types: [cpu], min_replicas: 3, "
+                 "max_replicas: 2}\n", "policy.yaml: invalid field 'pools.0'",
+                 id="min-greater-than-max"),
+    pytest.param(PRICES_OK, "pools:\n  - {model: m, node_types: [gpu]}\n",
+                 "policy.yaml: invalid field 'pools.0.node_types.0': unknown node type 'gpu'",
+                 id="unknown-node-type"),
+    pytest.param(PRICES_OK, "pools:\n  - {model: m, node_types: [cpu], colour: red}\n",
+                 "policy.yaml: invalid field 'pools.0.colour'", id="unknown-field"),
+    pytest.param("node_types: [1, 2\n", None, "prices.yaml is not valid YAML", id="bad-yaml"),
+])
+def test_bad_files_are_refused_naming_file_and_field(tmp_path: Path, prices: str,
+                                                     policy: str | None, message: str) -> None:
+    (tmp_path / "prices.yaml").write_text(prices)
+    settings = GovernatorSettings(prices_file=tmp_path / "prices.yaml")
+    if policy is not None:
+        (tmp_path / "policy.yaml").write_text(policy)
+        settings = settings.model_copy(update={"policy_file": tmp_path / "policy.yaml"})
+    with pytest.raises(ConfigError) as err:
+        load_policy_and_prices(settings)
+    assert message in err.value.message
+    assert str(tmp_path) in err.value.message
+
+
+def test_the_shipped_examples_load() -> None:
+    settings = GovernatorSettings(prices_file=EXAMPLES / "prices.yaml",
+                                  policy_file=EXAMPLES / "policy.yaml")
+    policy, prices = load_policy_and_prices(settings)
+    assert policy.pools[0].model == "smollm2-135m"
+    assert set(policy.pools[0].node_types) <= set(prices.node_types)
+
+
+@pytest.mark.parametrize(("types", "measured", "expected"), [
+    pytest.param({"a": (1.0, 100.0), "b": (0.5, 100.0)}, {}, "b", id="cheaper-per-hour"),
+    pytest.param({"a": (1.0, 1000.0), "b": (0.5, 100.0)}, {}, "a", id="cheaper-per-token"),
+    pytest.param({"a": (1.0, 1000.0), "b": (0.5, 100.0)}, {"b": 5000.0}, "b",
+                 id="measured-throughput-wins"),
+])
+def test_cheapest_node_type(types: dict[str, tuple[float, float]], measured: dict[str, float],
+                            expected: str) -> None:
+    prices = PriceList(node_types={n: NodeType(usd_per_hour=p, tokens_per_second=t, capacity=4)
+                                   for n, (p, t) in types.items()})
+    spec = PoolSpec(model="m", node_types=list(types))
+    choice = choose_node_type(spec, prices, measured)
+    assert choice.name == expected and "$" in choice.reason
+    assert math.isclose(usd_per_1m_tokens(NodeType(usd_per_hour=3.6, tokens_per_second=1)), 1000)
+
+
+def test_percentiles_and_ttft_histogram() -> None:
+    assert percentile([], 0.95) is None
+    assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
+    m = "inferno_backend_time_to_first_token_seconds_bucket"
+    text = (f'{m}{{endpoint="chat",le="0.1"}} 50.0\n'
+            f'{m}{{endpoint="chat",le="1.0"}} 90.0\n'
+            f'{m}{{endpoint="chat",le="+Inf"}} 100.0\n'
+            f'{m}{{endpoint="completions",le="0.1"}} 0\n')
+    buckets = parse_ttft_buckets(text)
+    assert buckets == {0.1: 50.0, 1.0: 90.0, math.inf: 100.0}
+    assert histogram_quantile(sorted(buckets.items()), 0.5) == pytest.approx(0.1)
+    assert histogram_quantile(sorted(buckets.items()), 0.95) == 1.0  # in the +Inf bucket
+
+
+def _decision(i: int, action: str = "up") -> Decision:
+    return Decision(pool="m", at=float(i), current=1, desired=2, action=action,  # type: ignore[arg-type]
+                    reason=f"because {i}", node_type="cpu", signals={"queued": i})
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_store_keeps_decisions_and_rolls_up_samples(tmp_path: Path, kind: str) -> None:
+    store = (MemoryStore(raw_retention_s=120, rollup_retention_s=600) if kind == "memory"
+             else SqliteStore(tmp_path / "gov.db", raw_retention_s=120, rollup_retention_s=600))
+    for t in range(0, 300, 10):
+        await store.add_sample(float(t), "m", {"queued": t, "ready": 1, "ttft_p95_s": None})
+    did = await store.add_decision(_decision(1))
+    await store.add_decision(_decision(2, "hold"))
+    await store.set_outcome(did, "ok: started node-1")
+    await store.compact(300.0)
+    assert next(s["at"] for s in await store.samples("m", 0)) == 180.0
+    rolled = await store.rollups("m", 0)
+    assert [r["minute"] for r in rolled] == [0.0, 60.0, 120.0]
+    assert rolled[0]["queued"] == {"mean": 25.0, "max": 50.0} and rolled[0]["n"] == 6
+    await store.compact(700.0)  # roll-ups past their retention (600 s) are pruned
+    assert [r["minute"] for r in await store.rollups("m", 0)] == [120.0, 180.0, 240.0]
+    decisions = await store.decisions(10)
+    assert [d["action"] for d in decisions] == ["hold", "up"]
+    assert decisions[1]["outcome"] == "ok: started node-1"
+    assert decisions[1]["signals"] == {"queued": 1}
+    await store.close()
+
+
+def test_open_store_refuses_unknown_urls_without_echoing_them() -> None:
+    with pytest.raises(ConfigError) as err:
+        open_store("postgresql://user:secret@db/x")
+    assert "secret" not in err.value.message
+
+
+class FlakyProvider:
+    """Fails the first ``failures`` scale calls, then works; counts nodes in memory."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.count = 0
+
+    async def start(self) -> None: ...
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(f"n{i}", "m", "127.0.0.1", 1, "starting") for i in range(self.count)]
+
+    async def reconcile(self, now: float) -> list[str]:
+        return []
+
+    async def scale(self, pool: str, desired: int) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ProviderError("cannot start node n0: No such file or directory")
+        if self.calls == self.failures + 1 and self.failures > 1:
+            raise RuntimeError("a bug in the provider")
+        self.count = desired
+        return f"now {desired}"
+
+    async def close(self) -> None: ...
+
+
+async def test_provider_failures_are_outcomes_retried_with_backoff(gateway: Gateway) -> None:
+    clock = [1000.0]
+    policy, prices = load_policy_and_prices(GovernatorSettings(min_replicas=1))
+    provider = FlakyProvider(failures=2)
+    gov = Governator(policy, prices, provider, MemoryStore(), HttpClient(),
+                     proxy_host="127.0.0.1", proxy_port=gateway.ops.port,
+                     clock=lambda: clock[0])
+    outcomes = []
+    for _ in range(8):
+        (decision,) = await gov.tick()
+        outcomes.append(decision.outcome)
+        clock[0] += 1.0
+    assert outcomes[0].startswith("error: cannot start node n0") and "retry in 1s" in outcomes[0]
+    assert outcomes[1].startswith("error: cannot start node n0") and "retry in 2s" in outcomes[1]
+    assert outcomes[2].startswith("deferred")
+    assert outcomes[3].startswith("error: RuntimeError")  # a bug is an outcome too
+    assert any(o.startswith("ok: now 1") for o in outcomes[4:])
+    assert provider.count == 1
+    stored = await gov.store.decisions(20)
+    assert len(stored) == 8 and stored[-1]["outcome"].startswith("error")
+    await gov._client.aclose()
+
+
+async def test_state_route_shows_fleet_signals_targets_decisions(gateway: Gateway) -> None:
+    policy, prices = load_policy_and_prices(GovernatorSettings(min_replicas=1))
+    gov = Governator(policy, prices, FlakyProvider(0), MemoryStore(), HttpClient(),
+                     proxy_host="127.0.0.1", proxy_port=gateway.ops.port, interval=0.05)
+    port = await gov.start_ops("127.0.0.1", 0)
+    await gov.start()
+    try:
+        for _ in range(100):
+            if gov.last:
+                break
+            await asyncio.sleep(0.02)
+
+        def get() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/governator/state") as r:
+                return json.loads(r.read())  # type: ignore[no-any-return]
+        state = await asyncio.to_thread(get)
+    finally:
+        await gov.drain()
+    pool = state["pools"][0]
+    assert pool["model"] == "smollm2-135m" and pool["node_type"] == "local-cpu"
+    assert pool["targets"]["queue_wait_p95_s"] == 2.0 and pool["signals"] is not None
+    assert state["decisions"][-1]["action"] == "up"
+    assert "min_replicas 1" in state["decisions"][-1]["reason"]
+
+
+def test_plan_finds_the_cheapest_fleet_for_the_sample_trace() -> None:
+    rows = load_trace(EXAMPLES / "trace.csv")
+    prices = load_prices(EXAMPLES / "prices.yaml")
+    spec = PoolSpec(model="smollm2-135m", node_types=["local-cpu"], max_replicas=4)
+    results = {r.name: r for r in plan(rows, prices, spec, max_nodes=4)}
+    assert not results["static 1 x local-cpu"].meets  # the burst overwhelms one node
+    assert results["static 4 x local-cpu"].meets
+    auto = results["autoscaled 1..4 x local-cpu"]
+    assert auto.node_hours < results["static 4 x local-cpu"].node_hours
+    assert results["api hosted-small"].cost_usd > 0

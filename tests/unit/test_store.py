@@ -1,0 +1,101 @@
+"""The store against both engines: SQLite (file, WAL) and the local PostgreSQL server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from inferno.proxy.accounting import new_row
+from inferno.proxy.security.keys import KeyCache, create_key, hash_key
+from inferno.store import Store, normalise_url
+from tests.conftest import postgres_url
+
+PG = postgres_url()
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.skipif(
+        PG is None, reason="no PostgreSQL server answers on 127.0.0.1:5432 (database test)")),
+]
+
+
+async def open_store(kind: str, tmp_path: Path) -> Store:
+    if kind == "sqlite":
+        store = Store(f"sqlite:///{tmp_path / 'inferno.db'}")
+    else:
+        assert PG is not None
+        store = Store(PG, schema=f"t_{uuid.uuid4().hex[:12]}")
+    await store.start()
+    return store
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = await open_store(request.param, tmp_path)
+    yield s
+    await s.drop_schema()
+    await s.close()
+
+
+async def test_migrations_are_idempotent_and_sqlite_uses_wal(store: Store) -> None:
+    await store.start()  # a second start (another replica) changes nothing
+    if store.dialect == "sqlite":
+        from sqlalchemy import text
+
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+
+
+async def test_keys_are_stored_hashed_listed_and_revoked(store: Store) -> None:
+    key, row = await create_key(store, name="ci", scope="user", models=["m"], rpm=10)
+    rows = await store.keys.list()
+    assert [r.id for r in rows] == [row.id]
+    assert rows[0].key_hash == hash_key(key) and key not in repr(rows)
+    cache = KeyCache(store)
+    await cache.refresh()
+    principal = cache.verify(key)
+    assert principal is not None and principal.rpm == 10 and principal.models == {"m"}
+    assert await store.keys.revoke(row.id)
+    assert not await store.keys.revoke(row.id)  # already revoked
+    await cache.refresh()
+    assert cache.verify(key) is None
+
+
+async def test_request_rows_are_never_doubled_and_usage_sums(store: Store) -> None:
+    now = time.time()
+    rows = []
+    for i in range(5):
+        row = new_row(f"req-{i}", now, "/v1/chat/completions")
+        row.update(key_id="k1" if i < 3 else "k2", model="m", status=200 if i else 429,
+                   prompt_tokens=10, completion_tokens=5, cost=0.5)
+        rows.append(row)
+    await store.requests.insert_many(rows)
+    await store.requests.insert_many(rows[:2])  # a retried batch
+    assert await store.requests.count() == 5
+    usage = {u.key_id: u for u in await store.requests.usage()}
+    assert usage["k1"].requests == 3 and usage["k1"].errors == 1
+    assert usage["k1"].prompt_tokens == 30 and usage["k1"].cost == pytest.approx(1.5)
+    mine = await store.requests.usage(key_id="k2")
+    assert [u.key_id for u in mine] == ["k2"]
+    assert len(await store.requests.recent(key_id="k2")) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("sqlite:///x.db", "sqlite+aiosqlite:///x.db", id="sqlite"),
+        pytest.param("postgresql://u@h/db", "postgresql+asyncpg://u@h/db", id="postgres"),
+        pytest.param("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db", id="as-is"),
+    ],
+)
+def test_urls_pick_async_drivers(url: str, expected: str) -> None:
+    assert normalise_url(url) == expected
+
+
+def test_unknown_driver_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported"):
+        normalise_url("mysql://u@h/db")
