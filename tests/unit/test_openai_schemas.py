@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from inferno.api.openai import ChatCompletionRequest, CompletionRequest, parse_request
+from inferno.api.openai import ChatCompletionRequest, CompletionRequest
 from inferno.core.errors import InvalidRequest
+from inferno.core.validation import parse_request
 
 CHAT_OK = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 

@@ -2,19 +2,17 @@
 
 Validation is strict (a string is not a number) and bounded (``max_tokens``, ``n``,
 sampling ranges, list lengths), because every field here ends up in an engine.
-:func:`parse_request` is the one place a pydantic ``ValidationError`` or a JSON error
+:func:`inferno.core.validation.parse_request` is the one place a pydantic error
 becomes an OpenAI 400 naming the offending ``param``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
-
-from inferno.core.errors import InvalidRequest
 
 MAX_STOP_SEQUENCES = 4
 MAX_TOKENS_LIMIT = 1_000_000
@@ -122,47 +120,6 @@ class EmbeddingRequest(_Strict):
                 "too_many_inputs", "at most {limit} inputs per request, got {n}",
                 {"limit": MAX_EMBEDDING_INPUTS, "n": len(v)})
         return v
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def parse_request(model: type[_M], body: bytes) -> _M:
-    """Validate a JSON body into ``model`` or raise a 400 that names the offending field."""
-    if not body:
-        raise InvalidRequest("The request body is empty; expected a JSON object.")
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise _to_invalid_request(exc) from exc
-
-
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
-
-
-def _is_type_tag(part: object) -> bool:
-    # Union branches appear in the location ("str", "list[str]"); they are not params.
-    text = str(part)
-    return isinstance(part, str) and (text in _TYPE_TAGS or "[" in text or "-" in text)
-
-
-def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors(include_url=False)[0]
-    if first["type"] == "json_invalid":
-        return InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        )
-    if first["type"] == "model_type" and not first["loc"]:
-        return InvalidRequest("The request body must be a JSON object.")
-    param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p))
-    # Union errors name each branch; the message of the first branch is the useful one.
-    msg = first["msg"]
-    value = first.get("input")
-    scalar = isinstance(value, int | float | bool) or value is None
-    shown = repr(value) if scalar else type(value).__name__
-    if first["type"] == "missing":
-        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param)
-    return InvalidRequest(f"Invalid value for '{param}' ({shown}): {msg}.", param=param)
 
 
 # ---------------------------------------------------------------- response bodies

@@ -38,6 +38,7 @@ from inferno.core.errors import (
     NotReady,
     UnsupportedParameter,
 )
+from inferno.core.validation import parse_request
 from inferno.net import Request, Response, StreamingResponse
 from inferno.net.sse import SSE_DONE, sse_event
 
@@ -127,7 +128,7 @@ class BackendAPI:
     async def _embeddings(self, req: Request) -> Response:
         if self._state() != "ready":
             raise NotReady(f"This node is {self._state()}; try another node.")
-        ereq = oa.parse_request(oa.EmbeddingRequest, req.body)
+        ereq = parse_request(oa.EmbeddingRequest, req.body)
         self._check_model(ereq.model, "embeddings")
         engine: EmbeddingEngine = self._engine  # type: ignore[assignment]  # checked above
         return Response(200, await embeddings_body(engine, ereq))
@@ -137,10 +138,10 @@ class BackendAPI:
         if self._state() != "ready":
             raise NotReady(f"This node is {self._state()}; try another node.")
         if endpoint == "chat":
-            creq: oa.ChatCompletionRequest | oa.CompletionRequest = oa.parse_request(
+            creq: oa.ChatCompletionRequest | oa.CompletionRequest = parse_request(
                 oa.ChatCompletionRequest, req.body)
         else:
-            creq = oa.parse_request(oa.CompletionRequest, req.body)
+            creq = parse_request(oa.CompletionRequest, req.body)
         self._check_model(creq.model, endpoint)
         engine: Engine = self._engine  # type: ignore[assignment]  # capability checked above
         params = SamplingParams(
