@@ -59,6 +59,8 @@ class RegistrationClient:
         except InfernoError as exc:
             self._report(f"proxy at {self._host}:{self._port} unreachable: {exc.message}")
             return False
+        if method == "DELETE" and resp.status == 404:
+            return True  # already gone (e.g. the governator deregistered us first)
         if resp.status >= 300:
             detail = _error_message(payload)
             self._report(f"proxy refused {method} {path} ({resp.status}): {detail}")
