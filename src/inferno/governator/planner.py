@@ -215,7 +215,8 @@ def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
                                         node_types=list(prices.node_types))])
         check_node_types(policy, prices, "the default policy", str(prices_path))
     rows = load_trace(trace)
-    console = Console()
+    # Piped output would otherwise be squeezed into 80 columns and wrap every fleet name.
+    console = Console(width=None if Console().is_terminal else 120)
     results: list[FleetResult] = []
     for spec in policy.pools:
         res = plan(rows, prices, spec, max_nodes)
@@ -225,7 +226,8 @@ def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
                       f"target queue wait p95 <= {spec.targets.queue_wait_p95_s:g}s")
         for col in ("fleet", "SLO minutes", "wait p95", "peak nodes", "node-hours", "cost $",
                     "$/1M tok", "meets"):
-            table.add_column(col, justify="left" if col == "fleet" else "right")
+            table.add_column(col, justify="left" if col == "fleet" else "right",
+                             no_wrap=True)
         meeting = [r for r in res if r.meets]
         best = min(meeting, key=lambda r: r.cost_usd) if meeting else None
         for r in res:
