@@ -249,3 +249,13 @@ def test_draining_node_leaves_rotation_but_stays_known() -> None:
     assert "m" not in pool.snapshot.by_model
     assert "m" in pool.snapshot.models
     assert pool.remove("a") and not pool.remove("a")
+
+
+def test_latency_jitter_below_the_floor_is_a_tie() -> None:
+    nodes = [node(0, ewma_ttft=0.0010), node(1, ewma_ttft=0.0013)]
+    profile = Profile("p", filters=[], scorers=[(SCORERS["latency"](), 1.0)],
+                      picker=PICKERS["max-score"]())
+    firsts = {profile.route(nodes, CTX).order[0].id for _ in range(4)}
+    assert firsts == {"n0", "n1"}  # both get traffic
+    slow = SCORERS["latency"]().score([node(0, ewma_ttft=0.1), node(1, ewma_ttft=1.0)], CTX)
+    assert slow[0] == 1.0 and slow[1] < 0.2

@@ -1,5 +1,10 @@
-"""Fastest time to first token (EWMA per node). Unmeasured nodes score as well as the best
-measured one, so new nodes get explored instead of starved."""
+"""Fastest time to first token (EWMA per node).
+
+Scores ``(best + floor) / (ewma + floor)``: the ``floor`` (20 ms by default) makes
+differences far below it count for nothing, so jitter between equally fast nodes
+(1.0 vs 1.3 ms) cannot starve one of them, while real differences (100 ms vs 1 s) still
+dominate. Unmeasured nodes score as well as the best one, so new nodes get explored.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ from inferno.proxy.routing.base import RouteContext
 class Latency:
     name = "latency"
 
-    def __init__(self, **_: object) -> None:
-        pass
+    def __init__(self, floor: float = 0.02, **_: object) -> None:
+        self._floor = float(floor)
 
     def score(self, nodes: Sequence[Node], ctx: RouteContext) -> list[float]:
         measured = [n.ewma_ttft for n in nodes if n.ewma_ttft > 0]
         if not measured:
             return [1.0] * len(nodes)
-        best = min(measured)
-        return [best / n.ewma_ttft if n.ewma_ttft > 0 else 1.0 for n in nodes]
+        best = min(measured) + self._floor
+        return [best / (n.ewma_ttft + self._floor) if n.ewma_ttft > 0 else 1.0 for n in nodes]
