@@ -13,7 +13,7 @@ export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(WHEELS))
 endif
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-unit lint bench clean
+.PHONY: setup serve test test-unit lint bench bench-gateway bench-engine clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,17 @@ lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+
+# Gateway benchmark (bench/README.md): nginx + wrk from Debian, aiohttp baseline; ~10 min.
+bench-gateway: setup
+	bash scripts/system-deps.sh bench
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python bench/gateway/run.py $(BENCH_ARGS)
+
+# The llama.cpp engine's batching benchmark (about 3-5 minutes; bench/README.md).
+bench-engine: setup
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python bench/llamacpp_batching.py --threads 1 --quantize q8_0 --rounds 5
 
 clean:
 	rm -rf $(VENV)

@@ -8,6 +8,12 @@ command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 command -v make >/dev/null || need+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# `system-deps.sh bench` (make bench-gateway only): nginx with its echo module, and wrk.
+if [ "${1:-}" = bench ]; then
+  command -v nginx >/dev/null || need+=(nginx)
+  [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
+  command -v wrk >/dev/null || need+=(wrk)
+fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"

@@ -17,6 +17,8 @@ from inferno.proxy.gateway import Gateway
 # Proxies started by tests (in-process or as processes) keep their SQLite database and
 # cache in a directory of this test session, never in the user's ~/.local/share/inferno.
 os.environ.setdefault("INFERNO_PROXY_DATA_DIR", tempfile.mkdtemp(prefix="inferno-tests-"))
+# The governator (inferno serve runs one) shares that directory, as it does by default.
+os.environ.setdefault("INFERNO_GOVERNATOR_DATA_DIR", os.environ["INFERNO_PROXY_DATA_DIR"])
 
 
 def free_port() -> int:

@@ -117,50 +117,52 @@ def _request(host: str, port: int, body_json: str, auth: str | None) -> bytes:
     return (head + "\r\n" + body_json).encode()
 
 
-def stream_timings(port: int, body_json: str, auth: str | None, n: int
-                   ) -> tuple[list[float], list[list[float]]]:
-    """``n`` sequential streamed requests on one keep-alive connection: time to the first
-    SSE event (ms, from sending the request) and the arrival times of every event."""
-    firsts: list[float] = []
-    arrivals: list[list[float]] = []
-    req = _request("127.0.0.1", port, body_json, auth)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for _ in range(n):
-            t0 = time.perf_counter()
-            s.sendall(req)
-            buf = b""
-            events: list[float] = []
-            seen = 0
-            while True:
-                data = s.recv(65536)
-                if not data:
-                    raise RuntimeError("stream closed early")
-                buf += data
-                now = time.perf_counter()
-                count = buf.count(b"data: ")
-                events += [(now - t0) * 1000] * (count - seen)
-                seen = count
-                if b"[DONE]" in buf and buf.endswith(b"0\r\n\r\n"):
-                    break
-            firsts.append(events[0])
-            arrivals.append(events)
-    return firsts, arrivals
+class StreamClient:
+    """One keep-alive connection (as OpenAI clients keep one) for streamed requests: time
+    to the first SSE event (ms, from sending the request) and every event's arrival."""
+
+    def __init__(self, port: int, body_json: str, auth: str | None) -> None:
+        self._req = _request("127.0.0.1", port, body_json, auth)
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def one(self) -> list[float]:
+        s = self._sock
+        t0 = time.perf_counter()
+        s.sendall(self._req)
+        buf = b""
+        events: list[float] = []
+        seen = 0
+        while True:
+            data = s.recv(65536)
+            if not data:
+                raise RuntimeError("stream closed early")
+            buf += data
+            now = time.perf_counter()
+            count = buf.count(b"data: ")
+            events += [(now - t0) * 1000] * (count - seen)
+            seen = count
+            if b"[DONE]" in buf and buf.endswith(b"0\r\n\r\n"):
+                return events
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class HealthProber(threading.Thread):
-    """GET /health every ``interval`` s on a fresh connection until stopped."""
+    """GET ``path`` every ``interval`` s on one keep-alive connection until stopped."""
 
-    def __init__(self, port: int, interval: float = 0.02) -> None:
+    def __init__(self, port: int, path: str = "/health", interval: float = 0.02) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.path = path
         self.interval = interval
         self.latencies: list[float] = []
         self.failures = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        req = f"GET /health HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n\r\n".encode()
+        req = f"GET {self.path} HTTP/1.1\r\nhost: 127.0.0.1:{self.port}\r\n\r\n".encode()
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             while not self._stop_event.wait(self.interval):

@@ -7,8 +7,6 @@ from typing import Any
 
 import load
 
-PROXIES = ("nginx", "aiohttp", "inferno")
-
 
 def cell(scenario: str, conns: int, runs: dict[str, list[load.Run]]) -> dict[str, Any]:
     out: dict[str, Any] = {"scenario": scenario, "conns": conns, "targets": {}}
@@ -47,8 +45,10 @@ def render(res: dict[str, Any]) -> str:
     lines = [f"# Gateway benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Machine: {res['machine']}. wrk, {res['rounds']} interleaved rounds x "
              f"{res['seconds']:g} s per cell, medians. inferno proxy workers: {res['workers']}; "
-             "default features on (API-key auth, per-key rpm/tpm limits, request log to "
-             "SQLite, Prometheus metrics, routing profile least-outstanding).", "",
+             "`inferno`: default features on (API-key auth, per-key rpm/tpm limits, request log "
+             "to SQLite, Prometheus metrics, routing profile least-outstanding); "
+             "`inferno-bare`: the same proxy with auth and the database off. CPU ms/req: "
+             "the gateway's user+system time (every process and thread) / requests.", "",
              "| scenario | clients | gateway | req/s | vs direct | p50 ms | p99 ms | "
              "added p50 ms | added p99 ms | CPU ms/req | errors |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -75,11 +75,14 @@ def render(res: dict[str, Any]) -> str:
         lines += ["", f"Ops `/health` while the proxy is saturated (64 clients, "
                   f"{h['proxy_rps']:.0f} req/s): p50 {h['health_p50_ms']:.2f} ms, p99 "
                   f"{h['health_p99_ms']:.2f} ms over {h['health_n']} probes, "
-                  f"{h['health_failures']} failures."]
+                  f"{h['health_failures']} failures. The same probe on nginx at the same "
+                  f"time (this machine's floor): p50 {h.get('floor_p50_ms', float('nan')):.2f}"
+                  f" ms, p99 {h.get('floor_p99_ms', float('nan')):.2f} ms."]
     s = res.get("soak")
     if s:
         rss = ", ".join(f"{n:,} req: {mb:.1f} MB" for n, mb in s["samples"])
-        lines += ["", f"inferno proxy RSS (all processes): {rss}."]
+        lines += ["", f"inferno proxy RSS (all processes): {rss} ({s.get('errors', 0)} errors "
+                  "in the soak)."]
     lines += ["", *targets(res)]
     return "\n".join(lines) + "\n"
 

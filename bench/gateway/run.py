@@ -12,24 +12,29 @@ table to ``bench/results/gateway-<UTC time>.md`` (+ ``.json``) and ``gateway-lat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import load  # noqa: E402
-import report  # noqa: E402
-import upstreams as up  # noqa: E402
+import load
+import report
+import upstreams as up
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
-TARGETS = ("direct", "nginx", "aiohttp", "inferno")
+# inferno-bare: the same proxy with every optional feature off (no auth, no database, so
+# no limits and no request log): the cost of the features is the difference.
+TARGETS = ("direct", "nginx", "aiohttp", "inferno-bare", "inferno")
 SCENARIOS = {  # name -> (model, streamed)
     "fast JSON": ("fast", False),
     "fast SSE": ("sse", True),
@@ -37,11 +42,12 @@ SCENARIOS = {  # name -> (model, streamed)
 }
 
 
-def start_stack(tmp: Path, workers: int) -> tuple[up.Stack, dict[str, dict[str, int]], str,
-                                                  dict[str, int], int]:
+def start_stack(tmp: Path, workers: int, targets: list[str]
+                ) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
     stack = up.Stack(tmp)
     ports = {t: {m: up.free_port() for m in up.MODELS} for t in TARGETS}
     u = stack.nginx("upstream", up.upstream_conf(tmp, ports["direct"]))
+    stack.upstream_ports = ports["direct"]
     for m in up.MODELS:
         up.wait_http(f"http://127.0.0.1:{ports['direct'][m]}/v1/models", u)
     n = stack.nginx("rproxy", up.nginx_proxy_conf(tmp, ports["nginx"], ports["direct"]))
@@ -51,21 +57,38 @@ def start_stack(tmp: Path, workers: int) -> tuple[up.Stack, dict[str, dict[str, 
                                         for m in up.MODELS])
     up.wait_http(f"http://127.0.0.1:{ports['aiohttp']['fast']}/v1/models", a)
     key, env = _inferno_env(tmp)
+    pids = {"nginx": n.pid, "aiohttp": a.pid}
+    ops = 0
+    for name in ("inferno", "inferno-bare"):
+        if name not in targets:
+            continue
+        bare = name == "inferno-bare"
+        extra = {"INFERNO_PROXY_DATA_DIR": str(tmp / "bare-data"), "INFERNO_PROXY_AUTH": "none",
+                 "INFERNO_DATABASE_URL": "none"} if bare else {}
+        proc, port_ops = _start_inferno(stack, name, ports[name], {**env, **extra}, workers)
+        _wait_models(ports[name]["fast"], None if bare else key, proc)
+        pids[name] = proc.pid
+        if not bare:
+            ops = port_ops
+    return stack, ports, key, pids, ops
+
+
+def _start_inferno(stack: up.Stack, name: str, ports: dict[str, int], env: dict[str, str],
+                   workers: int) -> tuple[up.Proc, int]:
     ops = up.free_port()
     # Every model on its own upstream port: one static node per model.
-    backends = ",".join(f"127.0.0.1:{ports['direct'][m]}" for m in up.MODELS)
+    direct = stack.upstream_ports
+    backends = ",".join(f"127.0.0.1:{direct[m]}" for m in up.MODELS)
     inferno = str(Path(sys.executable).with_name("inferno"))
-    argv = [inferno, "proxy", "--port", str(ports["inferno"]["fast"]), "--ops-port", str(ops),
+    argv = [inferno, "proxy", "--port", str(ports["fast"]), "--ops-port", str(ops),
             "--backends", backends, "--log-level", "warning"]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    i = stack.start("inferno", argv, env)
+    proc = stack.start(name, argv, env)
     for m in up.MODELS:  # one port serves every model: the request's model picks the node
-        ports["inferno"][m] = ports["inferno"]["fast"]
-    up.wait_http(f"http://127.0.0.1:{ops}/health", i)
-    _wait_models(ports["inferno"]["fast"], key, i)
-    pids = {"nginx": n.pid, "aiohttp": a.pid, "inferno": i.pid}
-    return stack, ports, key, pids, ops
+        ports[m] = ports["fast"]
+    up.wait_http(f"http://127.0.0.1:{ops}/health", proc)
+    return proc, ops
 
 
 def _inferno_env(tmp: Path) -> tuple[str, dict[str, str]]:
@@ -77,24 +100,16 @@ def _inferno_env(tmp: Path) -> tuple[str, dict[str, str]]:
            "INFERNO_PROXY_AUTH": "on"}
     inferno = str(Path(sys.executable).with_name("inferno"))
     out = subprocess.run([inferno, "keys", "create", "--name", "bench", "--rpm", "100000000",
-                          "--tpm", "1000000000"], env={**_env(), **env}, capture_output=True,
+                          "--tpm", "1000000000"], env={**os.environ, **env}, capture_output=True,
                          text=True, timeout=60, check=True)
     return out.stdout.strip().splitlines()[-1], env
 
 
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
-
-
-def _wait_models(port: int, key: str, proc: up.Proc) -> None:
+def _wait_models(port: int, key: str | None, proc: up.Proc) -> None:
     deadline = time.monotonic() + 30
-    import urllib.request
-
     while time.monotonic() < deadline:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
-                                     headers={"authorization": f"Bearer {key}"})
+                                     headers={"authorization": f"Bearer {key}"} if key else {})
         try:
             with urllib.request.urlopen(req, timeout=2) as resp:
                 have = {m["id"] for m in json.loads(resp.read())["data"]}
@@ -129,7 +144,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="inferno-bench-gw-"))
     results: dict[str, object] = {"machine": _machine(), "seconds": args.seconds,
                                   "rounds": args.rounds, "workers": args.workers}
-    stack, ports, key, pids, ops = start_stack(tmp, args.workers)
+    stack, ports, key, pids, ops = start_stack(tmp, args.workers, targets)
     if args.profile:
         try:
             _profile(ports, key, pids["inferno"], tmp, args.profile, args.profile_model)
@@ -228,56 +243,66 @@ def _auth(target: str, key: str) -> str | None:
 def _ttfb(ports: dict[str, dict[str, int]], key: str, targets: list[str],
           rounds: int) -> dict[str, dict[str, float]]:
     body = load.body("trickle", True)
+    clients = {t: load.StreamClient(ports[t]["trickle"], body, _auth(t, key)) for t in targets}
     firsts: dict[str, list[float]] = {t: [] for t in targets}
-    gaps: dict[str, list[float]] = {t: [] for t in targets}
-    for t in targets:
-        load.stream_timings(ports[t]["trickle"], body, _auth(t, key), 3)
-    for _ in range(max(rounds, 2) * 10):
-        for t in targets:
-            f, arrivals = load.stream_timings(ports[t]["trickle"], body, _auth(t, key), 1)
-            firsts[t] += f
-            # Time from the first event to the last: ~5 x 20 ms when relayed as they come.
-            gaps[t] += [a[-1] - a[0] for a in arrivals]
+    spreads: dict[str, list[float]] = {t: [] for t in targets}
+    try:
+        for t in targets:  # warm-up
+            clients[t].one()
+        for _ in range(max(rounds, 2) * 10):
+            for t in targets:
+                events = clients[t].one()
+                firsts[t].append(events[0])
+                # First to last event: ~6 x 20 ms when relayed as they arrive, ~0 if buffered.
+                spreads[t].append(events[-1] - events[0])
+    finally:
+        for c in clients.values():
+            c.close()
     return {t: {"ttfc_p50_ms": load.median(firsts[t]), "ttfc_p99_ms": load.pct(firsts[t], 99),
-                "spread_p50_ms": load.median(gaps[t])} for t in targets}
+                "spread_p50_ms": load.median(spreads[t])} for t in targets}
 
 
 def _health_under_load(ports: dict[str, dict[str, int]], key: str, lua: Path, ops: int,
                        seconds: float) -> dict[str, float]:
+    # The same probe against nginx (a C server on the same machine, same moment) is the
+    # floor this shared machine's scheduling puts under any process's p99.
     prober = load.HealthProber(ops)
+    floor = load.HealthProber(ports["direct"]["fast"], "/v1/models")
     prober.start()
+    floor.start()
     run = load.wrk(_url(ports, "inferno", "fast"), lua, 64, seconds, load.body("fast", False),
                    key)
     prober.stop()
+    floor.stop()
     return {"proxy_rps": run.rps, "health_n": len(prober.latencies),
             "health_p50_ms": load.pct(prober.latencies, 50),
-            "health_p99_ms": load.pct(prober.latencies, 99), "health_failures": prober.failures}
+            "health_p99_ms": load.pct(prober.latencies, 99), "health_failures": prober.failures,
+            "floor_p50_ms": load.pct(floor.latencies, 50),
+            "floor_p99_ms": load.pct(floor.latencies, 99)}
 
 
 def _soak(ports: dict[str, dict[str, int]], key: str, lua: Path, pid: int,
           total: int) -> dict[str, object]:
     body = load.body("fast", False)
     samples = [(0, load.rss_mb(pid))]
-    done = 0
+    done = errors = 0
     step = max(total // 4, 1)
-    while done < total:
+    give_up = time.monotonic() + 600  # bounded even if the proxy stops answering
+    while done < total and time.monotonic() < give_up:
         # wrk has no request count: run for time, sized from the measured rate.
         run = load.wrk(_url(ports, "inferno", "fast"), lua, 16, 2.0, body, key)
         done += run.requests
+        errors += run.errors
         if done >= samples[-1][0] + step or done >= total:
             samples.append((done, load.rss_mb(pid)))
-    return {"samples": samples, "requests": done}
+    return {"samples": samples, "requests": done, "errors": errors}
 
 
 def _machine() -> str:
     cpu = ""
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(ln.split(":", 1)[1].strip() for ln in
                    Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
-
     return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}"
 
 

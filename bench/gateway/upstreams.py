@@ -136,6 +136,7 @@ class Stack:
 
     tmp: Path
     procs: list[Proc] = field(default_factory=list)
+    upstream_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}.log"

@@ -22,7 +22,7 @@ from inferno.core.config import (
     ServeSettings,
     load_settings,
 )
-from inferno.core.errors import ConfigError
+from inferno.core.errors import ConfigError, EngineError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Inferno: a self-healing cloud for AI inference.")
@@ -64,6 +64,10 @@ def backend(
     n_ctx: Annotated[int | None, typer.Option(help="Context window per sequence.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Sequences generated at once.")] = None,
+    quantize: Annotated[str | None, typer.Option(
+        help="llamacpp: serve a converted copy of the GGUF, built once and cached: native | "
+             "q8_0 (batches better, near-lossless) | q5_0 | q4_0 | iq4_nl | f16. "
+             "[default: native]")] = None,
     node_id: Annotated[str | None, typer.Option(help="Node id. [default: host-pid]")] = None,
     discovery_lb: Annotated[str | None, typer.Option(
         help="Proxy ops address (host:port) to register with.")] = None,
@@ -101,11 +105,37 @@ def backend(
     settings = _settings(BackendSettings, _cli(locals(), BackendSettings), config)
     configure_logging(log_level)
     try:
+        _prebuild_weights(settings)
         model_engine = build_engine(settings)
-    except ConfigError as exc:
+    except (ConfigError, EngineError) as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
     run_service(lambda: BackendNode(settings, model_engine))
+
+
+def _prebuild_weights(settings: BackendSettings) -> None:
+    """Build (or find) the --quantize copy before serving, with a status line on stderr.
+
+    The engine would build it at load too; doing it here shows progress on a terminal
+    instead of a node that says "loading" for a while.
+    """
+    if settings.engine != "llamacpp" or settings.quantize == "native":
+        return
+    from rich.console import Console
+
+    from inferno.models.catalog import resolve_model
+    from inferno.models.quantize import default_data_dir, ensure_quantized
+
+    source = resolve_model(settings.model).path
+    console = Console(stderr=True)
+    with console.status(f"[bold]{settings.quantize}[/] weights for {source.name}") as status:
+        def show(msg: str) -> None:
+            status.update(f"[bold]{settings.quantize}[/] {msg}")
+
+        path = ensure_quantized(source, settings.quantize,
+                                settings.data_dir or default_data_dir(),
+                                threads=settings.threads, status=show)
+    console.print(f"[green]✓[/] {settings.quantize} weights: {path}")
 
 
 @app.command()
@@ -251,8 +281,10 @@ def governator_run(
     policy_file: Annotated[Path | None, typer.Option("--policy", help="Policy YAML.")] = None,
     prices_file: Annotated[Path | None, typer.Option("--prices", help="Price list YAML.")] = None,
     ops_port: Annotated[int | None, typer.Option(help="Operations port. [default: 6300]")] = None,
-    store_url: Annotated[str | None, typer.Option(
-        "--store", help="memory | sqlite:///path.db")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", "--store", help="Where samples and decisions go: "
+        "sqlite:///path.db | postgresql://... | memory. [default: SQLite in the data dir; "
+        "env INFERNO_DATABASE_URL]")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:

@@ -7,6 +7,7 @@ so ``inferno proxy`` never loads llama.cpp.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -35,7 +36,8 @@ def _llamacpp(s: BackendSettings) -> Engine:
     model = resolve_model(s.model)
     return LlamaCppEngine(str(model.path), model_id=s.served_name or model.id, n_ctx=s.n_ctx,
                           n_threads=s.threads, n_parallel=s.parallel,
-                          aliases=() if s.served_name else model.aliases)
+                          aliases=() if s.served_name else model.aliases,
+                          quantize=s.quantize, data_dir=s.data_dir)
 
 
 def _onnx(s: BackendSettings) -> AnyEngine:
@@ -117,6 +119,11 @@ def run_service(factory: Callable[[], Service]) -> None:
         await asyncio.wait({start_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         if start_task.done():
             start_task.result()  # re-raise a start-up failure
+            # Everything built at start-up (modules, settings, SQLAlchemy, pydantic) lives
+            # for good: freezing it keeps full GC passes off it, which otherwise stall the
+            # event loop for tens of ms every few seconds under load (bench/gateway).
+            gc.collect()
+            gc.freeze()
             await stop_task
         else:
             start_task.cancel()

@@ -1,5 +1,6 @@
-"""Governator pieces: bad files refused with file and field named, the stores, signal
-parsing, the loop with a failing provider, the state route, and the planner."""
+"""Governator pieces: bad files refused with file and field named, signal parsing, the
+loop with a failing provider, the state route, and the planner (the stores:
+test_governator_store.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from inferno.core.errors import ConfigError, ProviderError
 from inferno.governator.cost import choose_node_type, usd_per_1m_tokens
 from inferno.governator.loop import Governator
 from inferno.governator.planner import load_trace, plan
-from inferno.governator.policy import Decision
 from inferno.governator.signals import (
     Endpoint,
     histogram_quantile,
@@ -25,7 +25,7 @@ from inferno.governator.signals import (
     percentile,
 )
 from inferno.governator.spec import NodeType, PoolSpec, PriceList, load_prices
-from inferno.governator.store import MemoryStore, SqliteStore, open_store
+from inferno.governator.store import MemoryStore
 from inferno.governator.wiring import load_policy_and_prices
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
@@ -97,40 +97,6 @@ def test_percentiles_and_ttft_histogram() -> None:
     assert buckets == {0.1: 50.0, 1.0: 90.0, math.inf: 100.0}
     assert histogram_quantile(sorted(buckets.items()), 0.5) == pytest.approx(0.1)
     assert histogram_quantile(sorted(buckets.items()), 0.95) == 1.0  # in the +Inf bucket
-
-
-def _decision(i: int, action: str = "up") -> Decision:
-    return Decision(pool="m", at=float(i), current=1, desired=2, action=action,  # type: ignore[arg-type]
-                    reason=f"because {i}", node_type="cpu", signals={"queued": i})
-
-
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-async def test_store_keeps_decisions_and_rolls_up_samples(tmp_path: Path, kind: str) -> None:
-    store = (MemoryStore(raw_retention_s=120, rollup_retention_s=600) if kind == "memory"
-             else SqliteStore(tmp_path / "gov.db", raw_retention_s=120, rollup_retention_s=600))
-    for t in range(0, 300, 10):
-        await store.add_sample(float(t), "m", {"queued": t, "ready": 1, "ttft_p95_s": None})
-    did = await store.add_decision(_decision(1))
-    await store.add_decision(_decision(2, "hold"))
-    await store.set_outcome(did, "ok: started node-1")
-    await store.compact(300.0)
-    assert next(s["at"] for s in await store.samples("m", 0)) == 180.0
-    rolled = await store.rollups("m", 0)
-    assert [r["minute"] for r in rolled] == [0.0, 60.0, 120.0]
-    assert rolled[0]["queued"] == {"mean": 25.0, "max": 50.0} and rolled[0]["n"] == 6
-    await store.compact(700.0)  # roll-ups past their retention (600 s) are pruned
-    assert [r["minute"] for r in await store.rollups("m", 0)] == [120.0, 180.0, 240.0]
-    decisions = await store.decisions(10)
-    assert [d["action"] for d in decisions] == ["hold", "up"]
-    assert decisions[1]["outcome"] == "ok: started node-1"
-    assert decisions[1]["signals"] == {"queued": 1}
-    await store.close()
-
-
-def test_open_store_refuses_unknown_urls_without_echoing_them() -> None:
-    with pytest.raises(ConfigError) as err:
-        open_store("postgresql://user:secret@db/x")
-    assert "secret" not in err.value.message
 
 
 class FlakyProvider:

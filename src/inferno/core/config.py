@@ -104,6 +104,10 @@ class BackendSettings(ComponentSettings):
     threads: Annotated[int, Field(ge=1, le=256)] = 1
     # Sequences generated at once; remote engines: requests in flight to the provider.
     parallel: Annotated[int, Field(ge=1, le=256)] = 4
+    # llama.cpp engine: load a converted copy of the GGUF (built once, cached under
+    # data_dir/gguf). q8_0 batches far better than the shipped Q4_1 on CPU and is
+    # near-lossless; q4_0/iq4_nl/q5_0 are faster but lossy. See bench/README.md.
+    quantize: Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "native"
     node_id: str | None = None
     # Where built artefacts are cached (the ONNX graph); default $INFERNO_DATA_DIR or
     # ~/.cache/inferno.
@@ -326,6 +330,8 @@ class GovernatorSettings(ComponentSettings):
     section: ClassVar[str] = "governator"
     model_config = SettingsConfigDict(env_prefix="INFERNO_GOVERNATOR_", extra="forbid",
                                       frozen=True)
+    # Shared with the proxy: also read without the component prefix.
+    unprefixed_env: ClassVar[dict[str, str]] = {"database_url": "INFERNO_DATABASE_URL"}
 
     host: str = "127.0.0.1"
     ops_port: Port = 6300
@@ -340,10 +346,20 @@ class GovernatorSettings(ComponentSettings):
     min_replicas: Annotated[int, Field(ge=0, le=256)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=256)] = 4
     interval: Annotated[float, Field(gt=0, le=600)] = 1.0
-    # Telemetry store: "memory", "sqlite:///path.db", or a postgresql:// URL (via inferno.store).
-    store_url: str = "memory"
+    # Samples and decisions go to the shared store: a SQLAlchemy URL (sqlite:///path.db,
+    # postgresql+asyncpg://...); unset: SQLite in data_dir (the proxy's file by default);
+    # "memory": kept in memory only.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: SecretStr | None = None
+    # PostgreSQL: keep the tables in this schema (created if missing).
+    database_schema: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] | None = None
     raw_retention_s: Annotated[float, Field(gt=0)] = 3600.0
     rollup_retention_s: Annotated[float, Field(gt=0)] = 7 * 86400.0
+    # Background writer: rows waiting at most (beyond: dropped and counted), per batch,
+    # and how often a partial batch is written.
+    store_queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
+    store_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    store_flush_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
     # Local provider: how each node process is started.
     engine: Literal["llamacpp", "fake"] = "llamacpp"
     threads: Annotated[int, Field(ge=1, le=256)] = 1

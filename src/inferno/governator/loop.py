@@ -32,7 +32,7 @@ from inferno.governator.policy import Decision, PoolState, decide
 from inferno.governator.providers.base import Provider
 from inferno.governator.signals import PoolSignals, SignalCollector
 from inferno.governator.spec import Policy, PriceList
-from inferno.governator.store import GovernatorStore
+from inferno.governator.store import GovernatorStore, StoreMetrics
 from inferno.net import HttpClient, Request, Response
 from inferno.ops import OpsServer
 
@@ -73,6 +73,7 @@ class Governator:
                                ["pool"], registry=registry)
         self._provider_errors = Counter("inferno_governator_provider_errors",
                                         "Provider failures", ["pool"], registry=registry)
+        registry.register(StoreMetrics(store))
         self.ops = OpsServer(health=lambda: self.state, telemetry=self.vitals,
                              registry=registry,
                              routes={("GET", "/governator/state"): self._get_state})
@@ -81,6 +82,7 @@ class Governator:
         return await self.ops.start(host, port)
 
     async def start(self) -> None:
+        await self.store.start()  # bounded: a database that does not answer is retried later
         await self.provider.start()
         self.state = "ready"
         self._task = asyncio.create_task(self._run(), name="governator")
@@ -202,6 +204,7 @@ class Governator:
             })
         return {"id": self.id, "state": self.state, "at": self._clock(), "pools": pools,
                 "decisions": await self.store.decisions(20),
+                "store": self.store.stats(),
                 "events": [{"at": t, "text": e} for t, e in self.events]}
 
     async def _get_state(self, req: Request) -> Response:

@@ -70,3 +70,9 @@ def print_state(state: dict[str, Any], console: Console | None = None) -> None:
                           f"{d['current']} -> {d['desired']}", d["reason"], d["outcome"])
     for table in (fleet, signals, nodes, decisions):
         console.print(table)
+    store = state.get("store")
+    if store:
+        console.print(f"Store: {store.get('samples_written', 0)} samples and "
+                      f"{store.get('decisions_written', 0)} decisions written, "
+                      f"{store.get('backlog', 0)} waiting, {store.get('dropped', 0)} dropped, "
+                      f"{store.get('write_errors', 0)} write errors")

@@ -73,7 +73,12 @@ def build_governator(s: GovernatorSettings, policy: Policy, prices: PriceList, *
             namespace=s.k8s_namespace, node_ops_port=s.k8s_node_ops_port,
             proxy_host=proxy_host, proxy_port=proxy_port, client=client,
             drain_timeout=s.drain_timeout)
-    store = open_store(s.store_url, s.raw_retention_s, s.rollup_retention_s)
+    store = open_store(s.database_url.get_secret_value() if s.database_url else None,
+                       data_dir=s.data_dir, schema=s.database_schema,
+                       raw_retention_s=s.raw_retention_s,
+                       rollup_retention_s=s.rollup_retention_s,
+                       queue_size=s.store_queue_size, batch_size=s.store_batch_size,
+                       flush_interval=s.store_flush_interval)
     return Governator(policy, prices, provider, store, client, proxy_host=proxy_host,
                       proxy_port=proxy_port, interval=s.interval)
 

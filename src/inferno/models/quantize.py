@@ -14,9 +14,12 @@ never see a half-written file (build to a temp name, then an atomic rename).
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,19 +29,40 @@ from inferno.core.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 
-Quantize = Literal["native", "q8_0", "q4_0", "f16"]
-QUANT_TYPES: tuple[str, ...] = ("q8_0", "q4_0", "f16")
+Quantize = Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"]
+QUANT_TYPES: tuple[str, ...] = ("q8_0", "q5_0", "q4_0", "iq4_nl", "f16")
 _FTYPE_NAMES = {
     "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0",
     "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "iq4_nl": "LLAMA_FTYPE_MOSTLY_IQ4_NL",
     "f16": "LLAMA_FTYPE_MOSTLY_F16",
 }
 _HASH_CHUNK = 1 << 20
+_log_lock = threading.Lock()
+_log_callback: Any = None  # llama.cpp keeps a raw pointer: the ctypes object must live on
+
+
+def default_data_dir() -> Path:
+    """Same rule as the ONNX engine's cache: $INFERNO_DATA_DIR, else the XDG cache."""
+    env = os.environ.get("INFERNO_DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "inferno"
 
 
 def file_sha256(path: Path) -> str:
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too: a CLI that builds the copy and the engine that then
+    # loads it hash the ~100 MB source once per process, and a changed file re-hashes.
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -98,6 +122,7 @@ def _quantize(source: Path, dest: Path, target: str, threads: int) -> None:
         raise EngineError(
             "llama-cpp-python is not installed: pip install 'inferno[llamacpp]'"
         ) from exc
+    _silence(lib)
     params: Any = lib.llama_model_quantize_default_params()
     params.nthread = max(1, threads)
     params.ftype = getattr(lib, _FTYPE_NAMES[target])
@@ -110,3 +135,16 @@ def _quantize(source: Path, dest: Path, target: str, threads: int) -> None:
     rc = lib.llama_model_quantize(str(source).encode(), str(dest).encode(), params)
     if rc != 0:
         raise EngineError(f"llama.cpp could not convert {source.name} to {target} (status {rc})")
+
+
+def _silence(lib: Any) -> None:
+    """llama_model_quantize logs a line per tensor to stderr; the status lines suffice."""
+    global _log_callback
+    with _log_lock:
+        if _log_callback is None:
+
+            def _discard(level: int, text: bytes, user_data: Any) -> None:
+                return None
+
+            _log_callback = lib.llama_log_callback(_discard)
+            lib.llama_log_set(_log_callback, ctypes.c_void_p(0))

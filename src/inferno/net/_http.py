@@ -41,17 +41,24 @@ def check_value(value: bytes) -> bytes:
     return value
 
 
+# Validated ``name: `` prefixes: handlers send the same few header names on every response.
+_NAME_LINES: dict[str, bytes] = {}
+
+
 def encode_str_headers(headers: list[tuple[str, str]]) -> bytes:
     """``name: value\\r\\n`` lines for str headers (latin-1), validated."""
-    out = b""
+    parts: list[bytes] = []
     for name, value in headers:
-        out += (
-            check_name(name.encode("latin-1"))
-            + b": "
-            + check_value(value.encode("latin-1"))
-            + b"\r\n"
-        )
-    return out
+        prefix = _NAME_LINES.get(name)
+        if prefix is None:
+            prefix = check_name(name.encode("latin-1")) + b": "
+            if len(_NAME_LINES) < 1024:  # bounded: names may come from upstreams
+                _NAME_LINES[name] = prefix
+        v = value.encode("latin-1")
+        if b"\r" in v or b"\n" in v or b"\x00" in v:
+            raise ValueError("HTTP header value contains CR, LF or NUL")
+        parts += (prefix, v, b"\r\n")
+    return b"".join(parts)
 
 
 def find_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:

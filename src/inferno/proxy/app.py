@@ -54,6 +54,10 @@ class ProxyAPI:
         self.in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
+        # Per-request metric work kept to one locked add each: children resolved once, and
+        # the in-flight gauge reads the counter above when scraped instead of inc/dec.
+        self._latency = {p: metrics.latency.labels(p) for p in _INFERENCE}
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path
@@ -77,7 +81,6 @@ class ProxyAPI:
         started = time.perf_counter()
         self.in_flight += 1
         self.requests_total += 1
-        self._metrics.in_flight.inc()
         status = 500
         try:
             if not self.accepting:
@@ -95,10 +98,9 @@ class ProxyAPI:
             raise
         finally:
             self.in_flight -= 1
-            self._metrics.in_flight.dec()
             counter = self._count.get(path) if status == 200 else None
             (counter or self._metrics.requests.labels(path, str(status))).inc()
-            self._metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self._latency[path].observe(time.perf_counter() - started)
 
     async def _route_and_forward(self, req: Request, path: str, data: dict[str, Any],
                                  model: str, stream: bool, user: str | None,

@@ -2,14 +2,17 @@
 
 ``Store(url)`` opens the engine and applies the Alembic migrations shipped in
 ``inferno.store.migrations`` on :meth:`Store.start`; repositories (``store.keys``,
-``store.requests``) hold every query. Components import this package, never each other.
+``store.requests``, ``store.governator``) hold every query. Components import this package,
+never each other.
 """
 
 from inferno.store.engine import Store, StoreUnavailable, default_sqlite_url, normalise_url
+from inferno.store.governator import GovernatorRepo
 from inferno.store.repos import ApiKeyRow, KeyRepo, RequestRepo, UsageRow
 
 __all__ = [
     "ApiKeyRow",
+    "GovernatorRepo",
     "KeyRepo",
     "RequestRepo",
     "Store",

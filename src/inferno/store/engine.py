@@ -54,6 +54,7 @@ def redact(url: str) -> str:
 class Store:
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 5) -> None:
         """``schema`` (PostgreSQL only) puts every table in its own schema (tests use it)."""
+        from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
 
         self.url = normalise_url(url)
@@ -74,6 +75,7 @@ class Store:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.keys = KeyRepo(self.engine)
         self.requests = RequestRepo(self.engine)
+        self.governator = GovernatorRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"

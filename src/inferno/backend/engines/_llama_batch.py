@@ -93,12 +93,18 @@ class BatchScheduler:
         n_parallel: int,
         n_ctx_seq: int,
         name: str,
+        prefill_per_step: int | None = None,
     ) -> None:
         self._lib = lib
         self._ctx = ctx
         self._vocab = vocab
         self._mem = lib.llama_get_memory(ctx)
         self._n_batch = n_batch
+        # Prompt tokens one step may take (default: all of n_batch). One ubatch's worth
+        # staggers a burst of prompts: the first sequences start generating after their
+        # own prefill instead of everyone's, and a generating sequence waits at most one
+        # ubatch of prefill per token. Same number of ubatches overall.
+        self._prefill_per_step = min(n_batch, prefill_per_step or n_batch)
         self._n_ctx_seq = n_ctx_seq
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._batch = lib.llama_batch_init(n_batch, 0, n_parallel)
@@ -252,11 +258,12 @@ class BatchScheduler:
                 n += 1
         # Prompts fill what is left, FIFO, in chunks: a long prompt spreads over several
         # steps while the generating sequences keep producing one token per step.
+        limit = min(self._n_batch, n + self._prefill_per_step)
         for seq in self._active:
-            if seq.next_token is not None or n >= self._n_batch:
+            if seq.next_token is not None or n >= limit:
                 continue
             prompt, sid, start = seq.prompt, seq.seq_id, seq.n_fed
-            take = min(len(prompt) - start, self._n_batch - n)
+            take = min(len(prompt) - start, limit - n)
             for j in range(start, start + take):
                 token[n], pos[n], n_seq_id[n], logits[n] = prompt[j], j, 1, 0
                 seq_ids[n][0] = sid

