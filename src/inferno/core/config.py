@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from inferno.core.errors import ConfigError
+from inferno.core.paths import data_dir
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 _yaml_section: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_section", default=None)
@@ -73,13 +74,6 @@ class ComponentSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _UnprefixedEnv(settings_cls),
                 _YamlSection(settings_cls))
-
-
-def _default_data_dir() -> Path:
-    if os.environ.get("INFERNO_DATA_DIR"):
-        return Path(os.environ["INFERNO_DATA_DIR"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "inferno"
 
 
 def _split_csv(v: Any) -> Any:
@@ -252,7 +246,7 @@ class ProxySettings(ComponentSettings):
     # --- Store, auth, limits, cache, request log (README "Keys, limits, cache and logs").
     # Where the embedded SQLite database and the disk cache live
     # (default $INFERNO_DATA_DIR, else $XDG_DATA_HOME/inferno or ~/.local/share/inferno).
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=data_dir)
     # SQLAlchemy URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...); unset: SQLite in
     # data_dir; "none": no database (no stored keys, no request log).
     database_url: SecretStr | None = None
@@ -349,7 +343,7 @@ class GovernatorSettings(ComponentSettings):
     # Samples and decisions go to the shared store: a SQLAlchemy URL (sqlite:///path.db,
     # postgresql+asyncpg://...); unset: SQLite in data_dir (the proxy's file by default);
     # "memory": kept in memory only.
-    data_dir: Path = Field(default_factory=_default_data_dir)
+    data_dir: Path = Field(default_factory=data_dir)
     database_url: SecretStr | None = None
     # PostgreSQL: keep the tables in this schema (created if missing).
     database_schema: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] | None = None

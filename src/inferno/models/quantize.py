@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inferno.core.errors import ConfigError, EngineError
+from inferno.core.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,8 @@ _log_callback: Any = None  # llama.cpp keeps a raw pointer: the ctypes object mu
 
 
 def default_data_dir() -> Path:
-    """Same rule as the ONNX engine's cache: $INFERNO_DATA_DIR, else the XDG cache."""
-    env = os.environ.get("INFERNO_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "inferno"
+    """Where converted models are cached (see :func:`inferno.core.paths.cache_dir`)."""
+    return cache_dir()
 
 
 def file_sha256(path: Path) -> str:

@@ -36,6 +36,7 @@ import numpy.typing as npt
 from inferno.backend.embeddings import MicroBatcher
 from inferno.backend.engines.base import Capability, EmbeddingResult, EngineStats, ModelInfo
 from inferno.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
+from inferno.core.paths import cache_dir
 
 log = logging.getLogger("inferno.backend.onnx")
 GRAPH_VERSION = 2  # bump when _onnx_graph changes what it builds: old caches are ignored
@@ -85,14 +86,6 @@ class Classification:
     scores: dict[str, float]
 
 
-def default_data_dir() -> Path:
-    env = os.environ.get("INFERNO_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "inferno"
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -109,7 +102,7 @@ class OnnxEngine:
         self._model_id = model_id
         self._aliases = aliases
         self._threads = threads
-        self._data_dir = data_dir or default_data_dir()
+        self._data_dir = data_dir or cache_dir()
         self._batcher: MicroBatcher[list[int], npt.NDArray[np.float32]] = MicroBatcher(
             self._run, max_batch=batch_size, max_wait=batch_wait)
         self._session: Any = None
