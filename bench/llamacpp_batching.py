@@ -9,7 +9,12 @@ One run, on loopback, SmolLM2-135M, every contender at the same thread count:
      plus the shipped Q4_1 file for reference when the node serves a converted copy);
   B  ``inferno backend`` (a subprocess), one streaming client, then 8 at once;
   C  ``python -m llama_cpp.server --interrupt_requests False`` (a subprocess), one
-     streaming client, then 8 at once.
+     streaming client, then 8 at once;
+  D  time to first token for 8 chat requests at once (``/v1/chat/completions``, 8
+     different questions, the chat template's default system prompt), on B (prompt-prefix
+     reuse on) right after its completion burst ("cold": the slots hold other prompts)
+     and again at once ("warm"), and on a second node started with --no-prefix-cache;
+     the order of the reuse and no-reuse bursts alternates by round.
 
 Rounds are interleaved (A, B1, B8, C1, C8, A, ...) so background load hits every contender
 alike; each ratio is computed inside a round and the table shows the median round and
@@ -41,14 +46,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CLIENTS = 8
-# Raw continuations (/v1/completions), one per client, so that llama-cpp-python's prefix
-# reuse in create_completion cannot skip a whole prompt; greedy output runs long on these.
+# Raw continuations (/v1/completions), one per client, each starting with a number unique
+# to the run, so that no contender's prefix reuse (create_completion, llama_cpp.server's
+# slot, the node's prefix cache) can skip a whole prompt; greedy output runs long on these.
 TOPICS = ("a lighthouse keeper", "a lost robot", "a dragon who bakes bread", "two rival chefs",
           "a city under the sea", "a time-travelling cat", "the last library", "a moon garden")
 
 
+# Chat (D): short questions, so the ~30-token default system prompt is most of each prompt.
+QUESTIONS = ("What is the capital of France?", "Name three colours.", "How do bees make honey?",
+             "Why is the sky blue?", "Give me a word that rhymes with cat.",
+             "What is 12 times 7?", "Suggest a name for a goldfish.", "How far is the moon?")
+WARM = ("What is the capital of Spain?", "Name three animals.", "How do birds fly?",
+        "Why is grass green?", "Give me a word that rhymes with dog.", "What is 9 times 6?",
+        "Suggest a name for a cat.", "How hot is the sun?")
+CHAT_MAX_TOKENS = 16
+
+
 def prompt(i: int) -> str:
-    return f"Here is a long, detailed story about {TOPICS[i % len(TOPICS)]}.\n\nOnce upon a time"
+    return (f"Story {i}. Here is a long, detailed story about {TOPICS[i % len(TOPICS)]}."
+            "\n\nOnce upon a time")
 
 
 def free_port() -> int:
@@ -122,8 +139,13 @@ class Req:
 
 
 async def stream_one(session: Any, url: str, model: str, text: str, max_tokens: int) -> Req:
-    body = {"model": model, "prompt": text, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": 0,
+                            "stream": True, "stream_options": {"include_usage": True}}
+    chat = url.endswith("/chat/completions")
+    if chat:
+        body["messages"] = [{"role": "user", "content": text}]
+    else:
+        body["prompt"] = text
     r = Req()
     chunks = 0
     t0 = time.perf_counter()
@@ -140,7 +162,8 @@ async def stream_one(session: Any, url: str, model: str, text: str, max_tokens: 
                 if data == b"[DONE]":
                     break
                 event = json.loads(data)
-                if event.get("choices") and event["choices"][0].get("text"):
+                choice = event["choices"][0] if event.get("choices") else {}
+                if choice.get("delta", {}).get("content") if chat else choice.get("text"):
                     chunks += 1
                     if not r.ttft:
                         r.ttft = time.perf_counter() - t0
@@ -155,14 +178,17 @@ async def stream_one(session: Any, url: str, model: str, text: str, max_tokens: 
     return r
 
 
-async def burst(url: str, model: str, n: int, max_tokens: int, first: int) -> dict[str, Any]:
+async def burst(url: str, model: str, n: int, max_tokens: int, first: int,
+                questions: tuple[str, ...] = ()) -> dict[str, Any]:
     import aiohttp
 
+    texts = [questions[(first + i) % len(questions)] if questions else prompt(first + i)
+             for i in range(n)]
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         t0 = time.perf_counter()
-        reqs = await asyncio.gather(*(stream_one(session, url, model, prompt(first + i),
-                                                 max_tokens) for i in range(n)))
+        reqs = await asyncio.gather(*(stream_one(session, url, model, text, max_tokens)
+                                      for text in texts))
         wall = time.perf_counter() - t0
     errors = [r.error for r in reqs if r.error]
     tokens = sum(r.tokens for r in reqs)
@@ -204,16 +230,24 @@ def model_paths(quantize: str, data_dir: Path) -> tuple[Path, Path]:
     return native, ensure_quantized(native, quantize, data_dir, status=print)
 
 
+def inferno_node(a: argparse.Namespace, name: str, log: Path, *extra: str) -> Server:
+    port, ops_port = free_port(), free_port()
+    return Server(name, [
+        sys.executable, "-m", "inferno", "backend", "--port", str(port),
+        "--ops-port", str(ops_port), "--threads", str(a.threads), "--parallel", str(CLIENTS),
+        "--n-ctx", str(a.n_ctx), "--quantize", a.quantize, "--data-dir", str(a.data_dir),
+        "--node-id", name.replace(" ", "-"), "--log-level", "warning", *extra,
+    ], port, f"http://127.0.0.1:{ops_port}/health", log)
+
+
 @contextlib.contextmanager
-def servers(a: argparse.Namespace, path: Path, logs: Path) -> Iterator[tuple[Server, Server]]:
-    node_port, ops_port, srv_port = free_port(), free_port(), free_port()
+def servers(a: argparse.Namespace, path: Path,
+            logs: Path) -> Iterator[tuple[Server, Server, Server]]:
+    srv_port = free_port()
     py = sys.executable
-    node = Server("inferno backend", [
-        py, "-m", "inferno", "backend", "--port", str(node_port), "--ops-port", str(ops_port),
-        "--threads", str(a.threads), "--parallel", str(CLIENTS), "--n-ctx", str(a.n_ctx),
-        "--quantize", a.quantize, "--data-dir", str(a.data_dir), "--node-id", "bench",
-        "--log-level", "warning",
-    ], node_port, f"http://127.0.0.1:{ops_port}/health", logs / "node.log")
+    node = inferno_node(a, "inferno backend", logs / "node.log")
+    plain = inferno_node(a, "inferno backend no-prefix-cache", logs / "node_no_prefix_cache.log",
+                         "--no-prefix-cache")
     srv = Server("llama_cpp.server", [
         py, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", "bench",
         "--host", "127.0.0.1", "--port", str(srv_port), "--n_threads", str(a.threads),
@@ -222,10 +256,12 @@ def servers(a: argparse.Namespace, path: Path, logs: Path) -> Iterator[tuple[Ser
     ], srv_port, f"http://127.0.0.1:{srv_port}/v1/models", logs / "llama_cpp_server.log")
     try:
         node.start(180)
+        plain.start(180)
         srv.start(120)
-        yield node, srv
+        yield node, srv, plain
     finally:
         node.stop()
+        plain.stop()
         srv.stop()
 
 
@@ -239,41 +275,71 @@ def measure(a: argparse.Namespace) -> Run:
                 "n_ctx": a.n_ctx, "cpus": os.cpu_count(), "pressure_start": cpu_pressure()}
     same = InProcess(path, a.threads, a.n_ctx)
     ref = InProcess(native, a.threads, a.n_ctx) if path != native else None
-    with servers(a, path, logs) as (node, srv):
+    nonce = 1000 * (int(time.time()) % 100_000)  # unique prompts per run, see prompt()
+    with servers(a, path, logs) as (node, srv, plain):
         assert node.popen is not None
         run.meta["node_rss_loaded_mb"] = vm_kib(node.popen.pid, "VmRSS") / 1024
         node_url = f"http://127.0.0.1:{node.port}/v1/completions"
         srv_url = f"http://127.0.0.1:{srv.port}/v1/completions"
+        chat_url = f"http://127.0.0.1:{node.port}/v1/chat/completions"
+        plain_url = f"http://127.0.0.1:{plain.port}/v1/chat/completions"
         # Warm-up: first requests pay page faults and thread start-up everywhere.
-        same.run(0, 8)
-        asyncio.run(burst(node_url, "smollm2-135m", CLIENTS, 8, 0))
-        asyncio.run(burst(srv_url, "bench", 1, 8, 0))
+        same.run(nonce, 8)
+        asyncio.run(burst(node_url, "smollm2-135m", CLIENTS, 8, nonce))
+        asyncio.run(burst(plain_url, "smollm2-135m", CLIENTS, 8, 0, QUESTIONS))
+        asyncio.run(burst(srv_url, "bench", 1, 8, nonce))
         started = time.monotonic()
         for rnd in range(a.rounds):
             if rnd and time.monotonic() - started > a.budget:
                 print(f"time budget ({a.budget:.0f} s) spent after {rnd} rounds")
                 break
             row: dict[str, Any] = {"pressure": cpu_pressure()}
-            row["inproc"] = same.run(rnd, a.max_tokens)
+            first = nonce + 100 * (rnd + 1)
+            row["inproc"] = same.run(first, a.max_tokens)
             if ref is not None:
-                row["inproc_native"] = ref.run(rnd, a.max_tokens)
-            row["node_1"] = asyncio.run(burst(node_url, "smollm2-135m", 1, a.max_tokens, rnd))
+                row["inproc_native"] = ref.run(first, a.max_tokens)
+            row["node_1"] = asyncio.run(burst(node_url, "smollm2-135m", 1, a.max_tokens,
+                                              first + 50))
             row["node_8"] = asyncio.run(burst(node_url, "smollm2-135m", CLIENTS,
-                                              a.max_tokens, rnd))
+                                              a.max_tokens, first))
+            # D: chat bursts, reuse on (cold, then warm: other questions, so that no slot
+            # holds the very same prompt) and off; alternate which node goes first.
+            jobs = [[("chat8_cold", chat_url, QUESTIONS), ("chat8_warm", chat_url, WARM)],
+                    [("chat8_plain", plain_url, QUESTIONS)]]
+            for key, url, questions in [j for group in jobs[:: 1 if rnd % 2 == 0 else -1]
+                                        for j in group]:
+                row[key] = asyncio.run(burst(url, "smollm2-135m", CLIENTS, CHAT_MAX_TOKENS,
+                                             rnd, questions))
             row["server_1"] = asyncio.run(burst(srv_url, "bench", 1, a.max_tokens, rnd))
             row["server_8"] = asyncio.run(burst(srv_url, "bench", CLIENTS, a.max_tokens, rnd))
             run.rounds.append(row)
             print(f"round {rnd + 1}: inproc {row['inproc']['tok_s']:.0f}  node1 "
                   f"{row['node_1']['tok_s']:.0f}  node8 {row['node_8']['tok_s']:.0f}  "
                   f"server1 {row['server_1']['tok_s']:.0f}  server8 "
-                  f"{row['server_8']['tok_s']:.0f} tok/s  (cpu pressure {row['pressure']})",
-                  flush=True)
+                  f"{row['server_8']['tok_s']:.0f} tok/s; chat TTFT p50 reuse cold "
+                  f"{p50_ms(row['chat8_cold']):.0f} warm {p50_ms(row['chat8_warm']):.0f} "
+                  f"no-reuse {p50_ms(row['chat8_plain']):.0f} ms  "
+                  f"(cpu pressure {row['pressure']})", flush=True)
         run.meta["node_rss_peak_mb"] = vm_kib(node.popen.pid, "VmHWM") / 1024
     run.meta["pressure_end"] = cpu_pressure()
     return run
 
 
 # ---- report ---------------------------------------------------------------------------------
+
+def p50_ms(b: dict[str, Any]) -> float:
+    return 1000 * statistics.median(b["ttft_s"]) if b["ttft_s"] else float("nan")
+
+
+def ttft_ms(rs: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    """p50/p90 over every request of every round, and the per-round p50 spread."""
+    ts = sorted(t for r in rs for t in r[key]["ttft_s"])
+    if not ts:
+        return {"p50": None, "p90": None, "round_min": None, "round_max": None}
+    rounds = [p50_ms(r[key]) for r in rs]
+    return {"p50": 1000 * statistics.median(ts), "p90": 1000 * ts[int(0.9 * (len(ts) - 1))],
+            "round_min": min(rounds), "round_max": max(rounds)}
+
 
 def summarize(run: Run) -> dict[str, Any]:
     rs = run.rounds
@@ -284,7 +350,8 @@ def summarize(run: Run) -> dict[str, Any]:
         return {"median": med(vals), "min": min(vals), "max": max(vals)}
 
     ttft8 = sorted(t for r in rs for t in r["node_8"]["ttft_s"])
-    errors = [e for r in rs for k in ("node_1", "node_8", "server_1", "server_8")
+    errors = [e for r in rs for k in ("node_1", "node_8", "server_1", "server_8",
+                                      "chat8_cold", "chat8_warm", "chat8_plain")
               for e in r[k]["errors"]]
     s: dict[str, Any] = {
         "rounds": len(rs),
@@ -299,6 +366,8 @@ def summarize(run: Run) -> dict[str, Any]:
             lambda r: r["node_8"]["tok_s"] / r["server_8"]["tok_s"]),
         "ttft8_p50_ms": 1000 * med(ttft8) if ttft8 else None,
         "ttft8_p90_ms": 1000 * ttft8[int(0.9 * (len(ttft8) - 1))] if ttft8 else None,
+        "ttft": {k: ttft_ms(rs, k) for k in ("node_8", "chat8_cold", "chat8_warm",
+                                             "chat8_plain")},
         "node_rss_loaded_mb": run.meta["node_rss_loaded_mb"],
         "node_rss_peak_mb": run.meta["node_rss_peak_mb"],
         "errors": errors,
@@ -318,6 +387,12 @@ def summarize(run: Run) -> dict[str, Any]:
          ">= 1.8", s["node8_over_server8"]["median"] >= 1.8),
         ("8 clients: time to first token p50 (ms)", s["ttft8_p50_ms"], "<= 300",
          s["ttft8_p50_ms"] is not None and s["ttft8_p50_ms"] <= 300),
+        ("8 chat clients, prefix reuse (cold slots): TTFT p50 (ms)",
+         s["ttft"]["chat8_cold"]["p50"], "<= 300",
+         s["ttft"]["chat8_cold"]["p50"] is not None and s["ttft"]["chat8_cold"]["p50"] <= 300),
+        ("8 chat clients, prefix reuse (warm slots): TTFT p50 (ms)",
+         s["ttft"]["chat8_warm"]["p50"], "<= 300",
+         s["ttft"]["chat8_warm"]["p50"] is not None and s["ttft"]["chat8_warm"]["p50"] <= 300),
         ("node RSS with the model loaded (MB)", s["node_rss_loaded_mb"], "<= 400",
          s["node_rss_loaded_mb"] <= 400),
     ]
@@ -344,6 +419,23 @@ def table_rows(s: dict[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str
     return speeds, targets
 
 
+TTFT_ROWS = (
+    ("node_8", "/v1/completions, 8 different raw prompts (node, reuse on)"),
+    ("chat8_plain", "chat, 8 questions, shared system prompt: no prefix reuse"),
+    ("chat8_cold", "chat, same: prefix reuse, cold slots (after the completion burst)"),
+    ("chat8_warm", "chat, same: prefix reuse, warm slots (right after a chat burst)"),
+)
+
+
+def ttft_rows(s: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    return [(label, f(s["ttft"][k]["p50"]), f(s["ttft"][k]["p90"]),
+             f"{f(s['ttft'][k]['round_min'])}-{f(s['ttft'][k]['round_max'])}")
+            for k, label in TTFT_ROWS]
+
+
 def report(run: Run) -> dict[str, Any]:
     from rich.console import Console
     from rich.table import Table
@@ -364,7 +456,14 @@ def report(run: Run) -> dict[str, Any]:
         t2.add_column(col)
     for name, v, goal, ok in targets:
         t2.add_row(name, v, goal, f"[{'green' if ok == 'met' else 'red'}]{ok}[/]")
+    t3 = Table(title=f"time to first token, 8 clients at once (ms; chat: {CHAT_MAX_TOKENS} "
+                     "tokens each)")
+    for col in ("burst", "p50", "p90", "per-round p50 (min-max)"):
+        t3.add_column(col)
+    for row3 in ttft_rows(s):
+        t3.add_row(*row3)
     console.print(t1)
+    console.print(t3)
     console.print(t2)
     noise = (f"CPU pressure (some avg10) {m['pressure_start']} at start, "
              f"{[r['pressure'] for r in run.rounds]} per round, {m['pressure_end']} at end; "
@@ -379,6 +478,9 @@ def report(run: Run) -> dict[str, Any]:
         {"meta": m, "summary": s, "rounds": run.rounds}, indent=1, default=str))
     md = [f"### {title}", "", "| contender | tokens/s: median (min-max) |", "|---|---:|"]
     md += [f"| {a} | {b} |" for a, b in speeds]
+    md += ["", f"Time to first token, 8 clients at once (ms; chat: {CHAT_MAX_TOKENS} tokens each):",
+           "", "| burst | p50 | p90 | per-round p50 (min-max) |", "|---|---:|---:|---:|"]
+    md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ttft_rows(s)]
     md += ["", "| target | measured | goal | |", "|---|---:|---|---|"]
     md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets]
     md += ["", noise, ""]

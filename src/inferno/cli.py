@@ -68,6 +68,10 @@ def backend(
         help="llamacpp: serve a converted copy of the GGUF, built once and cached: native | "
              "q8_0 (batches better, near-lossless) | q5_0 | q4_0 | iq4_nl | f16. "
              "[default: native]")] = None,
+    prefix_cache: Annotated[bool | None, typer.Option(
+        "--prefix-cache/--no-prefix-cache",
+        help="llamacpp: reuse the KV of shared prompt prefixes across requests. "
+             "[default: on]")] = None,
     node_id: Annotated[str | None, typer.Option(help="Node id. [default: host-pid]")] = None,
     discovery_lb: Annotated[str | None, typer.Option(
         help="Proxy ops address (host:port) to register with.")] = None,

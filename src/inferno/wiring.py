@@ -37,7 +37,8 @@ def _llamacpp(s: BackendSettings) -> Engine:
     return LlamaCppEngine(str(model.path), model_id=s.served_name or model.id, n_ctx=s.n_ctx,
                           n_threads=s.threads, n_parallel=s.parallel,
                           aliases=() if s.served_name else model.aliases,
-                          quantize=s.quantize, data_dir=s.data_dir)
+                          quantize=s.quantize, data_dir=s.data_dir,
+                          prefix_cache=s.prefix_cache)
 
 
 def _onnx(s: BackendSettings) -> AnyEngine:

@@ -253,3 +253,166 @@ async def test_close_aborts_running() -> None:
     assert (await queued_task)[-1].finish_reason == "abort"
     with pytest.raises(EngineError):
         await anext(eng.generate("Hello", GREEDY))
+
+
+# ---- prompt-prefix KV reuse ---------------------------------------------------------------
+
+SHORT = SamplingParams(max_tokens=12, temperature=0.0)
+LONG_CONTEXT = ("The committee met on a grey Tuesday morning to review the harbour plans. "
+                "Everyone agreed the old pier needed repairs, the lighthouse needed paint, "
+                "and the fishing fleet needed a safer channel through the northern shoals. "
+                "After two hours of discussion they voted on the budget, and the result was")
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[LlamaCppEngine]:
+    """The reference: same layout, no prefix reuse (every prompt prefilled in full)."""
+    eng = LlamaCppEngine(MODEL, model_id="plain", n_ctx=N_CTX, n_threads=1, n_parallel=4,
+                         prefix_cache=False)
+    eng.load()
+    yield eng
+    asyncio.run(eng.close())
+
+
+@pytest.fixture
+async def fresh() -> AsyncIterator[LlamaCppEngine]:
+    """A reuse engine with empty slots, so the counters tell exactly what was reused."""
+    eng = LlamaCppEngine(MODEL, model_id="fresh", n_ctx=N_CTX, n_threads=1, n_parallel=4)
+    eng.load()
+    yield eng
+    await eng.close()
+
+
+async def greedy(eng: LlamaCppEngine, prompt: str,
+                 params: SamplingParams = SHORT) -> str:
+    return text_of(await collect(eng.generate(prompt, params)))
+
+
+def reused(eng: LlamaCppEngine) -> int:
+    return eng.stats().prompt_tokens_reused
+
+
+def common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_counters_without_reuse(plain: LlamaCppEngine) -> None:
+    async def go() -> None:
+        prompt = prompt_for(plain, "Say hello.")
+        await greedy(plain, prompt)
+        await greedy(plain, prompt)
+        stats = plain.stats()
+        assert stats.prompt_tokens_reused == 0
+        assert stats.prompt_tokens_computed == stats.prompt_tokens
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    pytest.param("Name a fruit.", "Name a fruit.", id="same-prompt-twice"),
+    pytest.param("Name a fruit.", "What is the tallest mountain?", id="shared-system-prompt"),
+    pytest.param(LONG_CONTEXT + " approved", LONG_CONTEXT + " rejected", id="partial-raw"),
+    pytest.param(LONG_CONTEXT, "The committee met on a grey Tuesday", id="cached-longer"),
+])
+async def test_sequential_reuse_is_exact(fresh: LlamaCppEngine, plain: LlamaCppEngine,
+                                         first: str, second: str) -> None:
+    def render(text: str) -> str:
+        # Questions go through the chat template (default system prompt), raw text not.
+        return prompt_for(fresh, text) if text.endswith(("?", ".")) else text
+
+    p1, p2 = render(first), render(second)
+    t1, t2 = fresh.tokenize(p1), fresh.tokenize(p2)
+    assert await greedy(fresh, p1) == await greedy(plain, p1)
+    before = fresh.stats()
+    assert await greedy(fresh, p2) == await greedy(plain, p2)
+    after = fresh.stats()
+    # The last prompt token is always decoded; the KV of the first answer (beyond p1)
+    # may extend the match too, hence >= for raw text.
+    expected = min(common(t1, t2), len(t2) - 1)
+    assert after.prompt_tokens_reused - before.prompt_tokens_reused >= expected > 0
+    assert (after.prompt_tokens_reused + after.prompt_tokens_computed
+            == after.prompt_tokens)
+
+
+async def test_multi_turn_reuses_the_answer(fresh: LlamaCppEngine,
+                                            plain: LlamaCppEngine) -> None:
+    turn1 = [{"role": "user", "content": "What is the capital of France?"}]
+    answer = await greedy(fresh, fresh.render_chat(turn1), GREEDY)
+    turn2 = fresh.render_chat([*turn1, {"role": "assistant", "content": answer},
+                               {"role": "user", "content": "And of Italy?"}])
+    before = reused(fresh)
+    assert await greedy(fresh, turn2) == await greedy(plain, turn2)
+    # More than the first prompt: the generated answer's KV is reused as well.
+    assert reused(fresh) - before > len(fresh.tokenize(fresh.render_chat(turn1)))
+
+
+async def test_burst_sharing_a_prefix_is_exact(fresh: LlamaCppEngine,
+                                               plain: LlamaCppEngine) -> None:
+    # Cold slots: the first prompt prefills the shared system prompt, the others wait
+    # for it and copy its stream; greedy output equals each prompt alone without reuse.
+    questions = ["Name a colour.", "Name an animal.", "What is 3 + 4?", "Say goodbye."]
+    prompts = [prompt_for(fresh, q) for q in questions]
+    alone = [await greedy(plain, p) for p in prompts]
+    batched = await asyncio.gather(*(greedy(fresh, p) for p in prompts))
+    assert list(batched) == alone
+    tokens = [fresh.tokenize(p) for p in prompts]
+    shared = min(common(tokens[0], t) for t in tokens[1:])  # the system prompt and more
+    assert reused(fresh) >= 3 * shared
+    # Second burst: every slot now holds a chat prompt of its own.
+    before = reused(fresh)
+    again = await asyncio.gather(*(greedy(fresh, p) for p in reversed(prompts)))
+    assert list(again) == alone[::-1]
+    assert reused(fresh) - before >= 4 * shared
+
+
+async def test_copy_from_another_free_slot(fresh: LlamaCppEngine,
+                                           plain: LlamaCppEngine) -> None:
+    # Slot 0 ends up holding a raw story, slot 1 the chat prompt; the next chat request
+    # gets slot 0 (the lowest free id) and copies the system prompt from slot 1.
+    story = "Once upon a time, in a land far away, there lived a"
+    chat = prompt_for(fresh, "Name a fruit.")
+    await asyncio.gather(greedy(fresh, story), greedy(fresh, chat))
+    before = reused(fresh)
+    question = prompt_for(fresh, "Name a vegetable.")
+    assert await greedy(fresh, question) == await greedy(plain, question)
+    assert reused(fresh) - before >= common(fresh.tokenize(chat), fresh.tokenize(question))
+
+
+async def test_eviction_drops_stale_kv(plain: LlamaCppEngine) -> None:
+    eng = LlamaCppEngine(MODEL, model_id="e", n_ctx=N_CTX, n_threads=1, n_parallel=1)
+    eng.load()
+    try:
+        a = LONG_CONTEXT + " approved"
+        b = "Here is a recipe for pancakes:"
+        await greedy(eng, a)
+        before = reused(eng)
+        assert await greedy(eng, b) == await greedy(plain, b)  # evicts a
+        assert reused(eng) == before  # nothing in common
+        before = reused(eng)
+        assert await greedy(eng, a) == await greedy(plain, a)
+        assert reused(eng) == before  # a was evicted: prefilled again
+    finally:
+        await eng.close()
+
+
+async def test_cancel_mid_prefill(fresh: LlamaCppEngine, plain: LlamaCppEngine) -> None:
+    # A prompt of several ubatches (63 tokens per step) cancelled after its first
+    # step: its computed part stays reusable; a second request waiting on it goes on.
+    long_prompt = (LONG_CONTEXT + " ") * 3
+    assert len(fresh.tokenize(long_prompt)) > 2 * 63
+    first = asyncio.create_task(greedy(fresh, long_prompt + "approved"))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(greedy(fresh, long_prompt + "rejected"))
+    assert await wait_until(lambda: fresh.stats().prompt_tokens_computed >= 63, within=20)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await second == await greedy(plain, long_prompt + "rejected")
+    assert await wait_until(lambda: fresh.stats().active == 0, within=2.0)
+    third = long_prompt + "postponed"
+    before = reused(fresh)
+    assert await greedy(fresh, third) == await greedy(plain, third)
+    assert reused(fresh) - before >= len(fresh.tokenize(long_prompt)) - 1

@@ -72,5 +72,8 @@ class Vitals(BaseModel):
     active_sequences: int | None = None
     context_length: int | None = None
     tokens_generated: int | None = None
+    # Prompt tokens whose KV came from the prefix cache, and those computed afresh.
+    prompt_tokens_reused: int | None = None
+    prompt_tokens_computed: int | None = None
     # The proxy: its view of every node
     nodes: list[dict[str, Any]] | None = None

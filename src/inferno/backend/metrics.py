@@ -31,6 +31,12 @@ class BackendMetrics:
                                   registry=registry)
         self.queue_depth = Gauge("inferno_backend_queue_depth",
                                  "Requests waiting for an engine slot", registry=registry)
+        # Gauges reading the engine's running totals (counters cannot take a callback).
+        self.prompt_reused = Gauge("inferno_backend_prompt_tokens_reused",
+                                   "Prompt tokens served from the prefix cache, since start",
+                                   registry=registry)
+        self.prompt_computed = Gauge("inferno_backend_prompt_tokens_computed",
+                                     "Prompt tokens computed, since start", registry=registry)
         self.active = Gauge("inferno_backend_active_sequences", "Sequences generating now",
                             registry=registry)
 
@@ -38,3 +44,5 @@ class BackendMetrics:
         # Read at scrape time: the engine's counters are the single source of truth.
         self.queue_depth.set_function(lambda: stats().queued)
         self.active.set_function(lambda: stats().active)
+        self.prompt_reused.set_function(lambda: stats().prompt_tokens_reused)
+        self.prompt_computed.set_function(lambda: stats().prompt_tokens_computed)

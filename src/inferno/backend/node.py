@@ -111,5 +111,7 @@ class BackendNode:
             queue_depth=stats.queued, tokens_per_second=round(self._tokens.rate(), 2),
             requests_total=self.api.requests_total, active_sequences=stats.active,
             context_length=info.context_length, tokens_generated=stats.tokens_generated,
+            prompt_tokens_reused=stats.prompt_tokens_reused,
+            prompt_tokens_computed=stats.prompt_tokens_computed,
             **extra,
         ).model_dump()

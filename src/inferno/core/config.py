@@ -102,6 +102,9 @@ class BackendSettings(ComponentSettings):
     # data_dir/gguf). q8_0 batches far better than the shipped Q4_1 on CPU and is
     # near-lossless; q4_0/iq4_nl/q5_0 are faster but lossy. See bench/README.md.
     quantize: Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "native"
+    # llama.cpp engine: reuse the KV of a shared prompt prefix (system prompt, earlier
+    # turns) across requests instead of recomputing it. Output is identical either way.
+    prefix_cache: bool = True
     node_id: str | None = None
     # Where built artefacts are cached (the ONNX graph); default $INFERNO_DATA_DIR or
     # ~/.cache/inferno.

@@ -19,6 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from inferno.backend.engines._prefix_cache import PrefixCache, fed_tokens
 from inferno.backend.engines.base import Chunk, FinishReason
 from inferno.core.errors import EngineError
 
@@ -45,15 +46,19 @@ class Sequence:
         "completion",
         "decoder",
         "finished",
+        "generated",
         "loop",
         "max_new",
         "n_fed",
         "next_token",
+        "placed",
         "prompt",
         "queue",
         "sampler",
         "sampler_config",
         "seq_id",
+        "wait_for",
+        "wait_len",
     )
 
     def __init__(
@@ -76,6 +81,12 @@ class Sequence:
         self.sampler: Any = None
         self.n_fed = 0  # tokens already decoded into the KV cache (prompt, then generated)
         self.next_token: int | None = None  # sampled, not yet decoded
+        self.generated: list[int] = []  # sampled tokens meant for decoding (KV reuse)
+        # Prefix reuse: placed once its stream is set up (n_fed = tokens reused); until
+        # then it may wait for wait_for to have prefilled wait_len shared tokens.
+        self.placed = False
+        self.wait_for: Sequence | None = None
+        self.wait_len = 0
         self.completion = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -94,6 +105,8 @@ class BatchScheduler:
         n_ctx_seq: int,
         name: str,
         prefill_per_step: int | None = None,
+        prefix_cache: bool = True,
+        min_copy: int = 8,
     ) -> None:
         self._lib = lib
         self._ctx = ctx
@@ -115,8 +128,12 @@ class BatchScheduler:
         self._stopping = False  # guarded by _cond
         self._active: list[Sequence] = []  # worker-owned; len() read by stats()
         self._piece_buf = ctypes.create_string_buffer(256)
+        # None: every sequence starts from an empty stream (cleared when it ends).
+        self._prefix = PrefixCache(n_parallel, min_copy=min_copy) if prefix_cache else None
         self.tokens_generated = 0
         self.prompt_tokens = 0
+        self.prompt_tokens_reused = 0  # taken from a KV stream instead of decoded
+        self.prompt_tokens_computed = 0  # decoded
         self._thread = threading.Thread(target=self._run, name=f"llamacpp-{name}", daemon=True)
         self._thread.start()
 
@@ -176,7 +193,9 @@ class BatchScheduler:
                     seq.sampler = self._make_sampler(seq.sampler_config)
                     self.prompt_tokens += len(seq.prompt)
                     self._active.append(seq)
+                    self._place(seq)
                 self._drop_cancelled()
+                self._place_waiting()
                 if self._active:
                     self._step()
         except BaseException as exc:  # the thread must never die silently
@@ -222,9 +241,44 @@ class BatchScheduler:
             lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(cfg.seed))
         return chain
 
-    def _release(self, seq: Sequence) -> None:
+    def _place(self, seq: Sequence, *, may_wait: bool = True) -> None:
+        """Sets up the sequence's stream: the reusable prefix kept or copied, the rest
+        removed; or, when its prefix is being prefilled by another, has it wait."""
+        lib, mem, sid = self._lib, self._mem, seq.seq_id
+        if self._prefix is None:
+            seq.placed = True  # its stream was cleared when its last user ended
+            return
+        plan = self._prefix.plan(seq, sid, self._active, may_wait=may_wait)
+        if plan.wait_for is not None:
+            seq.wait_for, seq.wait_len = plan.wait_for, plan.n_reuse
+            return
+        if plan.source != sid:
+            # Whole-stream copy (the only cross-stream copy this llama.cpp supports),
+            # applied at the start of the next llama_decode, in call order.
+            lib.llama_memory_seq_cp(mem, plan.source, sid, -1, -1)
+        lib.llama_memory_seq_rm(mem, sid, plan.n_reuse, -1)
+        self._prefix.hold(sid, [])  # now described by the sequence itself
+        seq.wait_for = None
+        seq.n_fed = plan.n_reuse
+        seq.placed = True
+        self.prompt_tokens_reused += plan.n_reuse
+
+    def _place_waiting(self) -> None:
+        for seq in self._active:
+            src = seq.wait_for
+            if src is not None and (src.finished or src.n_fed >= seq.wait_len):
+                self._place(seq)
+
+    def _release(self, seq: Sequence, *, keep_kv: bool = True) -> None:
         self._active.remove(seq)
-        self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        if not seq.placed:
+            pass  # never touched its stream: whatever the slot held is still there
+        elif self._prefix is not None and keep_kv:
+            self._prefix.hold(seq.seq_id, fed_tokens(seq))
+        else:
+            self._lib.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            if self._prefix is not None:
+                self._prefix.hold(seq.seq_id, [])
         if seq.sampler is not None:
             self._lib.llama_sampler_free(seq.sampler)
             seq.sampler = None
@@ -260,7 +314,7 @@ class BatchScheduler:
         # steps while the generating sequences keep producing one token per step.
         limit = min(self._n_batch, n + self._prefill_per_step)
         for seq in self._active:
-            if seq.next_token is not None or n >= limit:
+            if seq.next_token is not None or not seq.placed or n >= limit:
                 continue
             prompt, sid, start = seq.prompt, seq.seq_id, seq.n_fed
             take = min(len(prompt) - start, limit - n)
@@ -269,9 +323,17 @@ class BatchScheduler:
                 seq_ids[n][0] = sid
                 n += 1
             fed.append((seq, take))
+            self.prompt_tokens_computed += take
             if start + take == len(prompt):
                 logits[n - 1] = 1
                 outputs.append((seq, n - 1))
+        if n == 0:
+            # Only sequences waiting for a prefix. Cannot happen (a wait is for a placed
+            # sequence still prefilling, and those always get a share of the step), but
+            # must not spin: place them as they are.
+            for seq in [s for s in self._active if not s.placed]:
+                self._place(seq, may_wait=False)
+            return
         batch.n_tokens = n
         rc = lib.llama_decode(self._ctx, batch)
         if rc != 0:
@@ -280,7 +342,7 @@ class BatchScheduler:
             # sequences only; their cells are removed so the others go on.
             failed: list[tuple[Sequence, Item]] = []
             for seq, _ in fed:
-                self._release(seq)
+                self._release(seq, keep_kv=False)
                 failed.append((seq, EngineError(f"llama_decode failed with status {rc}")))
             self._deliver(failed)
             return
@@ -304,6 +366,7 @@ class BatchScheduler:
                 out.append((seq, self._final(seq, text, "length")))
             else:
                 seq.next_token = tok
+                seq.generated.append(tok)
                 out.append((seq, Chunk(text, len(seq.prompt), seq.completion)))
         self._deliver(out)
 

@@ -91,6 +91,9 @@ class EngineStats:
     capacity: int  # sequences that can generate at once
     tokens_generated: int  # since start, completion tokens only
     prompt_tokens: int  # since start
+    # Engines with prompt-prefix KV reuse: prompt tokens taken from the cache / decoded.
+    prompt_tokens_reused: int = 0
+    prompt_tokens_computed: int = 0
 
 
 class Engine(Protocol):

@@ -33,6 +33,13 @@ Design
   non-flash softmax rounds differently depending on where a sequence's cells sit)
   and ubatches are capped below 64 rows (see ``_MAX_UBATCH``), so a greedy
   sequence's logits are bit-identical alone or batched (tested). Costs ~15% prefill.
+* **Prompt-prefix reuse** (``prefix_cache``, default on). A slot keeps its KV cells
+  when its sequence ends; a new prompt takes its longest common prefix from its own
+  stream (trimmed with ``seq_rm``), from another stream (a whole-stream ``seq_cp``, when
+  that saves at least ``min_copy`` tokens), or waits for a sequence that is prefilling
+  the same prefix right now. Chat requests share the template's system prompt, so most
+  of their prefill is skipped; output is bit-identical (tested). See
+  :mod:`~._prefix_cache`.
 * **Weight type.** ``quantize`` (default ``native``) loads a converted copy of the GGUF,
   built once and cached under ``data_dir`` (:mod:`inferno.models.quantize`). ggml's CPU
   backend has a batched matmul path (llamafile sgemm, repacked AVX2 kernels) for Q8_0,
@@ -113,6 +120,7 @@ class LlamaCppEngine:
         quantize: str = "native",
         data_dir: Path | None = None,
         status: Callable[[str], None] | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads),
                             ("n_parallel", n_parallel), ("n_batch", n_batch)):
@@ -128,6 +136,7 @@ class LlamaCppEngine:
         self._quantize = quantize
         self._data_dir = data_dir
         self._status = status
+        self._prefix_cache = prefix_cache
         self._lib: Any = None
         self._model: Any = None
         self._ctx: Any = None
@@ -203,6 +212,10 @@ class LlamaCppEngine:
             n_batch=self._n_batch, n_parallel=self._n_parallel,
             n_ctx_seq=self._n_ctx, name=self._model_id,
             prefill_per_step=min(self._n_batch, _MAX_UBATCH),
+            prefix_cache=self._prefix_cache,
+            # A cross-stream copy moves all n_ctx cells: ~25 ms at 4096 for SmolLM2-135M,
+            # the price of ~4 prompt tokens; ask for a wide margin (bench/README.md).
+            min_copy=max(8, self._n_ctx // 256),
         )
 
     def _weights_path(self) -> Path:
@@ -384,4 +397,6 @@ class LlamaCppEngine:
             capacity=self._n_parallel,
             tokens_generated=sched.tokens_generated,
             prompt_tokens=sched.prompt_tokens,
+            prompt_tokens_reused=sched.prompt_tokens_reused,
+            prompt_tokens_computed=sched.prompt_tokens_computed,
         )
