@@ -35,9 +35,12 @@ def make_app(routes: dict[int, int]) -> web.Application:
         upstream = routes[sockname[1]]
         body = await request.read()
         headers = {"content-type": request.headers.get("content-type", "application/json")}
-        async with session["s"].request(request.method, f"http://127.0.0.1:{upstream}"
-                                        f"{request.rel_url}", data=body,
-                                        headers=headers) as up:
+        async with session["s"].request(
+            request.method,
+            f"http://127.0.0.1:{upstream}{request.rel_url}",
+            data=body,
+            headers=headers,
+        ) as up:
             out_headers = {k: v for k, v in up.headers.items() if k.lower() not in _HOP}
             if up.content_type == "text/event-stream":
                 resp = web.StreamResponse(status=up.status, headers=out_headers)

@@ -38,10 +38,18 @@ end
 
 
 def body(model: str, stream: bool) -> str:
-    return json.dumps({"model": model, "stream": stream, "max_tokens": 16, "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "What is the capital of France?"}]},
-        separators=(",", ":"))
+    return json.dumps(
+        {
+            "model": model,
+            "stream": stream,
+            "max_tokens": 16,
+            "messages": [
+                {"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+        },
+        separators=(",", ":"),
+    )
 
 
 def _children(pid: int) -> list[int]:
@@ -89,29 +97,56 @@ class Run:
     cpu_ms_per_req: float | None
 
 
-def wrk(url: str, lua: Path, conns: int, seconds: float, body_json: str,
-        auth: str | None = None, pid: int | None = None) -> Run:
+def wrk(
+    url: str,
+    lua: Path,
+    conns: int,
+    seconds: float,
+    body_json: str,
+    auth: str | None = None,
+    pid: int | None = None,
+) -> Run:
     env = {**os.environ, "BENCH_BODY": body_json, "BENCH_AUTH": auth or ""}
     threads = 1 if conns < 16 else 2
-    argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
-            "--timeout", "10s", "-s", str(lua), url]
+    argv = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(conns),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        url,
+    ]
     before = cpu_seconds(pid) if pid else 0.0
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True,
-                          timeout=seconds + 30, check=False)
+    proc = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
     after = cpu_seconds(pid) if pid else 0.0
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
     r = json.loads(line.removeprefix("BENCH_JSON "))
     n = r["requests"]
-    return Run(rps=n / (r["duration_us"] / 1e6), p50_ms=r["p50_us"] / 1000,
-               p99_ms=r["p99_us"] / 1000, requests=n, errors=r["socket_errors"] + r["non2xx"],
-               cpu_ms_per_req=(after - before) * 1000 / n if pid and n else None)
+    return Run(
+        rps=n / (r["duration_us"] / 1e6),
+        p50_ms=r["p50_us"] / 1000,
+        p99_ms=r["p99_us"] / 1000,
+        requests=n,
+        errors=r["socket_errors"] + r["non2xx"],
+        cpu_ms_per_req=(after - before) * 1000 / n if pid and n else None,
+    )
 
 
 def _request(host: str, port: int, body_json: str, auth: str | None) -> bytes:
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body_json)}\r\n")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body_json)}\r\n"
+    )
     if auth:
         head += f"authorization: Bearer {auth}\r\n"
     return (head + "\r\n" + body_json).encode()

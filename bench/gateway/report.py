@@ -42,47 +42,71 @@ def _f(x: float | None, fmt: str = "{:.2f}") -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    lines = [f"# Gateway benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-             f"Machine: {res['machine']}. wrk, {res['rounds']} interleaved rounds x "
-             f"{res['seconds']:g} s per cell, medians. inferno proxy workers: {res['workers']}; "
-             "`inferno`: default features on (API-key auth, per-key rpm/tpm limits, request log "
-             "to SQLite, Prometheus metrics, routing profile least-outstanding); "
-             "`inferno-bare`: the same proxy with auth and the database off. CPU ms/req: "
-             "the gateway's user+system time (every process and thread) / requests.", "",
-             "| scenario | clients | gateway | req/s | vs direct | p50 ms | p99 ms | "
-             "added p50 ms | added p99 ms | CPU ms/req | errors |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Gateway benchmark ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        "",
+        f"Machine: {res['machine']}. wrk, {res['rounds']} interleaved rounds x "
+        f"{res['seconds']:g} s per cell, medians. inferno proxy workers: {res['workers']}; "
+        "`inferno`: default features on (API-key auth, per-key rpm/tpm limits, request log "
+        "to SQLite, Prometheus metrics, routing profile least-outstanding); "
+        "`inferno-bare`: the same proxy with auth and the database off. CPU ms/req: "
+        "the gateway's user+system time (every process and thread) / requests.",
+        "",
+        "| scenario | clients | gateway | req/s | vs direct | p50 ms | p99 ms | "
+        "added p50 ms | added p99 ms | CPU ms/req | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c in res.get("cells", []):
         for t, v in c["targets"].items():
             lines.append(
                 f"| {c['scenario']} | {c['conns']} | {t} | {v['rps']:.0f} | "
                 f"{_f(v.get('rps_vs_direct'))} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
                 f"{_f(v.get('added_p50_ms'))} | {_f(v.get('added_p99_ms'))} | "
-                f"{_f(v['cpu_ms'], '{:.3f}')} | {v['errors']} |")
+                f"{_f(v['cpu_ms'], '{:.3f}')} | {v['errors']} |"
+            )
     ttfb = res.get("ttfb") or {}
     if ttfb:
         d = ttfb.get("direct", {}).get("ttfc_p50_ms", float("nan"))
-        lines += ["", "Streaming, 6 events 20 ms apart (chunked), 1 client: time to first chunk "
-                  "and first-to-last event spread (≈100 ms when relayed as they arrive).", "",
-                  "| gateway | TTFC p50 ms | TTFC p99 ms | added TTFC p50 ms | spread p50 ms |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Streaming, 6 events 20 ms apart (chunked), 1 client: time to first chunk "
+            "and first-to-last event spread (≈100 ms when relayed as they arrive).",
+            "",
+            "| gateway | TTFC p50 ms | TTFC p99 ms | added TTFC p50 ms | spread p50 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for t, v in ttfb.items():
             added = v["ttfc_p50_ms"] - d if t != "direct" else None
-            lines.append(f"| {t} | {v['ttfc_p50_ms']:.2f} | {v['ttfc_p99_ms']:.2f} | "
-                         f"{_f(added)} | {v['spread_p50_ms']:.1f} |")
+            lines.append(
+                f"| {t} | {v['ttfc_p50_ms']:.2f} | {v['ttfc_p99_ms']:.2f} | "
+                f"{_f(added)} | {v['spread_p50_ms']:.1f} |"
+            )
     h = res.get("health")
     if h:
-        lines += ["", f"Ops `/health` while the proxy is saturated (64 clients, "
-                  f"{h['proxy_rps']:.0f} req/s): p50 {h['health_p50_ms']:.2f} ms, p99 "
-                  f"{h['health_p99_ms']:.2f} ms over {h['health_n']} probes, "
-                  f"{h['health_failures']} failures. The same probe on nginx at the same "
-                  f"time (this machine's floor): p50 {h.get('floor_p50_ms', float('nan')):.2f}"
-                  f" ms, p99 {h.get('floor_p99_ms', float('nan')):.2f} ms."]
+        lines += [
+            "",
+            f"Ops `/health` while the proxy is saturated (64 clients, "
+            f"{h['proxy_rps']:.0f} req/s): p50 {h['health_p50_ms']:.2f} ms, p99 "
+            f"{h['health_p99_ms']:.2f} ms over {h['health_n']} probes, "
+            f"{h['health_failures']} failures. The same probe on nginx at the same "
+            f"time (this machine's floor): p50 {h.get('floor_p50_ms', float('nan')):.2f}"
+            f" ms, p99 {h.get('floor_p99_ms', float('nan')):.2f} ms.",
+        ]
     s = res.get("soak")
     if s:
-        rss = ", ".join(f"{n:,} req: {mb:.1f} MB" for n, mb in s["samples"])
-        lines += ["", f"inferno proxy RSS (all processes): {rss} ({s.get('errors', 0)} errors "
-                  "in the soak)."]
+        lines += [
+            "",
+            f"Soak: {s['requests']:,} requests of continuous load at 16 clients per "
+            "proxy: RSS (MB) and inferno's request-log backlog (rows queued, not yet in "
+            "SQLite).",
+            "",
+            "| gateway | requests | RSS MB | log backlog rows |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in ("inferno", "inferno-bare"):
+            for n, mb, backlog in (s.get(name) or {}).get("samples", []):
+                count = f"{n:,}" if isinstance(n, int) else n
+                lines.append(f"| {name} | {count} | {mb:.1f} | {_f(backlog, '{:.0f}')} |")
     lines += ["", *targets(res)]
     return "\n".join(lines) + "\n"
 
@@ -102,38 +126,70 @@ def targets(res: dict[str, Any]) -> list[str]:
             out.append(f"- {name}: not measured")
             return
         ok = value <= limit if le else value >= limit
-        out.append(f"- {name}: {fmt.format(value)} ({'ok' if ok else 'MISSED'}, target "
-                   f"{'≤' if le else '≥'} {fmt.format(limit)})")
+        out.append(
+            f"- {name}: {fmt.format(value)} ({'ok' if ok else 'MISSED'}, target "
+            f"{'≤' if le else '≥'} {fmt.format(limit)})"
+        )
 
     fast16 = _get(res, "fast JSON", 16) or {}
     fast1 = _get(res, "fast JSON", 1) or {}
     slow64 = _get(res, "50 ms upstream", 64) or {}
     inf = "inferno"
-    check("CPU per proxied request, fast upstream, 16 clients",
-          (fast16.get(inf) or {}).get("cpu_ms"), 0.25, "{:.3f} ms")
-    check("added latency p50, 1 client", (fast1.get(inf) or {}).get("added_p50_ms"), 0.4,
-          "{:.2f} ms")
-    check("added latency p99, 16 clients", (fast16.get(inf) or {}).get("added_p99_ms"), 2.0,
-          "{:.2f} ms")
-    check("throughput vs direct, 50 ms upstream, 64 clients",
-          (slow64.get(inf) or {}).get("rps_vs_direct"), 0.97, "{:.3f}", le=False)
+    check(
+        "CPU per proxied request, fast upstream, 16 clients",
+        (fast16.get(inf) or {}).get("cpu_ms"),
+        0.25,
+        "{:.3f} ms",
+    )
+    check(
+        "added latency p50, 1 client", (fast1.get(inf) or {}).get("added_p50_ms"), 0.4, "{:.2f} ms"
+    )
+    check(
+        "added latency p99, 16 clients",
+        (fast16.get(inf) or {}).get("added_p99_ms"),
+        2.0,
+        "{:.2f} ms",
+    )
+    check(
+        "throughput vs direct, 50 ms upstream, 64 clients",
+        (slow64.get(inf) or {}).get("rps_vs_direct"),
+        0.97,
+        "{:.3f}",
+        le=False,
+    )
     ttfb = res.get("ttfb") or {}
     if inf in ttfb and "direct" in ttfb:
-        check("streaming: added time to first chunk p50",
-              ttfb[inf]["ttfc_p50_ms"] - ttfb["direct"]["ttfc_p50_ms"], 0.5, "{:.2f} ms")
-        check("streaming: first-to-last event spread (relayed as they arrive, ≈100 ms)",
-              ttfb[inf]["spread_p50_ms"], 90.0, "{:.1f} ms", le=False)
+        check(
+            "streaming: added time to first chunk p50",
+            ttfb[inf]["ttfc_p50_ms"] - ttfb["direct"]["ttfc_p50_ms"],
+            0.5,
+            "{:.2f} ms",
+        )
+        check(
+            "streaming: first-to-last event spread (relayed as they arrive, ≈100 ms)",
+            ttfb[inf]["spread_p50_ms"],
+            90.0,
+            "{:.1f} ms",
+            le=False,
+        )
     s = res.get("soak")
-    if s:
-        check("RSS after the soak", s["samples"][-1][1], 150.0, "{:.1f} MB")
-        first_after_warm = s["samples"][1][1] if len(s["samples"]) > 1 else s["samples"][0][1]
-        check("RSS growth from the first quarter to the end of the soak",
-              s["samples"][-1][1] - first_after_warm, 10.0, "{:.1f} MB")
+    if s and s.get("inferno"):
+        loaded = [r for r in s["inferno"]["samples"] if isinstance(r[0], int)]
+        check("RSS at the end of the soak", loaded[-1][1], 150.0, "{:.1f} MB")
+        first = loaded[1][1] if len(loaded) > 1 else loaded[0][1]
+        check(
+            "RSS growth from the first quarter to the end of the soak",
+            loaded[-1][1] - first,
+            10.0,
+            "{:.1f} MB",
+        )
     h = res.get("health")
     if h:
         check("ops /health p99 while saturated", h["health_p99_ms"], 5.0, "{:.2f} ms")
     if fast16.get("aiohttp") and fast16.get(inf) and fast16[inf]["cpu_ms"]:
         ratio = fast16["aiohttp"]["cpu_ms"] / fast16[inf]["cpu_ms"]
-        out.append(f"- CPU per request vs aiohttp pass-through (16 clients): inferno uses "
-                   f"{1 / ratio:.2f}x aiohttp's ({ratio:.1f}x less)")
+        out.append(
+            f"- CPU per request vs aiohttp pass-through (16 clients): inferno uses "
+            f"{1 / ratio:.2f}x aiohttp's ({ratio:.1f}x less)"
+        )
     return out

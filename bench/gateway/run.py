@@ -42,8 +42,9 @@ SCENARIOS = {  # name -> (model, streamed)
 }
 
 
-def start_stack(tmp: Path, workers: int, targets: list[str]
-                ) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
+def start_stack(
+    tmp: Path, workers: int, targets: list[str]
+) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
     stack = up.Stack(tmp)
     ports = {t: {m: up.free_port() for m in up.MODELS} for t in TARGETS}
     u = stack.nginx("upstream", up.upstream_conf(tmp, ports["direct"]))
@@ -52,9 +53,11 @@ def start_stack(tmp: Path, workers: int, targets: list[str]
         up.wait_http(f"http://127.0.0.1:{ports['direct'][m]}/v1/models", u)
     n = stack.nginx("rproxy", up.nginx_proxy_conf(tmp, ports["nginx"], ports["direct"]))
     up.wait_http(f"http://127.0.0.1:{ports['nginx']['fast']}/v1/models", n)
-    a = stack.start("aiohttp", [sys.executable, str(Path(__file__).with_name(
-        "aiohttp_passthrough.py"))] + [f"{ports['aiohttp'][m]}:{ports['direct'][m]}"
-                                        for m in up.MODELS])
+    a = stack.start(
+        "aiohttp",
+        [sys.executable, str(Path(__file__).with_name("aiohttp_passthrough.py"))]
+        + [f"{ports['aiohttp'][m]}:{ports['direct'][m]}" for m in up.MODELS],
+    )
     up.wait_http(f"http://127.0.0.1:{ports['aiohttp']['fast']}/v1/models", a)
     key, env = _inferno_env(tmp)
     pids = {"nginx": n.pid, "aiohttp": a.pid}
@@ -63,8 +66,15 @@ def start_stack(tmp: Path, workers: int, targets: list[str]
         if name not in targets:
             continue
         bare = name == "inferno-bare"
-        extra = {"INFERNO_PROXY_DATA_DIR": str(tmp / "bare-data"), "INFERNO_PROXY_AUTH": "none",
-                 "INFERNO_DATABASE_URL": "none"} if bare else {}
+        extra = (
+            {
+                "INFERNO_PROXY_DATA_DIR": str(tmp / "bare-data"),
+                "INFERNO_PROXY_AUTH": "none",
+                "INFERNO_DATABASE_URL": "none",
+            }
+            if bare
+            else {}
+        )
         proc, port_ops = _start_inferno(stack, name, ports[name], {**env, **extra}, workers)
         _wait_models(ports[name]["fast"], None if bare else key, proc)
         pids[name] = proc.pid
@@ -73,15 +83,26 @@ def start_stack(tmp: Path, workers: int, targets: list[str]
     return stack, ports, key, pids, ops
 
 
-def _start_inferno(stack: up.Stack, name: str, ports: dict[str, int], env: dict[str, str],
-                   workers: int) -> tuple[up.Proc, int]:
+def _start_inferno(
+    stack: up.Stack, name: str, ports: dict[str, int], env: dict[str, str], workers: int
+) -> tuple[up.Proc, int]:
     ops = up.free_port()
     # Every model on its own upstream port: one static node per model.
     direct = stack.upstream_ports
     backends = ",".join(f"127.0.0.1:{direct[m]}" for m in up.MODELS)
     inferno = str(Path(sys.executable).with_name("inferno"))
-    argv = [inferno, "proxy", "--port", str(ports["fast"]), "--ops-port", str(ops),
-            "--backends", backends, "--log-level", "warning"]
+    argv = [
+        inferno,
+        "proxy",
+        "--port",
+        str(ports["fast"]),
+        "--ops-port",
+        str(ops),
+        "--backends",
+        backends,
+        "--log-level",
+        "warning",
+    ]
     if workers > 1:
         argv += ["--workers", str(workers)]
     proc = stack.start(name, argv, env)
@@ -94,22 +115,31 @@ def _start_inferno(stack: up.Stack, name: str, ports: dict[str, int], env: dict[
 def _inferno_env(tmp: Path) -> tuple[str, dict[str, str]]:
     """Default features on: an API key (auth), its rpm/tpm limits (rate limiting), the
     request log in SQLite (the default store), Prometheus metrics (always on)."""
-    env = {"INFERNO_PROXY_DATA_DIR": str(tmp / "inferno-data"),
-           # Static nodes state no capacity (1); nginx takes any concurrency we send.
-           "INFERNO_PROXY_MAX_PER_NODE": "4096",
-           "INFERNO_PROXY_AUTH": "on"}
+    env = {
+        "INFERNO_PROXY_DATA_DIR": str(tmp / "inferno-data"),
+        # Static nodes state no capacity (1); nginx takes any concurrency we send.
+        "INFERNO_PROXY_MAX_PER_NODE": "4096",
+        "INFERNO_PROXY_AUTH": "on",
+    }
     inferno = str(Path(sys.executable).with_name("inferno"))
-    out = subprocess.run([inferno, "keys", "create", "--name", "bench", "--rpm", "100000000",
-                          "--tpm", "1000000000"], env={**os.environ, **env}, capture_output=True,
-                         text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [inferno, "keys", "create", "--name", "bench", "--rpm", "100000000", "--tpm", "1000000000"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out.stdout.strip().splitlines()[-1], env
 
 
 def _wait_models(port: int, key: str | None, proc: up.Proc) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
-                                     headers={"authorization": f"Bearer {key}"} if key else {})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models",
+            headers={"authorization": f"Bearer {key}"} if key else {},
+        )
         try:
             with urllib.request.urlopen(req, timeout=2) as resp:
                 have = {m["id"] for m in json.loads(resp.read())["data"]}
@@ -122,8 +152,9 @@ def _wait_models(port: int, key: str | None, proc: up.Proc) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--seconds", type=int, default=4, help="per wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     ap.add_argument("--conns", default="1,16,64")
@@ -131,19 +162,27 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="inferno proxy --workers")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 s, soak 20k")
     ap.add_argument("--only", default="", help="comma-separated targets (default: all)")
-    ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
-                    help="only profile inferno proxy with py-spy under 16 clients")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="only profile inferno proxy with py-spy under 16 clients",
+    )
     ap.add_argument("--profile-model", default="fast", choices=up.MODELS)
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.soak = 2, 1, 20_000
     up.require_tools()
     conns = [int(c) for c in args.conns.split(",")]
-    targets = [t for t in TARGETS if not args.only or t in args.only.split(",") or
-               t == "direct"]
+    targets = [t for t in TARGETS if not args.only or t in args.only.split(",") or t == "direct"]
     tmp = Path(tempfile.mkdtemp(prefix="inferno-bench-gw-"))
-    results: dict[str, object] = {"machine": _machine(), "seconds": args.seconds,
-                                  "rounds": args.rounds, "workers": args.workers}
+    results: dict[str, object] = {
+        "machine": _machine(),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "workers": args.workers,
+    }
     stack, ports, key, pids, ops = start_stack(tmp, args.workers, targets)
     if args.profile:
         try:
@@ -164,8 +203,17 @@ def main() -> None:
                     load.wrk(_url(ports, t, model), lua, c, 1, body, _auth(t, key))
                 for _ in range(args.rounds):
                     for t in targets:
-                        runs[t].append(load.wrk(_url(ports, t, model), lua, c, args.seconds,
-                                                body, _auth(t, key), pids.get(t)))
+                        runs[t].append(
+                            load.wrk(
+                                _url(ports, t, model),
+                                lua,
+                                c,
+                                args.seconds,
+                                body,
+                                _auth(t, key),
+                                pids.get(t),
+                            )
+                        )
                 cells.append(report.cell(scen, c, runs))
                 print(report.cell_line(cells[-1]), flush=True)
         results["cells"] = cells
@@ -174,7 +222,7 @@ def main() -> None:
         if "inferno" in targets:
             results["health"] = _health_under_load(ports, key, lua, ops, args.seconds * 2)
             print(json.dumps(results["health"]), flush=True)
-            results["soak"] = _soak(ports, key, lua, pids["inferno"], args.soak)
+            results["soak"] = _soak(ports, key, lua, pids, ops, args.soak)
             print(json.dumps(results["soak"]), flush=True)
     finally:
         stack.close()
@@ -188,8 +236,9 @@ def main() -> None:
     (RESULTS / "gateway-latest.md").write_text(text)
 
 
-def _profile(ports: dict[str, dict[str, int]], key: str, pid: int, tmp: Path, seconds: int,
-             model: str) -> None:
+def _profile(
+    ports: dict[str, dict[str, int]], key: str, pid: int, tmp: Path, seconds: int, model: str
+) -> None:
     """py-spy on the proxy under load: a flame graph (SVG) and the top functions."""
     lua = tmp / "post.lua"
     lua.write_text(load.WRK_LUA)
@@ -199,13 +248,42 @@ def _profile(ports: dict[str, dict[str, int]], key: str, pid: int, tmp: Path, se
     svg = RESULTS / f"gateway-profile-{model}.svg"
     raw = tmp / "profile.txt"
     spy = str(Path(sys.executable).with_name("py-spy"))
-    rec = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
-                            "-o", str(svg), "--nonblocking"])
+    rec = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "250",
+            "-o",
+            str(svg),
+            "--nonblocking",
+        ]
+    )
     run = load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
     rec.wait(seconds + 30)
     print(f"{run.rps:.0f} req/s, {run.cpu_ms_per_req:.3f} ms CPU/req; flame graph: {svg}")
-    rec2 = subprocess.Popen([spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250",
-                             "-f", "raw", "-o", str(raw), "--nonblocking", "--threads"])
+    rec2 = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(seconds),
+            "-r",
+            "250",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            "--nonblocking",
+            "--threads",
+        ]
+    )
     load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
     rec2.wait(seconds + 30)
     _top(raw)
@@ -240,8 +318,9 @@ def _auth(target: str, key: str) -> str | None:
     return key if target == "inferno" else None
 
 
-def _ttfb(ports: dict[str, dict[str, int]], key: str, targets: list[str],
-          rounds: int) -> dict[str, dict[str, float]]:
+def _ttfb(
+    ports: dict[str, dict[str, int]], key: str, targets: list[str], rounds: int
+) -> dict[str, dict[str, float]]:
     body = load.body("trickle", True)
     clients = {t: load.StreamClient(ports[t]["trickle"], body, _auth(t, key)) for t in targets}
     firsts: dict[str, list[float]] = {t: [] for t in targets}
@@ -258,51 +337,94 @@ def _ttfb(ports: dict[str, dict[str, int]], key: str, targets: list[str],
     finally:
         for c in clients.values():
             c.close()
-    return {t: {"ttfc_p50_ms": load.median(firsts[t]), "ttfc_p99_ms": load.pct(firsts[t], 99),
-                "spread_p50_ms": load.median(spreads[t])} for t in targets}
+    return {
+        t: {
+            "ttfc_p50_ms": load.median(firsts[t]),
+            "ttfc_p99_ms": load.pct(firsts[t], 99),
+            "spread_p50_ms": load.median(spreads[t]),
+        }
+        for t in targets
+    }
 
 
-def _health_under_load(ports: dict[str, dict[str, int]], key: str, lua: Path, ops: int,
-                       seconds: float) -> dict[str, float]:
+def _health_under_load(
+    ports: dict[str, dict[str, int]], key: str, lua: Path, ops: int, seconds: float
+) -> dict[str, float]:
     # The same probe against nginx (a C server on the same machine, same moment) is the
     # floor this shared machine's scheduling puts under any process's p99.
     prober = load.HealthProber(ops)
     floor = load.HealthProber(ports["direct"]["fast"], "/v1/models")
     prober.start()
     floor.start()
-    run = load.wrk(_url(ports, "inferno", "fast"), lua, 64, seconds, load.body("fast", False),
-                   key)
+    run = load.wrk(_url(ports, "inferno", "fast"), lua, 64, seconds, load.body("fast", False), key)
     prober.stop()
     floor.stop()
-    return {"proxy_rps": run.rps, "health_n": len(prober.latencies),
-            "health_p50_ms": load.pct(prober.latencies, 50),
-            "health_p99_ms": load.pct(prober.latencies, 99), "health_failures": prober.failures,
-            "floor_p50_ms": load.pct(floor.latencies, 50),
-            "floor_p99_ms": load.pct(floor.latencies, 99)}
+    return {
+        "proxy_rps": run.rps,
+        "health_n": len(prober.latencies),
+        "health_p50_ms": load.pct(prober.latencies, 50),
+        "health_p99_ms": load.pct(prober.latencies, 99),
+        "health_failures": prober.failures,
+        "floor_p50_ms": load.pct(floor.latencies, 50),
+        "floor_p99_ms": load.pct(floor.latencies, 99),
+    }
 
 
-def _soak(ports: dict[str, dict[str, int]], key: str, lua: Path, pid: int,
-          total: int) -> dict[str, object]:
-    body = load.body("fast", False)
-    samples = [(0, load.rss_mb(pid))]
-    done = errors = 0
-    step = max(total // 4, 1)
-    give_up = time.monotonic() + 600  # bounded even if the proxy stops answering
-    while done < total and time.monotonic() < give_up:
-        # wrk has no request count: run for time, sized from the measured rate.
-        run = load.wrk(_url(ports, "inferno", "fast"), lua, 16, 2.0, body, key)
-        done += run.requests
-        errors += run.errors
-        if done >= samples[-1][0] + step or done >= total:
-            samples.append((done, load.rss_mb(pid)))
-    return {"samples": samples, "requests": done, "errors": errors}
+def _soak(
+    ports: dict[str, dict[str, int]],
+    key: str,
+    lua: Path,
+    pids: dict[str, int],
+    ops: int,
+    total: int,
+) -> dict[str, object]:
+    """RSS across ``total`` requests of continuous load at 16 clients: inferno (with its
+    request-log backlog: rows queued, not yet in SQLite), then inferno-bare alike."""
+    out: dict[str, object] = {"requests": total}
+    for name in ("inferno", "inferno-bare"):
+        if name not in pids:
+            continue
+        pid = pids[name]
+        samples: list[list[object]] = [[0, load.rss_mb(pid), _backlog(ops, name)]]
+        done = errors = 0
+        step = max(total // 4, 1)
+        give_up = time.monotonic() + 600  # bounded even if the proxy stops answering
+        while done < total and time.monotonic() < give_up:
+            # wrk has no request count: run for time, sized from the measured rate.
+            run = load.wrk(
+                _url(ports, name, "fast"), lua, 16, 2, load.body("fast", False), _auth(name, key)
+            )
+            done += run.requests
+            errors += run.errors
+            if done >= int(str(samples[-1][0])) + step or done >= total:
+                samples.append([done, load.rss_mb(pid), _backlog(ops, name)])
+        time.sleep(5)
+        samples.append(["+5 s idle", load.rss_mb(pid), _backlog(ops, name)])
+        out[name] = {"samples": samples, "errors": errors}
+    return out
+
+
+def _backlog(ops: int, name: str) -> float:
+    if name != "inferno":
+        return float("nan")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ops}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("inferno_proxy_log_backlog "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _machine() -> str:
     cpu = ""
     with contextlib.suppress(OSError, StopIteration):
-        cpu = next(ln.split(":", 1)[1].strip() for ln in
-                   Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name"))
+        cpu = next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        )
     return f"{os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.release()}"
 
 

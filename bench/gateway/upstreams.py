@@ -40,9 +40,12 @@ COMPLETION = (
 
 
 def _event(i: int, text: str) -> str:
-    return ('data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":'
-            '1700000000,"model":"bench","choices":[{"index":0,"delta":{"content":"'
-            + text + '"},"finish_reason":null}]}\\n\\n')
+    return (
+        'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":'
+        '1700000000,"model":"bench","choices":[{"index":0,"delta":{"content":"'
+        + text
+        + '"},"finish_reason":null}]}\\n\\n'
+    )
 
 
 _WORDS = ("The", " capital", " of", " France", " is", " Paris.")
@@ -76,28 +79,35 @@ http {{
 
 
 def _models_location(model: str) -> str:
-    body = ('{"object":"list","data":[{"id":"' + model
-            + '","object":"model","created":0,"owned_by":"bench"}]}')
+    body = (
+        '{"object":"list","data":[{"id":"'
+        + model
+        + '","object":"model","created":0,"owned_by":"bench"}]}'
+    )
     return f"    location = /v1/models {{ default_type application/json; return 200 '{body}'; }}\n"
 
 
 def upstream_conf(tmp: Path, ports: dict[str, int]) -> str:
     trickle = "".join(
         f"      echo -n '{_event(i, w)}'; echo_flush; echo_sleep {TRICKLE_GAP_S};\n"
-        for i, w in enumerate(_WORDS))
+        for i, w in enumerate(_WORDS)
+    )
     handlers = {
         "fast": f"default_type application/json; return 200 '{COMPLETION}';",
         "sse": f"default_type text/event-stream; return 200 '{SSE_BODY}';",
         "slow": "default_type application/json; echo_read_request_body; echo_sleep 0.05; "
-                f"echo -n '{COMPLETION}';",
-        "trickle": "default_type text/event-stream; echo_read_request_body;\n" + trickle
-                   + "      echo -n 'data: [DONE]\\n\\n';",
+        f"echo -n '{COMPLETION}';",
+        "trickle": "default_type text/event-stream; echo_read_request_body;\n"
+        + trickle
+        + "      echo -n 'data: [DONE]\\n\\n';",
     }
     out = _common(tmp, "upstream", 1)
     for model, port in ports.items():
-        out += (f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
-                + _models_location(model)
-                + f"    location / {{\n      {handlers[model]}\n    }}\n  }}\n")
+        out += (
+            f"  server {{\n    listen 127.0.0.1:{port} backlog=4096;\n"
+            + _models_location(model)
+            + f"    location / {{\n      {handlers[model]}\n    }}\n  }}\n"
+        )
     return out + "}\n"
 
 
@@ -141,9 +151,13 @@ class Stack:
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         log = self.tmp / f"{name}.log"
         with log.open("wb") as fh:
-            popen = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})},
-                                     start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
@@ -168,8 +182,9 @@ class Stack:
                 proc.popen.wait()
 
 
-def wait_http(url: str, proc: Proc, timeout: float = 30.0,
-              headers: dict[str, str] | None = None) -> None:
+def wait_http(
+    url: str, proc: Proc, timeout: float = 30.0, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
