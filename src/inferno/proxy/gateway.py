@@ -74,7 +74,8 @@ class Gateway:
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
             routes={("POST", "/registration"): registration.post,
                     ("DELETE", "/registration/*"): registration.delete,
-                    ("GET", "/router/state"): state.get})
+                    ("GET", "/router/state"): state.get},
+            own_thread=s.ops_thread)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
