@@ -85,6 +85,7 @@ async def burst_experiment(tmp: Path, *, base_rps: float, factor: float, before_
                            burst_s: float, after_s: float, settle_s: float,
                            max_replicas: int = 4, parallel: int = 2, threads: int = 1,
                            target_wait_s: float = 2.0, window_s: float = 10.0,
+                           completion_tokens: int = 24,
                            engine: str = "llamacpp", pool: PoolSpec | None = None
                            ) -> BurstReport:
     port, ops = _free_port(), _free_port()
@@ -111,7 +112,8 @@ async def burst_experiment(tmp: Path, *, base_rps: float, factor: float, before_
         assert ready, "the first node did not become ready"
         await asyncio.sleep(2.0)  # its registration reaches the proxy
         rows = bursty_trace(base_rps=base_rps, burst_factor=factor, before_s=before_s,
-                            burst_s=burst_s, after_s=after_s, model=spec.model)
+                            burst_s=burst_s, after_s=after_s, model=spec.model,
+                            completion_tokens=completion_tokens)
         t0 = time.monotonic()
         wall0 = time.time()
 
