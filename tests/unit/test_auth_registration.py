@@ -182,3 +182,17 @@ async def test_request_limits(gw: Gateway, kwargs: dict[str, Any], status: int,
     assert r.status_code == status
     if param is not None:
         assert r.json()["error"]["param"] == param
+
+
+async def test_requests_refused_by_the_wire_layer_still_get_a_log_row(gw: Gateway) -> None:
+    async with httpx.AsyncClient() as http:
+        too_big = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/completions",
+                                  json={"model": "m", "prompt": "x" * 5000})
+        headers = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/completions",
+                                  json={"model": "m"}, headers={"x-big": "y" * 3000})
+    assert (too_big.status_code, headers.status_code) == (413, 431)
+    assert await gw.security.log.flush()
+    assert gw.security.store is not None
+    rows = await gw.security.store.requests.recent(limit=10)
+    assert sorted((r["status"], r["error_code"]) for r in rows) == [
+        (413, "payload_too_large"), (431, "headers_too_large")]

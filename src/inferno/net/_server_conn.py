@@ -423,6 +423,12 @@ class ServerConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None or self._lost:
             return
+        hook = self._server.on_reject
+        if hook is not None:
+            try:
+                hook(err)
+            except Exception:  # a logging hook must never break the connection's answer
+                log.exception("on_reject hook failed")
         head = self._head(err.status_code, "application/json", err.headers(), CONN_CLOSE)
         body = err.to_json()
         transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)

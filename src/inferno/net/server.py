@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
+from ..core.errors import InfernoError
 from ._http import HeadEncoder
 from ._messages import Handler, Request, Response, StreamingResponse
 from ._server_conn import ServerConnection
@@ -39,7 +41,11 @@ class HttpServer:
         keepalive_timeout: float = 75.0,
         header_timeout: float = 30.0,
         server_header: str = "inferno",
+        on_reject: Callable[[InfernoError], None] | None = None,
     ) -> None:
+        # on_reject: told of every request the wire layer refuses itself (413, 431,
+        # malformed), which never reaches the handler; e.g. so it can still be logged.
+        self.on_reject = on_reject
         self._handler = handler
         self._max_body_size = max_body_size
         self._max_header_size = max_header_size

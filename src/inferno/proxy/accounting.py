@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from inferno.core.errors import InfernoError
 from inferno.proxy.security.metrics import SecurityMetrics
 from inferno.store import Store
 
@@ -75,6 +77,14 @@ class RequestLog:
         self._queue.append(row)
         if len(self._queue) >= self._batch_size:
             self._wake.set()
+
+    def record_rejected(self, err: InfernoError) -> None:
+        """A request the wire layer refused before any handler saw it (413, 431, 400):
+        its path and key are unknown, but it still gets its one row."""
+        row = new_row(os.urandom(12).hex(), time.time(), "-")
+        row["status"] = err.status_code
+        row["error_code"] = err.code
+        self.record(row)
 
     async def run(self) -> None:
         backoff = self._interval

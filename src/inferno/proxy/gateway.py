@@ -67,7 +67,8 @@ class Gateway:
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin)
         self.server = HttpServer(self.api.handle, max_body_size=s.max_body_size,
-                                 max_header_size=s.max_header_size)
+                                 max_header_size=s.max_header_size,
+                                 on_reject=self.security.log.record_rejected)
         registration = RegistrationAPI(self.pool, self.metrics, guard=self.security.registration)
         state = RouterState(self.pool, self.router, self.budget, self.admission)
         self.ops = OpsServer(
