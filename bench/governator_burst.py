@@ -27,16 +27,21 @@ from inferno.governator.experiment import burst_experiment
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short trace (~2 minutes)")
-    ap.add_argument("--base-rps", type=float, default=0.4)
+    ap.add_argument("--base-rps", type=float, default=0.5)
+    ap.add_argument("--completion-tokens", type=int, default=64,
+                    help="tokens per request: at 4x the base rate one 1-thread node "
+                         "cannot keep up, whatever else the machine is doing")
     ap.add_argument("--target", type=float, default=3.0, help="TTFT/queue-wait p95 target, s")
     ap.add_argument("--max-replicas", type=int, default=4)
     args = ap.parse_args()
-    before, burst, after = (10, 30, 30) if args.quick else (120, 120, 180)
+    # A burst of one minute in eight: the shape autoscaling is for.
+    before, burst, after = (10, 30, 30) if args.quick else (180, 60, 240)
     with tempfile.TemporaryDirectory(prefix="inferno-bench-") as tmp:
         r = asyncio.run(burst_experiment(
             Path(tmp), base_rps=args.base_rps, factor=4.0, before_s=before, burst_s=burst,
             after_s=after, settle_s=120, max_replicas=args.max_replicas,
-            target_wait_s=args.target, window_s=10.0 if args.quick else 60.0))
+            target_wait_s=args.target, window_s=10.0 if args.quick else 60.0,
+            completion_tokens=args.completion_tokens))
     console = Console()
     for line in r.decisions:
         console.print(line, highlight=False)
