@@ -119,7 +119,7 @@ def _quantize(source: Path, dest: Path, target: str, threads: int) -> None:
         raise EngineError(
             "llama-cpp-python is not installed: pip install 'inferno[llamacpp]'"
         ) from exc
-    _silence(lib)
+    silence_llama_logs(lib)
     params: Any = lib.llama_model_quantize_default_params()
     params.nthread = max(1, threads)
     params.ftype = getattr(lib, _FTYPE_NAMES[target])
@@ -134,8 +134,9 @@ def _quantize(source: Path, dest: Path, target: str, threads: int) -> None:
         raise EngineError(f"llama.cpp could not convert {source.name} to {target} (status {rc})")
 
 
-def _silence(lib: Any) -> None:
-    """llama_model_quantize logs a line per tensor to stderr; the status lines suffice."""
+def silence_llama_logs(lib: Any) -> None:
+    """Route llama.cpp and ggml logging away from stderr, once per process (the engine and
+    llama_model_quantize, which logs a line per tensor, both use it)."""
     global _log_callback
     with _log_lock:
         if _log_callback is None:

@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import secrets
-import threading
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from inferno.core.errors import (
     EngineError,
     InvalidRequest,
 )
+from inferno.models.quantize import silence_llama_logs
 
 # Batch invariance: the CPU flash-attention kernel switches to a tiled variant, with
 # different rounding, once a ubatch holds 64 or more query rows. A prompt prefilled
@@ -78,11 +78,6 @@ from inferno.core.errors import (
 # with the same number of tokens per sequence). Costs about 15% of prefill speed.
 _MAX_UBATCH = 63
 
-_log_lock = threading.Lock()
-# llama.cpp keeps a raw pointer to the callback: the ctypes object must outlive it.
-_log_callback: Any = None
-
-
 def _import_llama() -> Any:
     try:
         import llama_cpp.llama_cpp as lib
@@ -91,19 +86,6 @@ def _import_llama() -> Any:
             "llama-cpp-python is not installed: pip install 'inferno[llamacpp]'"
         ) from exc
     return lib
-
-
-def _silence_llama_logs(lib: Any) -> None:
-    """Route llama.cpp and ggml logging away from stderr (once per process)."""
-    global _log_callback
-    with _log_lock:
-        if _log_callback is None:
-
-            def _discard(level: int, text: bytes, user_data: Any) -> None:
-                return None
-
-            _log_callback = lib.llama_log_callback(_discard)
-            lib.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 class LlamaCppEngine:
@@ -172,7 +154,7 @@ class LlamaCppEngine:
         if self._sched is not None:
             return
         lib = _import_llama()
-        _silence_llama_logs(lib)
+        silence_llama_logs(lib)
         lib.llama_backend_init()
         path = self._weights_path()
         mparams = lib.llama_model_default_params()
