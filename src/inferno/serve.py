@@ -169,7 +169,7 @@ def _banner(s: ServeSettings, url: str, gov_host: str, gov_port: int) -> None:
             f"(inferno governator status --ops-port {gov_port})\n\n"
             f"Try:  curl {url}/chat/completions -H 'content-type: application/json' \\\n"
             f"        -d '{{\"model\": \"{s.model}\", \"messages\": "
-            f"[{{\"role\": \"user\", \"content\": \"What is the capital of France?\"}}]}}'\n\n"
+            f"[{{\"role\": \"user\", \"content\": \"what is the capital of france?\"}}]}}'\n\n"
             "Ctrl-C stops everything.")
     console.print(Panel(body, title="inferno serve", expand=False))
     print(url, flush=True)
