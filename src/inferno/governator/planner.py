@@ -216,7 +216,7 @@ def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
         check_node_types(policy, prices, "the default policy", str(prices_path))
     rows = load_trace(trace)
     # Piped output would otherwise be squeezed into 80 columns and wrap every fleet name.
-    console = Console(width=None if Console().is_terminal else 120)
+    console = Console(width=None if Console().is_terminal else 140)
     results: list[FleetResult] = []
     for spec in policy.pools:
         res = plan(rows, prices, spec, max_nodes)

@@ -32,7 +32,8 @@ def _ago(at: float | None, now: float) -> str:
 
 
 def print_state(state: dict[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped output would otherwise be squeezed into 80 columns.
+    console = console or Console(width=None if Console().is_terminal else 140)
     now = float(state.get("at") or time.time())
     fleet = Table(title=f"Governator {state.get('id', '')} ({state.get('state', '?')})")
     for col in ("pool", "node type", "$/h", "$/1M tok", "nodes", "min..max", "panic"):
