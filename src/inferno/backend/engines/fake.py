@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
 
+from inferno.backend.engines._slots import Slots
 from inferno.backend.engines.base import (
     Chunk,
     EngineStats,
@@ -31,10 +32,7 @@ class FakeEngine:
         self._info = ModelInfo(id=model_id, path="(fake)", context_length=n_ctx, aliases=aliases)
         self._delay = token_delay
         self._eos_after = eos_after
-        self._slots = asyncio.Semaphore(parallel)
-        self._parallel = parallel
-        self._active = 0
-        self._queued = 0
+        self._slots = Slots(parallel)
         self._generated = 0
         self._prompted = 0
 
@@ -55,7 +53,8 @@ class FakeEngine:
         return "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + "<assistant>"
 
     def stats(self) -> EngineStats:
-        return EngineStats(active=self._active, queued=self._queued, capacity=self._parallel,
+        return EngineStats(active=self._slots.active, queued=self._slots.queued,
+                           capacity=self._slots.capacity,
                            tokens_generated=self._generated, prompt_tokens=self._prompted)
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
@@ -71,14 +70,8 @@ class FakeEngine:
         limit = params.max_tokens if params.max_tokens is not None else budget
         digest = hashlib.sha256(f"{prompt}|{params.seed if params.temperature else ''}".encode())
         start = digest.digest()[0]
-        self._queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._queued -= 1
-        self._active += 1
-        self._prompted += n_prompt
-        try:
+        async with self._slots.hold():
+            self._prompted += n_prompt
             for i in range(limit):
                 if self._delay:
                     await asyncio.sleep(self._delay)
@@ -93,6 +86,4 @@ class FakeEngine:
                             completion_tokens=i + 1, finish_reason=finish)
                 if finish:
                     return
-        finally:
-            self._active -= 1
-            self._slots.release()
+

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from inferno.backend.engines._slots import Slots
 from inferno.backend.engines.base import (
     GENERATIVE,
     Capability,
@@ -236,10 +237,7 @@ class RemoteEngineBase:
             context_length=context_length, owned_by=self.provider, capabilities=capabilities,
             price_per_mtok_input=price_per_mtok_input,
             price_per_mtok_output=price_per_mtok_output)
-        self._parallel = parallel
-        self._slots = asyncio.Semaphore(parallel)
-        self._active = 0
-        self._queued = 0
+        self._slots = Slots(parallel)
         self._generated = 0
         self._prompted = 0
 
@@ -267,7 +265,8 @@ class RemoteEngineBase:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
     def stats(self) -> EngineStats:
-        return EngineStats(active=self._active, queued=self._queued, capacity=self._parallel,
+        return EngineStats(active=self._slots.active, queued=self._slots.queued,
+                           capacity=self._slots.capacity,
                            tokens_generated=self._generated, prompt_tokens=self._prompted)
 
     def _headers(self) -> dict[str, str]:
@@ -290,41 +289,34 @@ class RemoteEngineBase:
     async def _stream(self, path: str, body: dict[str, Any], prompt_chars: int
                       ) -> AsyncGenerator[Chunk, None]:
         """Admission, the request, and the provider's events turned into Chunks."""
-        self._queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._queued -= 1
-        self._active += 1
         resp: RemoteResponse | None = None
-        try:
-            resp = await self._open(path, body)
-            decoder = SSEDecoder()
-            prompt_tokens, completion, finish = 0, 0, None
-            async for raw in resp.chunks:
-                for data in decoder.feed(raw):
-                    if data == b"[DONE]":
-                        continue
-                    text, fin, usage = self._parse_event(data)
-                    if usage is not None:
-                        prompt_tokens, completion = usage
-                    elif text:
-                        completion += 1  # an estimate until the provider's usage arrives
-                    finish = fin or finish
-                    if text:
-                        self._generated += 1
-                        yield Chunk(text, prompt_tokens, completion)
-            if finish is None:
-                raise UpstreamProtocolError(
-                    f"{self.provider} ended the answer without a finish reason.")
-            prompt_tokens = prompt_tokens or max(1, prompt_chars // 4)
-            self._prompted += prompt_tokens
-            yield Chunk("", prompt_tokens, completion, finish)
-        finally:
-            self._active -= 1
-            self._slots.release()
-            if resp is not None:
-                await resp.aclose()
+        async with self._slots.hold():
+            try:
+                resp = await self._open(path, body)
+                decoder = SSEDecoder()
+                prompt_tokens, completion, finish = 0, 0, None
+                async for raw in resp.chunks:
+                    for data in decoder.feed(raw):
+                        if data == b"[DONE]":
+                            continue
+                        text, fin, usage = self._parse_event(data)
+                        if usage is not None:
+                            prompt_tokens, completion = usage
+                        elif text:
+                            completion += 1  # an estimate until the provider's usage arrives
+                        finish = fin or finish
+                        if text:
+                            self._generated += 1
+                            yield Chunk(text, prompt_tokens, completion)
+                if finish is None:
+                    raise UpstreamProtocolError(
+                        f"{self.provider} ended the answer without a finish reason.")
+                prompt_tokens = prompt_tokens or max(1, prompt_chars // 4)
+                self._prompted += prompt_tokens
+                yield Chunk("", prompt_tokens, completion, finish)
+            finally:
+                if resp is not None:
+                    await resp.aclose()
 
     def _parse_event(self, data: bytes) -> tuple[str, FinishReason | None, tuple[int, int] | None]:
         raise NotImplementedError
