@@ -53,7 +53,7 @@ bench-gateway: setup
 # The llama.cpp engine's batching benchmark (about 3-5 minutes; bench/README.md).
 bench-engine: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
-	$(BIN)/python bench/llamacpp_batching.py --threads 1 --quantize q8_0 --rounds 5
+	$(BIN)/python bench/llamacpp_batching.py --threads 2 --quantize q8_0 --rounds 5
 
 clean:
 	rm -rf $(VENV)

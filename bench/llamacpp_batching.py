@@ -490,7 +490,7 @@ def report(run: Run) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quantize", default="q8_0",
                     help="the node's --quantize; the baselines load the same file")
     ap.add_argument("--rounds", type=int, default=5)

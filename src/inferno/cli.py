@@ -72,6 +72,9 @@ def backend(
         "--prefix-cache/--no-prefix-cache",
         help="llamacpp: reuse the KV of shared prompt prefixes across requests. "
              "[default: on]")] = None,
+    prefill_hold_ms: Annotated[float | None, typer.Option(
+        help="llamacpp: how long generating sequences may pause while new prompts are "
+             "prefilled (faster first tokens for a burst; 0: never). [default: 200]")] = None,
     node_id: Annotated[str | None, typer.Option(help="Node id. [default: host-pid]")] = None,
     discovery_lb: Annotated[str | None, typer.Option(
         help="Proxy ops address (host:port) to register with.")] = None,

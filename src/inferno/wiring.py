@@ -38,7 +38,8 @@ def _llamacpp(s: BackendSettings) -> Engine:
                           n_threads=s.threads, n_parallel=s.parallel,
                           aliases=() if s.served_name else model.aliases,
                           quantize=s.quantize, data_dir=s.data_dir,
-                          prefix_cache=s.prefix_cache)
+                          prefix_cache=s.prefix_cache,
+                          prefill_hold_ms=s.prefill_hold_ms)
 
 
 def _onnx(s: BackendSettings) -> AnyEngine:

@@ -35,6 +35,7 @@ from inferno.backend.engines.llamacpp import LlamaCppEngine  # noqa: E402
 
 N_CTX = 1024
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0)
+SHORT_GREEDY = SamplingParams(max_tokens=4, temperature=0.0)
 FRANCE = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -253,6 +254,75 @@ async def test_close_aborts_running() -> None:
     assert (await queued_task)[-1].finish_reason == "abort"
     with pytest.raises(EngineError):
         await anext(eng.generate("Hello", GREEDY))
+
+
+# ---- prefill order and the decode hold ------------------------------------------------------
+
+BURST_CONTEXT = ("The committee met on a grey Tuesday morning to review the harbour plans. "
+                 "Everyone agreed the old pier needed repairs, the lighthouse needed paint, "
+                 "and the fishing fleet needed a safer channel through the northern shoals. ")
+
+
+async def first_chunks(eng: LlamaCppEngine, prompts: dict[str, str], log: list[str],
+                       params: SamplingParams = SHORT_GREEDY) -> None:
+    """Runs the prompts at once; appends each one's name to ``log`` at its first chunk."""
+
+    async def one(name: str, text: str) -> None:
+        seen = False
+        async for _ in eng.generate(text, params):
+            if not seen:
+                log.append(name)
+                seen = True
+
+    await asyncio.gather(*(one(name, text) for name, text in prompts.items()))
+
+
+async def test_shortest_prompt_is_prefilled_first(engine: LlamaCppEngine) -> None:
+    # Arriving together, a prompt of 4 ubatches and a short one: FIFO chunking would make the
+    # short one wait for the long prefill; shortest-first lets it start at once.
+    long_prompt = BURST_CONTEXT * 5 + "The vote was"
+    assert len(engine.tokenize(long_prompt)) > 3 * 63
+    order: list[str] = []
+    await first_chunks(engine, {"long": long_prompt, "short": "The capital of Italy is"},
+                       order)
+    assert order == ["short", "long"]
+
+
+@pytest.mark.parametrize(("hold_ms", "most", "least"), [(60_000, 1, 0), (0, None, 3)],
+                         ids=["held-for-the-prefill", "never-held"])
+async def test_prefill_hold(hold_ms: float, most: int | None, least: int) -> None:
+    # A sequence is generating when a prompt of 4 ubatches arrives. Held, it sits out
+    # the whole prefill (at most the step already running ends after the arrival);
+    # never held, it gets a token in every prefill step. Output is the same either way.
+    eng = LlamaCppEngine(MODEL, model_id="h", n_ctx=512, n_threads=1, n_parallel=2,
+                         prefix_cache=False, prefill_hold_ms=hold_ms)
+    eng.load()
+    try:
+        events: list[str] = []
+        running = eng.generate("Once upon a time", SamplingParams(max_tokens=120,
+                                                                  temperature=0))
+
+        async def consume() -> str:
+            text = ""
+            async for chunk in running:
+                events.append("r")
+                text += chunk.text
+            return text
+
+        first = (await anext(running)).text
+        consumer = asyncio.create_task(consume())
+        events.append("submitted")
+        await first_chunks(eng, {"L": BURST_CONTEXT * 5 + "The vote was"}, events)
+        text = await consumer
+        between = events[events.index("submitted") + 1:events.index("L")].count("r")
+        if most is not None:
+            assert between <= most
+        assert between >= least
+        alone = await collect(eng.generate("Once upon a time",
+                                           SamplingParams(max_tokens=120, temperature=0)))
+        assert first + text == text_of(alone)
+    finally:
+        await eng.close()
 
 
 # ---- prompt-prefix KV reuse ---------------------------------------------------------------

@@ -105,6 +105,10 @@ class BackendSettings(ComponentSettings):
     # llama.cpp engine: reuse the KV of a shared prompt prefix (system prompt, earlier
     # turns) across requests instead of recomputing it. Output is identical either way.
     prefix_cache: bool = True
+    # llama.cpp engine: how long generating sequences may pause (milliseconds) while
+    # newly arrived prompts are prefilled, so a burst reaches its first tokens sooner;
+    # 0 mixes every prefill step with a token for each generating sequence.
+    prefill_hold_ms: Annotated[float, Field(ge=0, le=10_000)] = 200.0
     node_id: str | None = None
     # Where built artefacts are cached (the ONNX graph); default $INFERNO_DATA_DIR or
     # ~/.cache/inferno.

@@ -15,10 +15,12 @@ import ctypes
 import heapq
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from inferno.backend.engines._prefill import plan_prefill
 from inferno.backend.engines._prefix_cache import PrefixCache, fed_tokens
 from inferno.backend.engines.base import Chunk, FinishReason
 from inferno.core.errors import EngineError
@@ -57,6 +59,7 @@ class Sequence:
         "sampler",
         "sampler_config",
         "seq_id",
+        "skips",
         "wait_for",
         "wait_len",
     )
@@ -87,6 +90,7 @@ class Sequence:
         self.placed = False
         self.wait_for: Sequence | None = None
         self.wait_len = 0
+        self.skips = 0  # steps passed over while prefilling (see _prefill.plan_prefill)
         self.completion = 0
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -105,6 +109,8 @@ class BatchScheduler:
         n_ctx_seq: int,
         name: str,
         prefill_per_step: int | None = None,
+        prefill_group: int = 32,
+        max_hold_s: float = 0.2,
         prefix_cache: bool = True,
         min_copy: int = 8,
     ) -> None:
@@ -113,11 +119,13 @@ class BatchScheduler:
         self._vocab = vocab
         self._mem = lib.llama_get_memory(ctx)
         self._n_batch = n_batch
-        # Prompt tokens one step may take (default: all of n_batch). One ubatch's worth
-        # staggers a burst of prompts: the first sequences start generating after their
-        # own prefill instead of everyone's, and a generating sequence waits at most one
-        # ubatch of prefill per token. Same number of ubatches overall.
+        # At most this many tokens of one prompt per step (chunked prefill: a generating
+        # sequence waits for at most one such chunk per token); more whole prompts join
+        # a step while its prompt tokens stay within prefill_group (see _prefill).
         self._prefill_per_step = min(n_batch, prefill_per_step or n_batch)
+        self._prefill_group = prefill_group
+        self._max_hold_s = max_hold_s
+        self._hold_since: float | None = None  # start of the current hold (_hold_decode)
         self._n_ctx_seq = n_ctx_seq
         self._n_vocab = lib.llama_vocab_n_tokens(vocab)
         self._batch = lib.llama_batch_init(n_batch, 0, n_parallel)
@@ -290,6 +298,28 @@ class BatchScheduler:
         for seq in [s for s in self._active if s.cancelled]:
             self._release(seq)
 
+    def _hold_decode(self, prefilling: bool) -> bool:
+        """Whether this step leaves the generating sequences out, for prompts only.
+
+        With one KV stream per sequence a step that mixes one-token rows with a prompt
+        is split into two ubatches, two passes over the weights, so each prefill step
+        beside generating sequences costs an extra ~single-token step. Holding the
+        generating ones for up to ``max_hold_s`` (then one mixed step, then again) lets
+        a burst of prompts reach its first tokens sooner, like TGI's prefill that pauses
+        the running batch; no generating sequence waits longer than that per token.
+        """
+        generating = any(s.next_token is not None for s in self._active)
+        if not (prefilling and generating and self._max_hold_s > 0):
+            self._hold_since = None
+            return False
+        now = time.monotonic()
+        if self._hold_since is None:
+            self._hold_since = now
+        if now - self._hold_since < self._max_hold_s:
+            return True
+        self._hold_since = None
+        return False
+
     def _step(self) -> None:
         lib, batch = self._lib, self._batch
         token, pos, n_seq_id, seq_ids, logits = (
@@ -298,26 +328,33 @@ class BatchScheduler:
         n = 0
         fed: list[tuple[Sequence, int]] = []  # tokens each sequence adds to the KV cache
         outputs: list[tuple[Sequence, int]] = []  # batch index whose logits it samples
-        # Generating sequences first: each costs one slot of the batch and must never
-        # wait behind a long prompt. In seq_id order: with one KV stream per sequence,
-        # llama.cpp puts only runs of consecutive seq_ids into one ubatch, so an
-        # unordered batch (or ids with holes) costs extra ubatches, each a full pass
-        # over the weights.
-        for seq in sorted(self._active, key=_by_seq_id):
-            if seq.next_token is not None:
-                token[n], pos[n], n_seq_id[n], logits[n] = seq.next_token, seq.n_fed, 1, 1
-                seq_ids[n][0] = seq.seq_id
-                fed.append((seq, 1))
-                outputs.append((seq, n))
-                n += 1
-        # Prompts fill what is left, FIFO, in chunks: a long prompt spreads over several
-        # steps while the generating sequences keep producing one token per step.
-        limit = min(self._n_batch, n + self._prefill_per_step)
-        for seq in self._active:
-            if seq.next_token is not None or not seq.placed or n >= limit:
-                continue
+        prompts = [s for s in self._active if s.next_token is None and s.placed]
+        # Generating sequences first: one row each, in seq_id order (with one KV stream
+        # per sequence llama.cpp puts only runs of consecutive seq_ids into one ubatch,
+        # so an unordered batch, or ids with holes, costs extra ubatches, each a full
+        # pass over the weights). Unless they are held for a prefill, see _hold_decode.
+        if not self._hold_decode(bool(prompts)):
+            for seq in sorted(self._active, key=_by_seq_id):
+                if seq.next_token is not None:
+                    token[n], pos[n], n_seq_id[n], logits[n] = seq.next_token, seq.n_fed, 1, 1
+                    seq_ids[n][0] = seq.seq_id
+                    fed.append((seq, 1))
+                    outputs.append((seq, n))
+                    n += 1
+        # Then prompts, shortest remaining first (see _prefill): a burst's first tokens
+        # come one prompt after another instead of all at the end, and a long prompt
+        # is spread over several steps while the generating sequences keep going.
+        room = min(self._n_batch - n, self._prefill_per_step)
+        plan = plan_prefill(
+            [len(s.prompt) - s.n_fed for s in prompts], [s.skips for s in prompts],
+            chunk=room, group=self._prefill_group,
+        ) if prompts and room > 0 else []
+        for s in prompts:
+            s.skips += 1
+        for i, take in plan:
+            seq = prompts[i]
+            seq.skips = 0
             prompt, sid, start = seq.prompt, seq.seq_id, seq.n_fed
-            take = min(len(prompt) - start, limit - n)
             for j in range(start, start + take):
                 token[n], pos[n], n_seq_id[n], logits[n] = prompt[j], j, 1, 0
                 seq_ids[n][0] = sid

@@ -8,12 +8,15 @@ Design
   every sampler. The event loop never calls into the context: ``generate()`` appends
   a sequence to a FIFO under a lock and awaits a per-request ``asyncio.Queue``.
 * **Continuous batching.** Each step packs, into one ``llama_batch`` of at most
-  ``n_batch`` tokens, the next token of every generating sequence (one each, always
-  first) and then prompt chunks of newly admitted sequences, FIFO. A long prompt is
-  spread over several steps, so it costs the others at most one step of ``n_batch``
-  tokens at a time rather than its whole prefill. Sequences join between steps (up to
-  ``n_parallel``; the rest wait FIFO) and leave between steps: their KV cells are
-  removed with ``llama_memory_seq_rm`` and their ``seq_id`` returns to the pool.
+  ``n_batch`` tokens, the next token of every generating sequence (one each, first)
+  and then prompt tokens of newly admitted sequences, shortest remaining prompt first
+  (:mod:`~._prefill`): a burst of prompts gets its first tokens one prompt after
+  another rather than all at the end. A long prompt is spread over several steps of at
+  most one ubatch each (chunked prefill). While prompts are waiting, the generating
+  sequences may sit out steps for up to ``prefill_hold_ms`` (a step mixing both costs
+  two passes over the weights here, see ``_hold_decode``). Sequences join between
+  steps (up to ``n_parallel``; the rest wait FIFO) and leave between steps: their KV
+  cells are kept for prefix reuse or removed, and their ``seq_id`` returns to the pool.
 * **Back to the loop.** After each step the worker hands every new chunk to its
   request's queue with one ``loop.call_soon_threadsafe`` per event loop, not one per
   token. Closing the iterator marks the sequence cancelled; the worker drops it before
@@ -103,6 +106,7 @@ class LlamaCppEngine:
         data_dir: Path | None = None,
         status: Callable[[str], None] | None = None,
         prefix_cache: bool = True,
+        prefill_hold_ms: float = 200.0,
     ) -> None:
         for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads),
                             ("n_parallel", n_parallel), ("n_batch", n_batch)):
@@ -119,6 +123,7 @@ class LlamaCppEngine:
         self._data_dir = data_dir
         self._status = status
         self._prefix_cache = prefix_cache
+        self._prefill_hold_s = max(0.0, prefill_hold_ms) / 1000
         self._lib: Any = None
         self._model: Any = None
         self._ctx: Any = None
@@ -195,6 +200,7 @@ class LlamaCppEngine:
             n_ctx_seq=self._n_ctx, name=self._model_id,
             prefill_per_step=min(self._n_batch, _MAX_UBATCH),
             prefix_cache=self._prefix_cache,
+            max_hold_s=self._prefill_hold_s,
             # A cross-stream copy moves all n_ctx cells: ~25 ms at 4096 for SmolLM2-135M,
             # the price of ~4 prompt tokens; ask for a wide margin (bench/README.md).
             min_copy=max(8, self._n_ctx // 256),
