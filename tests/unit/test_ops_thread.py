@@ -1,13 +1,16 @@
-"""The ops server on its own thread: /health answers while the main loop is busy; every
-other route still runs on the main loop."""
+"""The ops server on its own thread or behind its own front process: /health answers while
+the main loop is busy; every other route still runs on the main loop."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
+import os
+import sys
 import threading
 import time
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from inferno.net import Request, Response
@@ -23,7 +26,8 @@ def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
     return resp.status, body
 
 
-async def test_health_answers_while_the_main_loop_is_busy() -> None:
+@pytest.mark.parametrize("mode", ["own_thread", "own_process"])
+async def test_health_answers_while_the_main_loop_is_busy(mode: str) -> None:
     seen: list[str] = []
 
     async def mutate(req: Request) -> Response:
@@ -32,7 +36,7 @@ async def test_health_answers_while_the_main_loop_is_busy() -> None:
 
     ops = OpsServer(health=lambda: "ready", telemetry=lambda: {"id": "x"},
                     registry=CollectorRegistry(), routes={("POST", "/registration"): mutate},
-                    own_thread=True)
+                    **{mode: True})
     port = await ops.start("127.0.0.1", 0)
     try:
         results: list[tuple[int, float]] = []
@@ -58,3 +62,73 @@ async def test_health_answers_while_the_main_loop_is_busy() -> None:
     finally:
         await ops.stop()
     assert not any(t.name == "ops-server" for t in threading.enumerate())
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for whoever adopted it to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+async def test_front_process_relays_reports_state_and_stalls_and_goes_away() -> None:
+    state = ["loading"]
+    ops = OpsServer(health=lambda: state[0], telemetry=lambda: {"id": "x"},
+                    registry=CollectorRegistry(), own_process=True, stale_after=0.3)
+    port = await ops.start("127.0.0.1", 0)
+    sidecar = ops._sidecar
+    assert sidecar is not None
+    try:
+        assert await asyncio.to_thread(get, port, "/health") == (503, b"loading\n")
+        state[0] = "ready"
+        await asyncio.sleep(0.2)  # published every 50 ms
+        assert await asyncio.to_thread(get, port, "/health") == (200, b"healthy\n")
+        status, _ = await asyncio.to_thread(get, port, "/metrics")
+        assert status == 200  # relayed to the main loop's server
+        status, _ = await asyncio.to_thread(get, port, "/nowhere")
+        assert status == 404
+        status, _ = await asyncio.to_thread(get, port, "/health", "DELETE")
+        assert status == 405
+        # A main loop that stops turning stops the heartbeat: the probe says so.
+        result: list[tuple[int, bytes]] = []
+        prober = threading.Thread(target=lambda: (time.sleep(0.6),
+                                                  result.append(get(port, "/health"))))
+        prober.start()
+        time.sleep(0.9)  # noqa: ASYNC251 - the point: this (the main) loop stops turning
+        prober.join()
+        assert result == [(503, b"unresponsive\n")]
+        await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(get, port, "/health") == (200, b"healthy\n")
+    finally:
+        await ops.stop()
+    assert not _alive(sidecar.proc.pid)
+    assert not os.path.exists(sidecar._path)  # noqa: ASYNC240
+
+
+async def test_front_process_ends_with_its_parent() -> None:
+    # A parent killed outright (no stop()) must not leave the ops port taken.
+    script = (
+        "import asyncio, sys\n"
+        "from prometheus_client import CollectorRegistry\n"
+        "from inferno.ops import OpsServer\n"
+        "async def main():\n"
+        "    ops = OpsServer(health=lambda: 'ready', telemetry=dict,\n"
+        "                    registry=CollectorRegistry(), own_process=True)\n"
+        "    await ops.start('127.0.0.1', 0)\n"
+        "    print(ops._sidecar.proc.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
+                                                  stdout=asyncio.subprocess.PIPE)
+    assert parent.stdout is not None
+    child = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+    assert _alive(child)
+    parent.kill()
+    await parent.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not _alive(child)

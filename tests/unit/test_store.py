@@ -84,6 +84,34 @@ async def test_request_rows_are_never_doubled_and_usage_sums(store: Store) -> No
     assert len(await store.requests.recent(key_id="k2")) == 2
 
 
+async def test_large_batches_span_several_statements(store: Store) -> None:
+    # SQLite writes ~50 rows per statement: a batch of 130 is three statements, one
+    # transaction; a retry overlapping both ends adds only the new rows.
+    now = time.time()
+    rows = [new_row(f"big-{i}", now, "/v1/completions") | {"model": f"m{i % 3}"}
+            for i in range(130)]
+    await store.requests.insert_many(rows)
+    assert await store.requests.count() == 130
+    await store.requests.insert_many([*rows[100:], new_row("big-new", now, "/v1/completions")])
+    assert await store.requests.count() == 131
+    assert sum(u.requests for u in await store.requests.usage()) == 131
+
+
+async def test_sqlite_request_log_keeps_the_wal_bounded(tmp_path: Path) -> None:
+    # The log writer checkpoints the WAL itself (autocheckpoint is off on its
+    # connection): without that a steady stream of rows grows it ~1 MB per 1,000 rows.
+    store = await open_store("sqlite", tmp_path)
+    try:
+        now = time.time()
+        for b in range(30):
+            await store.requests.insert_many(
+                [new_row(f"w{b}-{i}", now, "/v1/completions") for i in range(500)])
+        assert await store.requests.count() == 15_000
+        assert (tmp_path / "inferno.db-wal").stat().st_size < 8_000_000
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

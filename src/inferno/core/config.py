@@ -231,8 +231,10 @@ class ProxySettings(ComponentSettings):
     # Retries allowed: this fraction of recent requests plus a floor per second.
     retry_budget_ratio: Annotated[float, Field(ge=0, le=10)] = 0.2
     retry_budget_min_per_s: Annotated[float, Field(ge=0, le=10_000)] = 3.0
-    # Answer ops /health from its own thread, so a saturated proxy still looks alive.
-    ops_thread: bool = True
+    # Where ops /health is answered, so a saturated proxy still looks alive: "process" (a
+    # small front process with its own GIL owns the ops port and relays other routes),
+    # "thread" (a thread of the proxy, waits for the GIL), "loop" (the main event loop).
+    ops_health: Literal["process", "thread", "loop"] = "process"
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_body_size: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
     # Passive outlier detection / circuit breaker per node.

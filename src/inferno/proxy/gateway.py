@@ -76,7 +76,7 @@ class Gateway:
             routes={("POST", "/registration"): registration.post,
                     ("DELETE", "/registration/*"): registration.delete,
                     ("GET", "/router/state"): state.get},
-            own_thread=s.ops_thread)
+            own_thread=s.ops_health == "thread", own_process=s.ops_health == "process")
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
