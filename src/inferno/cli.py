@@ -151,12 +151,15 @@ def proxy(
     port: Annotated[int | None, typer.Option(help="API port. [default: 8080]")] = None,
     ops_port: OpsOpt = None,
     backends: Annotated[str | None, typer.Option(
-        help="Static nodes, comma-separated host:port[/ops_port].")] = None,
+        help="Static nodes, comma-separated: host:port, or host:port/ops_port.")] = None,
     routing: Annotated[str | None, typer.Option(
         help="least-outstanding | round-robin")] = None,
     auth: Annotated[str | None, typer.Option(
         help="auto | on | none (none on a public interface: anyone may call). "
              "[default: auto]")] = None,
+    ops_health: Annotated[str | None, typer.Option(
+        help="Where ops /health is answered: process (a small front process, fast even "
+             "when the proxy is saturated) | thread | loop. [default: process]")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:

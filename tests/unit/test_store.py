@@ -13,6 +13,7 @@ import pytest_asyncio
 from inferno.proxy.accounting import new_row
 from inferno.proxy.security.keys import KeyCache, create_key, hash_key
 from inferno.store import Store, normalise_url
+from inferno.store.repos import _SQLITE_ROWS
 from tests.conftest import postgres_url
 
 PG = postgres_url()
@@ -85,21 +86,22 @@ async def test_request_rows_are_never_doubled_and_usage_sums(store: Store) -> No
 
 
 async def test_large_batches_span_several_statements(store: Store) -> None:
-    # SQLite writes ~50 rows per statement: a batch of 130 is three statements, one
-    # transaction; a retry overlapping both ends adds only the new rows.
+    # SQLite takes a batch in statements of _SQLITE_ROWS rows, one transaction; a retry
+    # overlapping both ends adds only the new rows.
     now = time.time()
+    n = _SQLITE_ROWS + 30
     rows = [new_row(f"big-{i}", now, "/v1/completions") | {"model": f"m{i % 3}"}
-            for i in range(130)]
+            for i in range(n)]
     await store.requests.insert_many(rows)
-    assert await store.requests.count() == 130
-    await store.requests.insert_many([*rows[100:], new_row("big-new", now, "/v1/completions")])
-    assert await store.requests.count() == 131
-    assert sum(u.requests for u in await store.requests.usage()) == 131
+    assert await store.requests.count() == n
+    await store.requests.insert_many([*rows[n - 100:], new_row("big-new", now, "/v1/x")])
+    assert await store.requests.count() == n + 1
+    assert sum(u.requests for u in await store.requests.usage()) == n + 1
 
 
 async def test_sqlite_request_log_keeps_the_wal_bounded(tmp_path: Path) -> None:
-    # The log writer checkpoints the WAL itself (autocheckpoint is off on its
-    # connection): without that a steady stream of rows grows it ~1 MB per 1,000 rows.
+    # A steady stream of request rows must not grow the WAL without bound (SQLite
+    # checkpoints it inside the commits that cross 1,000 pages).
     store = await open_store("sqlite", tmp_path)
     try:
         now = time.time()

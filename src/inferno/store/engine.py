@@ -105,7 +105,6 @@ class Store:
                 await conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
 
     async def close(self) -> None:
-        self.requests.close()
         await self.engine.dispose()
 
 

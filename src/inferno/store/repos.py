@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
-import logging
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -16,8 +13,6 @@ from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferno.store.models import api_keys, request_log
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,23 +88,10 @@ def _insert_sql(paramstyle: str) -> str:
             "ON CONFLICT (request_id) DO NOTHING")
 
 
-# Rows per SQLite statement: 999 bound variables is the smallest limit SQLite builds use.
-_SQLITE_ROWS = max(1, 999 // len(_LOG_COLUMNS))
-
-
-# Rows between WAL checkpoints (~50 rows of the request log fill a 4 KiB page or two).
-_CHECKPOINT_ROWS = 5_000
-
-
-def _wal_checkpoint(path: str) -> None:
-    """Copies the WAL into the database and truncates it; in a worker thread, where
-    ``sqlite3`` releases the GIL for the file I/O. Best effort: a reader holding an old
-    snapshot only defers it to the next one."""
-    try:
-        with contextlib.closing(sqlite3.connect(path, timeout=1.0)) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-    except sqlite3.Error as exc:
-        log.debug("request log: WAL checkpoint deferred (%s)", type(exc).__name__)
+# Rows per SQLite statement: as many as its bound-variable limit allows (32,766 since
+# SQLite 3.32, 999 before), so a whole batch of the request log is one statement step.
+_SQLITE_ROWS = max(1, (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999)
+                   // len(_LOG_COLUMNS))
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,76 +105,33 @@ def _sqlite_insert_sql(n_rows: int) -> str:
 class RequestRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        url = engine.url
-        db = url.database if url.get_backend_name() == "sqlite" else None
-        # SQLite files: the request log is written through a plain sqlite3 connection
-        # on the event loop's own thread, see insert_many.
-        self._sqlite_path = db if db and db != ":memory:" else None
-        self._sqlite: sqlite3.Connection | None = None
-        self._since_checkpoint = 0  # rows written since the last WAL checkpoint
 
     async def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Rows already stored (a retried batch) are skipped, not doubled.
+        """One transaction; rows already stored (a retried batch) are skipped, not doubled.
 
         The binding happens in the driver's C code (SQLAlchemy's per-row parameter
-        processing capped the writer near 2,000 rows/s). PostgreSQL: one transaction,
-        one ``executemany`` (asyncpg pipelines it). SQLite: not through aiosqlite's
-        thread: ``sqlite3`` releases and re-takes the GIL around every statement step,
-        and while a saturated proxy's event loop holds the GIL each re-take waits for a
-        switch interval, so the log fell behind (~2,000 rows/s) and its backlog grew
-        without bound. Instead each ~50 rows are one multi-row ``INSERT ... VALUES``
-        and one transaction, run synchronously on the calling (event loop) thread in
-        well under a millisecond (WAL, synchronous=NORMAL), yielding between them.
+        processing capped the writer near 2,000 rows/s). PostgreSQL: one ``executemany``
+        (asyncpg pipelines it). SQLite: multi-row ``INSERT ... VALUES (...), (...)`` of
+        up to ~1,700 rows each, because ``sqlite3`` releases and re-takes the GIL around every
+        statement step: with ``executemany`` that is once per row, and while a saturated
+        proxy's event loop holds the GIL each re-take waits a switch interval, so the log
+        fell behind (~2,000 rows/s) and its backlog grew without bound. The statements
+        still run on aiosqlite's thread, so the event loop never waits for the file I/O
+        (nor for the WAL checkpoints SQLite makes inside a commit: 5-7 ms each).
         """
         if not rows:
             return
         params = [tuple(row.get(name, default) for name, default in _LOG_COLUMNS)
                   for row in rows]
-        if self._sqlite_path is not None:
-            for i in range(0, len(params), _SQLITE_ROWS):
-                if i:
-                    await asyncio.sleep(0)  # let requests run between statements
-                self._sqlite_insert(params[i:i + _SQLITE_ROWS])
-            self._since_checkpoint += len(params)
-            if self._since_checkpoint >= _CHECKPOINT_ROWS:
-                # Awaited, not left running: with no write meanwhile the checkpoint can
-                # copy every frame and the WAL starts over (under steady writes a PASSIVE
-                # checkpoint never catches up and the WAL grows without bound).
-                self._since_checkpoint = 0
-                await asyncio.get_running_loop().run_in_executor(
-                    None, _wal_checkpoint, self._sqlite_path)
-            return
+        paramstyle = str(self._engine.dialect.paramstyle)
         async with self._engine.begin() as conn:
-            await conn.exec_driver_sql(_insert_sql(str(self._engine.dialect.paramstyle)),
-                                       params)
-
-    def _sqlite_insert(self, part: list[tuple[Any, ...]]) -> None:
-        conn = self._sqlite
-        if conn is None:
-            assert self._sqlite_path is not None
-            # A short busy timeout: this runs on the event loop, so a database locked by
-            # another writer fails fast and the log writer retries later instead.
-            conn = sqlite3.connect(self._sqlite_path, timeout=0.01, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # SQLite checkpoints the WAL inside the commit that crosses 1,000 pages:
-            # 5-7 ms of file copying on the event loop. A worker thread does it instead.
-            conn.execute("PRAGMA wal_autocheckpoint=0")
-            self._sqlite = conn
-        flat = tuple(value for row in part for value in row)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_sqlite_insert_sql(len(part)), flat)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        if self._sqlite is not None:
-            self._sqlite.close()
-            self._sqlite = None
+            if paramstyle != "qmark":
+                await conn.exec_driver_sql(_insert_sql(paramstyle), params)
+                return
+            for i in range(0, len(params), _SQLITE_ROWS):
+                part = params[i:i + _SQLITE_ROWS]
+                flat = tuple(value for row in part for value in row)
+                await conn.exec_driver_sql(_sqlite_insert_sql(len(part)), flat)
 
     async def usage(self, *, since_day: str | None = None, until_day: str | None = None,
                     key_id: str | None = None) -> list[UsageRow]:
