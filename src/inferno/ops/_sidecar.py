@@ -23,8 +23,8 @@ import signal
 import struct
 import time
 
-STATE_SIZE = 64
 _STATE = struct.Struct("<dB55s")  # heartbeat (time.monotonic), state length, state
+STATE_SIZE = _STATE.size  # 64
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 1024 * 1024
 

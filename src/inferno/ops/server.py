@@ -177,7 +177,7 @@ class _SidecarHandle:
             page = mmap.mmap(fd, STATE_SIZE)
         finally:
             os.close(fd)
-        page[:STATE_SIZE] = pack_state(time.monotonic(), health()).ljust(STATE_SIZE, b"\0")
+        page[:STATE_SIZE] = pack_state(time.monotonic(), health())
         proc = await asyncio.create_subprocess_exec(
             sys.executable, _sidecar.__file__, "--host", host, "--port", str(port),
             "--upstream", str(internal), "--state", path, "--parent", str(os.getpid()),
@@ -199,8 +199,7 @@ class _SidecarHandle:
 
     async def _publish(self) -> None:
         while True:
-            self._page[:STATE_SIZE] = pack_state(
-                time.monotonic(), self._health()).ljust(STATE_SIZE, b"\0")
+            self._page[:STATE_SIZE] = pack_state(time.monotonic(), self._health())
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
