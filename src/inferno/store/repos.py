@@ -79,15 +79,6 @@ _LOG_COLUMNS: tuple[tuple[str, Any], ...] = tuple(
     (c.name, getattr(c.default, "arg", None)) for c in request_log.columns)
 
 
-def _insert_sql(paramstyle: str) -> str:
-    n = len(_LOG_COLUMNS)
-    marks = [f"${i}" for i in range(1, n + 1)] if paramstyle == "numeric_dollar" else (
-        ["%s"] * n if paramstyle == "format" else ["?"] * n)
-    names = ", ".join(name for name, _ in _LOG_COLUMNS)
-    return (f"INSERT INTO {request_log.name} ({names}) VALUES ({', '.join(marks)}) "
-            "ON CONFLICT (request_id) DO NOTHING")
-
-
 # Rows per SQLite statement: as many as its bound-variable limit allows (32,766 since
 # SQLite 3.32, 999 before), so a whole batch of the request log is one statement step.
 _SQLITE_ROWS = max(1, (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999)
@@ -95,11 +86,15 @@ _SQLITE_ROWS = max(1, (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
 
 @functools.lru_cache(maxsize=64)
-def _sqlite_insert_sql(n_rows: int) -> str:
-    row = "(" + ", ".join(["?"] * len(_LOG_COLUMNS)) + ")"
+def _insert_sql(paramstyle: str, n_rows: int = 1) -> str:
+    """The request-log INSERT for ``n_rows`` rows (numbered placeholders: one row only)."""
+    n = len(_LOG_COLUMNS)
+    marks = [f"${i}" for i in range(1, n + 1)] if paramstyle == "numeric_dollar" else (
+        ["%s"] * n if paramstyle == "format" else ["?"] * n)
+    row = f"({', '.join(marks)})"
     names = ", ".join(name for name, _ in _LOG_COLUMNS)
-    return (f"INSERT INTO {request_log.name} ({names}) VALUES "
-            + ", ".join([row] * n_rows) + " ON CONFLICT (request_id) DO NOTHING")
+    return (f"INSERT INTO {request_log.name} ({names}) VALUES {', '.join([row] * n_rows)} "
+            "ON CONFLICT (request_id) DO NOTHING")
 
 
 class RequestRepo:
@@ -112,8 +107,8 @@ class RequestRepo:
         The binding happens in the driver's C code (SQLAlchemy's per-row parameter
         processing capped the writer near 2,000 rows/s). PostgreSQL: one ``executemany``
         (asyncpg pipelines it). SQLite: multi-row ``INSERT ... VALUES (...), (...)`` of
-        up to ~1,700 rows each, because ``sqlite3`` releases and re-takes the GIL around every
-        statement step: with ``executemany`` that is once per row, and while a saturated
+        up to ~1,700 rows each, because ``sqlite3`` releases and re-takes the GIL around
+        every statement step: with ``executemany`` that is once per row, and while a saturated
         proxy's event loop holds the GIL each re-take waits a switch interval, so the log
         fell behind (~2,000 rows/s) and its backlog grew without bound. The statements
         still run on aiosqlite's thread, so the event loop never waits for the file I/O
@@ -131,7 +126,7 @@ class RequestRepo:
             for i in range(0, len(params), _SQLITE_ROWS):
                 part = params[i:i + _SQLITE_ROWS]
                 flat = tuple(value for row in part for value in row)
-                await conn.exec_driver_sql(_sqlite_insert_sql(len(part)), flat)
+                await conn.exec_driver_sql(_insert_sql(paramstyle, len(part)), flat)
 
     async def usage(self, *, since_day: str | None = None, until_day: str | None = None,
                     key_id: str | None = None) -> list[UsageRow]:
