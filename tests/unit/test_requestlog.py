@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
+from inferno.proxy.accounting import new_row
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from inferno.store import Store
@@ -248,5 +249,23 @@ async def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
         text = (await httpx.AsyncClient().get(f"http://127.0.0.1:{gw.ops.port}/metrics")).text
         assert "inferno_proxy_log_rows_dropped_total 2.0" in text
         log._queue.clear()
+    finally:
+        await gw.drain()
+
+
+async def test_flush_beside_the_running_writer_stores_each_row_once(tmp_path: Path) -> None:
+    # flush() (shutdown, tests) and the background writer used to write the same peeked
+    # batch at once and then both pop it: rows lost from the queue, or an IndexError.
+    gw = await start_gateway(tmp_path)
+    try:
+        log = gw.security.log
+        store = gw.security.store
+        assert store is not None
+        before = await store.requests.count()
+        for i in range(1_700):
+            log.record(new_row(f"f-{i}", 0.0, "/v1/completions"))
+        assert all(await asyncio.gather(log.flush(), log.flush(), log.flush()))
+        assert log.backlog == 0
+        assert await store.requests.count() - before == 1_700
     finally:
         await gw.drain()

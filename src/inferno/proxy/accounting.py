@@ -55,6 +55,7 @@ class RequestLog:
         self._interval = flush_interval
         self.log_payloads = log_payloads
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._failing = False
         self.written = 0
         metrics.log_backlog.set_function(lambda: float(len(self._queue)))
@@ -94,16 +95,25 @@ class RequestLog:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval)
                 continue
-            # Peek, write, then pop: a cancelled writer loses nothing (flush() retries it).
-            n = min(len(self._queue), self._batch_size)
-            batch = [self._queue[i] for i in range(n)]
-            if await self._write(batch):
-                for _ in range(n):
-                    self._queue.popleft()
+            if await self._write_next():
                 backoff = self._interval
             else:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def _write_next(self) -> bool:
+        """Writes the oldest batch. Peek, write, then pop: a cancelled writer loses nothing.
+        One writer at a time: run() and a flush() could otherwise both store the same
+        rows (skipped as duplicates) and then both pop them."""
+        async with self._writing:
+            n = min(len(self._queue), self._batch_size)
+            if n == 0:
+                return True
+            if not await self._write([self._queue[i] for i in range(n)]):
+                return False
+            for _ in range(n):
+                self._queue.popleft()
+            return True
 
     async def _write(self, batch: list[dict[str, Any]]) -> bool:
         assert self._store is not None
@@ -129,12 +139,7 @@ class RequestLog:
         """Write everything queued now (used on shutdown and by tests)."""
         deadline = time.monotonic() + within
         while self._queue and time.monotonic() < deadline:
-            n = min(len(self._queue), self._batch_size)
-            batch = [self._queue[i] for i in range(n)]
-            if await self._write(batch):
-                for _ in range(n):
-                    self._queue.popleft()
-            else:
+            if not await self._write_next():
                 await asyncio.sleep(0.1)
         return not self._queue
 
