@@ -6,8 +6,9 @@ so it imports only the standard library (and uvloop when present): a separate pr
 has its own GIL, so a health probe is answered in about the time nginx takes even while
 the component's event loop keeps a core busy (in a thread of the same process it waited
 for the GIL: p99 6-7 ms). The component writes its state and a heartbeat into ``FILE``
-(see :func:`pack_state`); a heartbeat older than ``--stale`` seconds means its event loop
-has stopped turning, and the probe says so (503 ``unresponsive``). Other requests go to
+(see :func:`pack_state`); while that says "ready" the probe is answered here, and a
+heartbeat older than ``--stale`` seconds means its event loop has stopped turning (503
+``unresponsive``). Other states and other requests go to
 the component's own ops server on ``127.0.0.1:U``, one upstream connection each. The
 process exits when its parent does.
 """
@@ -44,19 +45,27 @@ def _response(status: int, reason: str, body: bytes, extra: str = "") -> bytes:
             f"content-length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
+_UNRESPONSIVE = _response(503, "Service Unavailable", b"unresponsive\n", "retry-after: 1\r\n")
+_RELAY_TIMEOUT = 30.0
+
+
 class Sidecar:
     def __init__(self, state: mmap.mmap, upstream: int, stale: float) -> None:
         self._state = state
         self._upstream = upstream
         self._stale = stale
 
-    def health(self) -> bytes:
+    def health(self) -> bytes | None:
+        """The answer from the state page, or None: ask the component itself.
+
+        Only "ready" is answered here. Any other state is relayed, so the page's lag (it
+        is published every 50 ms) can never report a component that just became ready as
+        still loading; a component that is not ready is not the saturated one anyway.
+        """
         heartbeat, state = unpack_state(self._state[:STATE_SIZE])
         if time.monotonic() - heartbeat > self._stale:
-            return _response(503, "Service Unavailable", b"unresponsive\n", "retry-after: 1\r\n")
-        if state == "ready":
-            return _response(200, "OK", b"healthy\n")
-        return _response(503, "Service Unavailable", f"{state}\n".encode(), "retry-after: 1\r\n")
+            return _UNRESPONSIVE
+        return _response(200, "OK", b"healthy\n") if state == "ready" else None
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -81,10 +90,10 @@ class Sidecar:
                                            "connection: close\r\n"))
                     break
                 body = await reader.readexactly(length) if length else b""
+                answer = None
                 if method == "GET" and target.split("?", 1)[0] == "/health":
-                    writer.write(self.health())
-                else:
-                    writer.write(await self.relay(lines, body))
+                    answer = self.health()
+                writer.write(answer or await self.relay(lines, body))
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -97,13 +106,17 @@ class Sidecar:
                 line.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
         head = "\r\n".join([lines[0], *kept, "connection: close", "", ""]).encode("latin-1")
         try:
-            r, w = await asyncio.open_connection("127.0.0.1", self._upstream)
-        except OSError:
-            return _response(503, "Service Unavailable", b"unresponsive\n", "retry-after: 1\r\n")
+            r, w = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self._upstream), self._stale)
+        except (OSError, TimeoutError):
+            return _UNRESPONSIVE
         try:
             w.write(head + body)
             await w.drain()
-            answer = await r.read()  # the upstream closes after one answer
+            # The upstream closes after one answer; a stuck component gets a timeout.
+            answer = await asyncio.wait_for(r.read(), _RELAY_TIMEOUT)
+        except (OSError, TimeoutError):
+            return _UNRESPONSIVE
         finally:
             w.close()
         resp_head, sep, resp_body = answer.partition(b"\r\n\r\n")

@@ -11,9 +11,10 @@ a saturated main loop:
 
 * ``own_process=True`` (the proxy's default): a small front process
   (:mod:`inferno.ops._sidecar`, standard library only, its own GIL) owns the port,
-  answers ``/health`` from a state the component publishes every 50 ms through a shared
-  memory page (a heartbeat older than ``stale_after`` s reads 503 ``unresponsive``), and
-  relays every other route to this server, which then listens on a loopback port.
+  answers ``/health`` while the component is ready from a state it publishes every 50 ms
+  through a shared memory page (a heartbeat older than ``stale_after`` s reads 503
+  ``unresponsive``), and relays everything else (other states included) to this
+  server, which then listens on a loopback port.
 * ``own_thread=True``: the server runs its own event loop in a thread. Only ``/health``
   is answered there, from a plain state read; every other route is handed to the main
   loop, so component state is never touched from two threads. It still waits for the
