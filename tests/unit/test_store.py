@@ -13,7 +13,7 @@ import pytest_asyncio
 from inferno.proxy.accounting import new_row
 from inferno.proxy.security.keys import KeyCache, create_key, hash_key
 from inferno.store import Store, normalise_url
-from inferno.store.repos import _SQLITE_ROWS
+from inferno.store.repos import _SQLITE_ROWS, _ladder
 from tests.conftest import postgres_url
 
 PG = postgres_url()
@@ -83,6 +83,25 @@ async def test_request_rows_are_never_doubled_and_usage_sums(store: Store) -> No
     mine = await store.requests.usage(key_id="k2")
     assert [u.key_id for u in mine] == ["k2"]
     assert len(await store.requests.recent(key_id="k2")) == 2
+
+
+@pytest.mark.parametrize(("n", "sizes"), [
+    pytest.param(0, [], id="empty"),
+    pytest.param(1, [1], id="one"),
+    pytest.param(7, [4, 2, 1], id="binary-remainder"),
+    pytest.param(_SQLITE_ROWS, [_SQLITE_ROWS], id="one-full-statement"),
+    pytest.param(2 * _SQLITE_ROWS + 3, [_SQLITE_ROWS, _SQLITE_ROWS, 2, 1], id="full-then-rest"),
+])
+def test_statement_sizes_come_from_a_fixed_ladder(n: int, sizes: list[int]) -> None:
+    assert _ladder(n) == sizes
+
+
+def test_any_batch_uses_few_distinct_statements() -> None:
+    # Each distinct statement text stays prepared (with all its bound values) in the
+    # connection's cache: batches of every size must share a handful of them.
+    seen = {size for n in range(1, 3 * _SQLITE_ROWS) for size in _ladder(n)}
+    assert seen == {1 << i for i in range(_SQLITE_ROWS.bit_length())}
+    assert len(seen) <= 9
 
 
 async def test_large_batches_span_several_statements(store: Store) -> None:

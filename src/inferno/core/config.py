@@ -295,7 +295,9 @@ class ProxySettings(ComponentSettings):
     # Request log: rows are written in the background; payloads only when enabled.
     log_payloads: bool = False
     log_queue_size: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
-    log_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Rows per transaction. Large, because under a saturated event loop each round trip to
+    # the database thread waits for the GIL: 500-row batches fell behind at ~4,800 rows/s.
+    log_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 4096
     log_flush_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
     # USD per million tokens, per model: {model: {prompt: x, completion: y}}.
     prices: dict[str, dict[Literal["prompt", "completion"], Annotated[float, Field(ge=0)]]] = {}

@@ -45,7 +45,7 @@ def payload_text(data: bytes) -> str:
 
 class RequestLog:
     def __init__(self, store: Store | None, metrics: SecurityMetrics, *,
-                 queue_size: int = 100_000, batch_size: int = 500,
+                 queue_size: int = 100_000, batch_size: int = 4096,
                  flush_interval: float = 0.5, log_payloads: bool = False) -> None:
         self._store = store
         self._metrics = metrics

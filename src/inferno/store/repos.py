@@ -79,13 +79,28 @@ _LOG_COLUMNS: tuple[tuple[str, Any], ...] = tuple(
     (c.name, getattr(c.default, "arg", None)) for c in request_log.columns)
 
 
-# Rows per SQLite statement: as many as its bound-variable limit allows (32,766 since
-# SQLite 3.32, 999 before), so a whole batch of the request log is one statement step.
-_SQLITE_ROWS = max(1, (32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999)
-                   // len(_LOG_COLUMNS))
+# Rows per SQLite statement: at most what its bound-variable limit allows (32,766 since
+# SQLite 3.32, 999 before), and never more than 256. Every distinct statement text stays
+# prepared in the connection's statement cache, with one bound value per placeholder:
+# statements of any size up to ~1,700 rows held ~1 MB each and grew the proxy by ~13 MB/s
+# under load. Sizes are therefore taken from a fixed ladder (256, 128, ..., 1): at most
+# nine statements ever, a few hundred KB in all.
+_SQLITE_ROWS = 1 << min(8, ((32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999)
+                            // len(_LOG_COLUMNS)).bit_length() - 1)
 
 
-@functools.lru_cache(maxsize=64)
+def _ladder(n: int, top: int = _SQLITE_ROWS) -> list[int]:
+    """``n`` rows as statement sizes from the ladder: whole ``top``s, then powers of two."""
+    sizes = [top] * (n // top)
+    rest = n % top
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        sizes.append(size)
+        rest -= size
+    return sizes
+
+
+@functools.lru_cache(maxsize=32)
 def _insert_sql(paramstyle: str, n_rows: int = 1) -> str:
     """The request-log INSERT for ``n_rows`` rows (numbered placeholders: one row only)."""
     n = len(_LOG_COLUMNS)
@@ -106,13 +121,13 @@ class RequestRepo:
 
         The binding happens in the driver's C code (SQLAlchemy's per-row parameter
         processing capped the writer near 2,000 rows/s). PostgreSQL: one ``executemany``
-        (asyncpg pipelines it). SQLite: multi-row ``INSERT ... VALUES (...), (...)`` of
-        up to ~1,700 rows each, because ``sqlite3`` releases and re-takes the GIL around
-        every statement step: with ``executemany`` that is once per row, and while a saturated
-        proxy's event loop holds the GIL each re-take waits a switch interval, so the log
-        fell behind (~2,000 rows/s) and its backlog grew without bound. The statements
-        still run on aiosqlite's thread, so the event loop never waits for the file I/O
-        (nor for the WAL checkpoints SQLite makes inside a commit: 5-7 ms each).
+        (asyncpg pipelines it). SQLite: multi-row ``INSERT ... VALUES (...), (...)`` of up
+        to 256 rows each (sizes from :func:`_ladder`), because ``sqlite3`` releases and
+        re-takes the GIL around every statement step: with ``executemany`` that is once per
+        row, and while a saturated proxy's event loop holds the GIL each re-take waits a
+        switch interval, so the log fell behind (~2,000 rows/s) and its backlog grew without
+        bound. The statements still run on aiosqlite's thread, so the event loop never waits
+        for the file I/O (nor for the WAL checkpoints SQLite makes inside a commit: 5-7 ms).
         """
         if not rows:
             return
@@ -123,10 +138,11 @@ class RequestRepo:
             if paramstyle != "qmark":
                 await conn.exec_driver_sql(_insert_sql(paramstyle), params)
                 return
-            for i in range(0, len(params), _SQLITE_ROWS):
-                part = params[i:i + _SQLITE_ROWS]
-                flat = tuple(value for row in part for value in row)
-                await conn.exec_driver_sql(_insert_sql(paramstyle, len(part)), flat)
+            i = 0
+            for size in _ladder(len(params)):
+                flat = tuple(value for row in params[i:i + size] for value in row)
+                await conn.exec_driver_sql(_insert_sql(paramstyle, size), flat)
+                i += size
 
     async def usage(self, *, since_day: str | None = None, until_day: str | None = None,
                     key_id: str | None = None) -> list[UsageRow]:
