@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ import pytest_asyncio
 
 from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
-from inferno.proxy.accounting import new_row
+from inferno.proxy.accounting import new_request_id, new_row
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from inferno.store import Store
@@ -269,3 +270,19 @@ async def test_flush_beside_the_running_writer_stores_each_row_once(tmp_path: Pa
         assert await store.requests.count() - before == 1_700
     finally:
         await gw.drain()
+
+
+def test_request_ids_are_unique_hex_and_differ_across_fork() -> None:
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: the generator was reseeded at fork, so its next id is its own
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_request_id() and len(child) == 24

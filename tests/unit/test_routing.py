@@ -135,6 +135,26 @@ def test_profile_clamps_weights_and_times_scorers() -> None:
     assert "n0=2.00" in decision.explain and profile.stats["wild"].calls == 1
 
 
+class _Seen:
+    def __init__(self) -> None:
+        self.nodes: list[str] = []
+
+    def observe(self, node: Node, ctx: RouteContext) -> None:
+        self.nodes.append(node.id)
+
+
+def test_one_candidate_is_not_ranked_but_observed() -> None:
+    seen = _Seen()
+    profile = Profile("p", filters=[FILTERS["not-draining"]()], scorers=[(_Wild(), 2.0)],
+                      picker=PICKERS["max-score"](), observers=[seen])
+    draining = node(1)
+    draining.state = "draining"
+    decision = profile.route([node(0), draining], CTX)
+    assert [n.id for n in decision.order] == ["n0"]
+    assert decision.explain == "p max-score n0"
+    assert profile.stats["wild"].calls == 0 and seen.nodes == ["n0"]
+
+
 def test_health_filter_and_panic_mode() -> None:
     profile = Profile("p", filters=[FILTERS["not-draining"](), FILTERS["healthy"]()],
                       scorers=[], picker=PICKERS["max-score"]())

@@ -148,3 +148,12 @@ def test_urls_pick_async_drivers(url: str, expected: str) -> None:
 def test_unknown_driver_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported"):
         normalise_url("mysql://u@h/db")
+
+
+async def test_the_utc_day_is_derived_from_ts_when_written(store: Store) -> None:
+    # The proxy's rows leave "day" out (no strftime per request); the store fills it in.
+    late = 1_795_651_199.5  # 2026-11-25 23:59:59.5 UTC
+    await store.requests.insert_many([new_row("d1", late, "/v1/x"),
+                                      new_row("d2", late + 1, "/v1/x")])
+    days = {r["request_id"]: r["day"] for r in await store.requests.recent()}
+    assert days == {"d1": "2026-11-25", "d2": "2026-11-26"}

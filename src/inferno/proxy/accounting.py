@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -82,7 +83,7 @@ class RequestLog:
     def record_rejected(self, err: InfernoError) -> None:
         """A request the wire layer refused before any handler saw it (413, 431, 400):
         its path and key are unknown, but it still gets its one row."""
-        row = new_row(os.urandom(12).hex(), time.time(), "-")
+        row = new_row(new_request_id(), time.time(), "-")
         row["status"] = err.status_code
         row["error_code"] = err.code
         self.record(row)
@@ -144,9 +145,20 @@ class RequestLog:
         return not self._queue
 
 
+# Request ids: 96 random bits from a generator seeded by the OS once per process (and again
+# in a forked child), not a getrandom() system call per request. They name a request; they
+# authorise nothing, so they need to be unique, not unpredictable.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_request_id() -> str:
+    return f"{_ids.getrandbits(96):024x}"
+
+
 def new_row(request_id: str, ts: float, route: str) -> dict[str, Any]:
-    return {"request_id": request_id, "ts": ts,
-            "day": time.strftime("%Y-%m-%d", time.gmtime(ts)), "key_id": None,
+    # No "day" here: the store derives it from ts when it writes the row, off the hot path.
+    return {"request_id": request_id, "ts": ts, "key_id": None,
             "route": route, "model": None, "node": None, "status": 500, "error_code": None,
             "attempts": 0, "stream": False, "prompt_tokens": 0, "completion_tokens": 0,
             "latency_ms": 0.0, "ttft_ms": None, "cost": 0.0, "cache_hit": False,

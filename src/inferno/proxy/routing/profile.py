@@ -55,6 +55,13 @@ class Profile:
             panic = bool(kept)
         if not kept:
             return Decision([], f"{self.name} no-candidates")
+        if len(kept) == 1:
+            # Nothing to rank: scores cannot change a one-node order (scorer stats count
+            # rankings, not requests). Observers still learn where the request went.
+            for observer in self.observers:
+                observer.observe(kept[0], ctx)
+            return Decision(kept, f"{self.name}{' panic' if panic else ''} "
+                                  f"{self.picker.name} {kept[0].id}", panic)
         totals = [0.0] * len(kept)
         stats = self.stats
         clock = time.perf_counter
@@ -73,11 +80,9 @@ class Profile:
         return Decision(order, self._explain(kept, totals, panic), panic)
 
     def _explain(self, nodes: Sequence[Node], totals: Sequence[float], panic: bool) -> str:
-        if len(nodes) == 1:
-            scores = f"{nodes[0].id}={totals[0]:.2f}"
-        else:  # highest first; ties keep the candidates' order (the sort is stable)
-            top = sorted(range(len(nodes)), key=totals.__getitem__, reverse=True)[:3]
-            scores = " ".join(f"{nodes[i].id}={totals[i]:.2f}" for i in top)
+        # Highest first; ties keep the candidates' order (the sort is stable).
+        top = sorted(range(len(nodes)), key=totals.__getitem__, reverse=True)[:3]
+        scores = " ".join(f"{nodes[i].id}={totals[i]:.2f}" for i in top)
         return f"{self.name}{' panic' if panic else ''} {self.picker.name} {scores}"
 
 

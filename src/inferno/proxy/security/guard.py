@@ -13,7 +13,6 @@ re-serialisation), then drops that chunk before it reaches the client.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -22,7 +21,13 @@ import orjson
 
 from inferno.core.errors import InfernoError, RateLimited, UpstreamError
 from inferno.net import Request, Response, StreamingResponse
-from inferno.proxy.accounting import Prices, RequestLog, new_row, payload_text
+from inferno.proxy.accounting import (
+    Prices,
+    RequestLog,
+    new_request_id,
+    new_row,
+    payload_text,
+)
 from inferno.proxy.app import _parse, _routing_fields
 from inferno.proxy.cache import Entry, ResponseCache, cache_key, wants_cache
 from inferno.proxy.security.auth import Authenticator, check_model
@@ -59,7 +64,7 @@ class RequestGuard:
     async def handle(self, req: Request, path: str, forward: Forward
                      ) -> Response | StreamingResponse:
         started = time.perf_counter()
-        row = new_row(os.urandom(12).hex(), time.time(), path)
+        row = new_row(new_request_id(), time.time(), path)
         plan: Plan | None = None
         handed_off = False
         try:
