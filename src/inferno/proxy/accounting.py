@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -110,7 +111,7 @@ class RequestLog:
             n = min(len(self._queue), self._batch_size)
             if n == 0:
                 return True
-            if not await self._write([self._queue[i] for i in range(n)]):
+            if not await self._write(list(itertools.islice(self._queue, n))):
                 return False
             for _ in range(n):
                 self._queue.popleft()
