@@ -279,8 +279,10 @@ def test_request_ids_are_unique_hex_and_differ_across_fork() -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: the generator was reseeded at fork, so its next id is its own
-        os.write(write, new_request_id().encode())
-        os._exit(0)
+        try:
+            os.write(write, new_request_id().encode())
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     child = os.read(read, 64).decode()
     os.close(read)
