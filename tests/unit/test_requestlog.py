@@ -272,10 +272,13 @@ async def test_flush_beside_the_running_writer_stores_each_row_once(tmp_path: Pa
         await gw.drain()
 
 
-def test_request_ids_are_unique_hex_and_differ_across_fork() -> None:
+def test_request_ids_are_unique_hex_time_ordered_and_differ_across_fork() -> None:
     ids = {new_request_id() for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
+    # Time first, so the log's index grows at its end: a later ms sorts after.
+    early, late = new_request_id(1_795_651_199.0), new_request_id(1_795_651_199.5)
+    assert early < late and early[:11] == f"{1_795_651_199_000:011x}"
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: the generator was reseeded at fork, so its next id is its own

@@ -84,7 +84,8 @@ class RequestLog:
     def record_rejected(self, err: InfernoError) -> None:
         """A request the wire layer refused before any handler saw it (413, 431, 400):
         its path and key are unknown, but it still gets its one row."""
-        row = new_row(new_request_id(), time.time(), "-")
+        now = time.time()
+        row = new_row(new_request_id(now), now, "-")
         row["status"] = err.status_code
         row["error_code"] = err.code
         self.record(row)
@@ -146,15 +147,19 @@ class RequestLog:
         return not self._queue
 
 
-# Request ids: 96 random bits from a generator seeded by the OS once per process (and again
-# in a forked child), not a getrandom() system call per request. They name a request; they
-# authorise nothing, so they need to be unique, not unpredictable.
+# Request ids: the time in ms (44 bits) then 52 random bits, as hex, like a UUIDv7: rows
+# arrive in id order, so the request log's unique index grows at its end instead of
+# splitting pages all over (SQLite writer CPU per row 13-16 -> 9 us, bench in the notes).
+# The random part comes from a generator seeded by the OS once per process (and again in a
+# forked child), not a getrandom() system call per request: ids name a request, they
+# authorise nothing, so they must be unique, not unpredictable.
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)
 
 
-def new_request_id() -> str:
-    return f"{_ids.getrandbits(96):024x}"
+def new_request_id(ts: float | None = None) -> str:
+    ms = int((time.time() if ts is None else ts) * 1000)
+    return f"{ms & 0xFFF_FFFF_FFFF:011x}{_ids.getrandbits(52):013x}"
 
 
 def new_row(request_id: str, ts: float, route: str) -> dict[str, Any]:

@@ -64,7 +64,8 @@ class RequestGuard:
     async def handle(self, req: Request, path: str, forward: Forward
                      ) -> Response | StreamingResponse:
         started = time.perf_counter()
-        row = new_row(new_request_id(), time.time(), path)
+        now = time.time()
+        row = new_row(new_request_id(now), now, path)
         plan: Plan | None = None
         handed_off = False
         try:
