@@ -248,46 +248,21 @@ def _profile(
     RESULTS.mkdir(parents=True, exist_ok=True)
     svg = RESULTS / f"gateway-profile-{model}.svg"
     raw = tmp / "profile.txt"
-    spy = str(Path(sys.executable).with_name("py-spy"))
-    rec = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "250",
-            "-o",
-            str(svg),
-            "--nonblocking",
-        ]
-    )
+    rec = _spy(pid, seconds, svg)
     run = load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
     rec.wait(seconds + 30)
     print(f"{run.rps:.0f} req/s, {run.cpu_ms_per_req:.3f} ms CPU/req; flame graph: {svg}")
-    rec2 = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "250",
-            "-f",
-            "raw",
-            "-o",
-            str(raw),
-            "--nonblocking",
-            "--threads",
-        ]
-    )
+    rec = _spy(pid, seconds, raw, "-f", "raw", "--threads")
     load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
-    rec2.wait(seconds + 30)
+    rec.wait(seconds + 30)
     _top(raw)
+
+
+def _spy(pid: int, seconds: int, out: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` for ``seconds`` at 250 Hz into ``out`` (in the background)."""
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    argv = [spy, "record", "-p", str(pid), "-d", str(seconds), "-r", "250", "-o", str(out)]
+    return subprocess.Popen([*argv, "--nonblocking", *extra])
 
 
 def _top(raw: Path, n: int = 40) -> None:
