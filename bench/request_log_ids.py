@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from inferno.proxy.accounting import new_row
+from inferno.proxy.accounting import new_request_id, new_row
 from inferno.store import Store
 
 
@@ -39,7 +39,7 @@ async def _run(kind: str, n: int, batch: int, tmp: Path) -> float:
             for i in range(b, min(n, b + batch)):
                 ts = t0 + i * 1e-4  # 10,000 requests/s
                 rid = (f"{rng.getrandbits(96):024x}" if kind == "random"
-                       else f"{int(ts * 1000):011x}{rng.getrandbits(52):013x}")
+                       else new_request_id(ts))  # what the proxy uses
                 rows.append(new_row(rid, ts, "/v1/chat/completions"))
             c0 = _cpu()
             await store.requests.insert_many(rows)
