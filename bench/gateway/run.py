@@ -35,7 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 # inferno-bare: the same proxy with every optional feature off (no auth, no database, so
 # no limits and no request log): the cost of the features is the difference.
-TARGETS = ("direct", "nginx", "aiohttp", "inferno-bare", "inferno")
+# inferno-uvicorn / inferno-granian: the same proxy, default features on, served by uvicorn
+# (httptools, raw ASGI) or granian (RSGI) instead of its own HTTP layer.
+TARGETS = ("direct", "nginx", "aiohttp", "inferno-bare", "inferno", "inferno-uvicorn",
+           "inferno-granian")
+_SERVERS = {"inferno-uvicorn": "uvicorn", "inferno-granian": "granian"}
 SCENARIOS = {  # name -> (model, streamed)
     "fast JSON": ("fast", False),
     "fast SSE": ("sse", True),
@@ -63,7 +67,7 @@ def start_stack(
     key, env = _inferno_env(tmp)
     pids = {"nginx": n.pid, "aiohttp": a.pid}
     ops = 0
-    for name in ("inferno", "inferno-bare"):
+    for name in ("inferno", "inferno-bare", *_SERVERS):
         if name not in targets:
             continue
         bare = name == "inferno-bare"
@@ -92,9 +96,11 @@ def _start_inferno(
     direct = stack.upstream_ports
     backends = ",".join(f"127.0.0.1:{direct[m]}" for m in up.MODELS)
     inferno = str(Path(sys.executable).with_name("inferno"))
+    alt = _SERVERS.get(name)
+    head = [sys.executable, str(Path(__file__).with_name("alt_proxy.py")), alt] if alt else [
+        inferno, "proxy"]
     argv = [
-        inferno,
-        "proxy",
+        *head,
         "--port",
         str(ports["fast"]),
         "--ops-port",
@@ -291,7 +297,7 @@ def _url(ports: dict[str, dict[str, int]], target: str, model: str) -> str:
 
 
 def _auth(target: str, key: str) -> str | None:
-    return key if target == "inferno" else None
+    return key if target == "inferno" or target in _SERVERS else None
 
 
 def _ttfb(

@@ -15,6 +15,7 @@ at one boundary each, with ``raise ... from exc``, so nothing else needs to know
     │   ├── NotFound                     404 invalid_request_error / not_found
     │   │   └── ModelNotFound            404 invalid_request_error / model_not_found
     │   ├── MethodNotAllowed             405 invalid_request_error / method_not_allowed
+    │   ├── RequestTimeout               408 invalid_request_error / request_timeout
     │   ├── PayloadTooLarge              413 invalid_request_error / payload_too_large
     │   ├── RateLimited                  429 rate_limit_error / rate_limit_exceeded   (retryable)
     │   └── HeadersTooLarge              431 invalid_request_error / headers_too_large
@@ -143,6 +144,11 @@ class MethodNotAllowed(ClientError):
 class PayloadTooLarge(ClientError):
     status_code = 413
     code = "payload_too_large"
+
+
+class RequestTimeout(ClientError):
+    status_code = 408
+    code = "request_timeout"
 
 
 class RateLimited(ClientError):
