@@ -192,7 +192,7 @@ class RawConn:
         return resp
 
     async def read_until_closed(self, within: float = 3.0) -> bytes:
-        """Wait for EOF; return whatever bytes arrived first. AssertionError when it does not come in time."""
+        """Wait for EOF; return the bytes that came first. AssertionError if it never comes."""
         deadline = time.monotonic() + within
         try:
             while await self._fill(deadline):
