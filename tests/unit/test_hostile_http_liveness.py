@@ -7,6 +7,7 @@ never finish, and connection caps. Same in-process proxy and raw-socket helpers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -111,36 +112,26 @@ async def test_stalled_reader_releases_the_node_slot(env: Env) -> None:
             assert await c._fill(deadline), f"closed before streaming: {bytes(c.buf)!r}"
         assert c.buf.startswith(b"HTTP/1.1 200"), bytes(c.buf[:300])
         engine = env.node.engine
-        last = {"n": -1, "at": time.monotonic()}
-
-        def stalled() -> bool:
-            n, now = engine.stats().tokens_generated, time.monotonic()
-            if n != last["n"]:
-                last.update(n=n, at=now)
-                return False
-            return now - last["at"] >= 0.3
-
-        # The writer is really blocked: generation stops advancing with the request
-        # still in flight and the answer far from complete.
-        await eventually(
-            stalled, timeout=10, interval=0.05, what="generation to stall behind the unread socket"
-        )
-        blocked_at = time.monotonic()
-        assert env.outstanding() >= 1, "the stream ended instead of blocking"
-        done = engine.stats().tokens_generated - base
-        assert done > 0, "nothing was generated"
-        assert done < max_tokens and engine.stats().active >= 1, (
-            f"the node finished ({done} tokens) instead of being held by the stalled reader"
-        )
+        stopped_at = time.monotonic()  # from here on the client reads nothing
+        assert env.outstanding() >= 1 and engine.stats().active >= 1, "no stream in flight"
+        # Buffers fill within moments (a 4 KiB receive buffer against a 400k-token answer);
+        # then the proxy's writes block and, after stream_idle_timeout, it cuts the client
+        # off and releases the node. Allow for the node-side buffers filling first.
         await eventually(
             lambda: env.outstanding() == 0 and engine.stats().active == 0,
-            timeout=STREAM_IDLE_TIMEOUT + 1.5,
+            timeout=STREAM_IDLE_TIMEOUT + 3,
             interval=0.05,
-            what=f"the node slot to be released after the stream stalled at {done} tokens "
-            f"(at the stall: {env.outstanding()} outstanding at the proxy, "
-            f"{engine.stats().active} active on the node)",
+            what="the node slot to be released while the client stopped reading",
         )
-        assert time.monotonic() - blocked_at < STREAM_IDLE_TIMEOUT + 1.5
+        done = engine.stats().tokens_generated - base
+        # It ended because the reader stalled, not because the answer was complete.
+        assert 0 < done < max_tokens, f"{done} tokens generated"
+        assert time.monotonic() - stopped_at < STREAM_IDLE_TIMEOUT + 3
+        # ... and the proxy really cut the connection: after what was buffered, EOF.
+        with contextlib.suppress(ConnectionError):
+            while await c._fill(time.monotonic() + 2):
+                pass
+        assert b"[DONE]" not in c.buf, "the cut stream was presented as complete"
     finally:
         c.close()
     await eventually(

@@ -253,6 +253,17 @@ class ProxySettings(ComponentSettings):
     queue_size: Annotated[int, Field(ge=0, le=1_000_000)] = 512
     queue_wait: Annotated[float, Field(ge=0, le=3600)] = 10.0
     max_header_size: Annotated[int, Field(ge=1024, le=1 << 20)] = 64 * 1024
+    # The client side of the API port: a request head must arrive within header_timeout,
+    # its whole body within body_timeout of the head (bytes trickling in do not extend
+    # it: 408), and an idle keep-alive connection is closed after keepalive_timeout. A
+    # client that stops reading a stream is cut off after stream_idle_timeout.
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 75.0
+    # Past max_connections a new connection gets 503 and is closed; a connection's
+    # max_requests_per_connection-th request is answered with "connection: close".
+    max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_requests_per_connection: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
 
     # --- Store, auth, limits, cache, request log (README "Keys, limits, cache and logs").
     # Where the embedded SQLite database and the disk cache live

@@ -20,6 +20,7 @@ class Request:
     __slots__ = (
         "_http10",
         "_keep_alive",
+        "auth",
         "body",
         "client",
         "disconnected",
@@ -47,6 +48,9 @@ class Request:
         self.body = body
         self.client = client
         self.disconnected = asyncio.Event()
+        # Whatever a ``before_body`` hook established from the headers (the proxy: the
+        # authenticated principal), so the handler does not redo it.
+        self.auth: object | None = None
         self._keep_alive = keep_alive
         self._http10 = http10
 

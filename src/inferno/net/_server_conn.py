@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from ..core.errors import HeadersTooLarge, InfernoError, InvalidRequest, PayloadTooLarge
+from ..core.errors import (
+    HeadersTooLarge,
+    InfernoError,
+    InvalidRequest,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+)
 from ._http import CONN_CLOSE, CONN_KEEP, CONN_NONE
 from ._messages import Request, Response, StreamingResponse
 
@@ -68,6 +75,9 @@ class ServerConnection(asyncio.Protocol):
         self._in_body = False
         self._expect = False
         self._content_length = -1
+        self._hosts = 0
+        self._messages = 0  # requests begun on this connection
+        self._head: Request | None = None  # built when its headers are complete
         self._error: InfernoError | None = None
         # dispatch
         self._task: asyncio.Task[None] | None = None
@@ -77,6 +87,7 @@ class ServerConnection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
+        self._stalled = False  # the peer stopped reading a stream: abort, don't flush
         self.deadline = math.inf  # only enforced while no handler runs
 
     # ---- transport callbacks -------------------------------------------------------
@@ -93,6 +104,14 @@ class ServerConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._client = (str(peer[0]), int(peer[1]))
         server = self._server
+        if len(server._conns) >= server._max_connections:
+            err = Overloaded("Too many open connections; retry shortly.", retry_after=1)
+            body = err.to_json()
+            head = self._head_bytes(503, "application/json", err.headers(), CONN_CLOSE)
+            transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
+            transport.close()
+            self._lost = self._no_more = True
+            return
         server._conns.add(self)
         if server._stopping:
             transport.close()
@@ -126,6 +145,7 @@ class ServerConnection(asyncio.Protocol):
         if self._no_more:
             return  # lingering after an error, or past an upgrade: discard
         was_in_headers = self._in_headers
+        begun = self._messages
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -137,10 +157,9 @@ class ServerConnection(asyncio.Protocol):
             self._error = None
             self._fail(err)
             return
-        if self._in_body:
-            self.deadline = self._loop.time() + self._server._header_timeout
-        elif was_in_headers and self._in_headers:
-            # The whole chunk was header bytes httptools buffers before any callback.
+        if was_in_headers and self._in_headers and begun == self._messages:
+            # The whole chunk was header bytes httptools buffers before any callback (a
+            # chunk in which a new request began is counted by that request's callbacks).
             self._partial += len(data)
             if self._partial > self._server._max_header_size:
                 self._fail(HeadersTooLarge("Request headers too large."))
@@ -156,6 +175,8 @@ class ServerConnection(asyncio.Protocol):
         self._partial = 0
         self._expect = False
         self._content_length = -1
+        self._hosts = 0
+        self._messages += 1
         if self._task is None:
             self.deadline = self._loop.time() + self._server._header_timeout
 
@@ -169,6 +190,8 @@ class ServerConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._server._max_header_size:
             raise self._abort(HeadersTooLarge("Request headers too large."))
+        if self._in_body:
+            return  # a chunked trailer: never a request header (it arrives after auth)
         name = name.lower()
         self._headers.append((name, value))
         if name == b"content-length":
@@ -176,14 +199,21 @@ class ServerConnection(asyncio.Protocol):
                 self._content_length = int(value)
             except ValueError:
                 raise self._abort(InvalidRequest("Invalid Content-Length.")) from None
+        elif name == b"host":
+            self._hosts += 1
         elif name == b"expect":
             self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
         self._in_body = True
-        if self._content_length > self._server._max_body_size:
+        server = self._server
+        if self._content_length > server._max_body_size:
             raise self._abort(PayloadTooLarge("Request body too large."))
+        parser = self._parser
+        http10 = parser.get_http_version() == "1.0"
+        if self._hosts > 1 or (self._hosts == 0 and not http10):
+            raise self._abort(InvalidRequest("An HTTP/1.1 request needs exactly one Host header."))
         if (
             self._parser.should_upgrade()
             and self._parser.get_method() != b"CONNECT"
@@ -192,18 +222,21 @@ class ServerConnection(asyncio.Protocol):
             )
         ):
             raise self._abort(InvalidRequest("Protocol upgrade with a body is not supported."))
+        req = self._head = self._new_request(http10)
+        if server._before_body is not None:
+            try:
+                server._before_body(req)
+            except InfernoError as err:
+                raise self._abort(err) from None
+            except Exception:
+                log.exception("before_body failed for %s %s", req.method, req.path)
+                raise self._abort(InfernoError()) from None
+        if self._task is None:  # one deadline for the whole body, never extended
+            self.deadline = self._loop.time() + server._body_timeout
         if self._expect and self._task is None and not self._pipeline and self._transport:
             self._transport.write(_CONTINUE)
 
-    def on_body(self, chunk: bytes) -> None:
-        self._body_size += len(chunk)
-        if self._body_size > self._server._max_body_size:
-            raise self._abort(PayloadTooLarge("Request body too large."))
-        self._body.append(chunk)
-
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        parser = self._parser
+    def _new_request(self, http10: bool) -> Request:
         url = self._url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
@@ -213,19 +246,37 @@ class ServerConnection(asyncio.Protocol):
             except httptools.HttpParserInvalidURLError:
                 raise self._abort(InvalidRequest("Invalid request target.")) from None
             path, query = parsed.path or b"/", parsed.query or b""
-        raw_method = parser.get_method()
-        body = self._body
-        req = Request(
+        raw_method = self._parser.get_method()
+        keep_alive = self._parser.should_keep_alive()
+        if self._messages >= self._server._max_requests:
+            keep_alive = False  # the last request this connection may carry
+            self._no_more = True
+        return Request(
             _METHODS.get(raw_method) or raw_method.decode("latin-1"),
             path.decode("latin-1"),
             query.decode("latin-1"),
             self._headers,
-            body[0] if len(body) == 1 else b"".join(body),
+            b"",
             self._client,
-            parser.should_keep_alive(),
-            parser.get_http_version() == "1.0",
+            keep_alive,
+            http10,
         )
-        self._body = []
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body_size += len(chunk)
+        if self._body_size > self._server._max_body_size:
+            raise self._abort(PayloadTooLarge("Request body too large."))
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        req = self._head
+        assert req is not None  # on_headers_complete built it
+        self._head = None
+        body = self._body
+        if body:
+            req.body = body[0] if len(body) == 1 else b"".join(body)
+            self._body = []
         if self._task is None and not self._pipeline:
             self._start(req)
         else:
@@ -327,7 +378,7 @@ class ServerConnection(asyncio.Protocol):
             return CONN_CLOSE
         return CONN_KEEP if req._http10 else CONN_NONE
 
-    def _head(
+    def _head_bytes(
         self, status: int, content_type: str, headers: list[tuple[str, str]] | None, mode: int
     ) -> bytes:
         return self._server._heads.encode(status, content_type, headers, mode)
@@ -339,16 +390,18 @@ class ServerConnection(asyncio.Protocol):
         try:
             if not isinstance(body, bytes | bytearray | memoryview):
                 raise ValueError(f"response body is {type(body).__name__}, not bytes")
-            head = self._head(status, resp.content_type, resp.headers, mode)
+            head = self._head_bytes(status, resp.content_type, resp.headers, mode)
         except (ValueError, UnicodeEncodeError):
             log.exception("invalid response for %s %s", req.method, req.path)
             status, body = 500, _GENERIC_500
-            head = self._head(status, "application/json", None, mode)
+            head = self._head_bytes(status, "application/json", None, mode)
         if status == 204 or status == 304:
             body = b""  # these must carry neither a body nor content-length
             head += b"\r\n"
         else:
             head += b"content-length: %d\r\n\r\n" % len(body)
+            if req.method == "HEAD":
+                body = b""  # the length its GET would have, and no body
         transport = self._transport
         if transport is not None and not self._lost:
             if len(body) < _SMALL_BODY:
@@ -366,13 +419,15 @@ class ServerConnection(asyncio.Protocol):
         assert transport is not None
         try:
             try:
-                head = self._head(resp.status, resp.content_type, resp.headers, mode)
+                head = self._head_bytes(resp.status, resp.content_type, resp.headers, mode)
             except (ValueError, UnicodeEncodeError):
                 log.exception("invalid response for %s %s", req.method, req.path)
                 return self._send_response(Response(500, _GENERIC_500), req)
             if self._lost:
                 return False
             transport.write(head + (_TE_CHUNKED if chunked else b"\r\n"))
+            if req.method == "HEAD":
+                return mode != CONN_CLOSE
             try:
                 async for chunk in it:
                     if self._lost:
@@ -383,8 +438,11 @@ class ServerConnection(asyncio.Protocol):
                         transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                     else:
                         transport.write(chunk)
-                    if self._write_paused:
-                        await self._wait_drain()
+                    if self._write_paused and not await self._wait_drain():
+                        log.warning("client stopped reading %s %s for %g s; cutting it off",
+                                    req.method, req.path, self._server._send_timeout)
+                        self._stalled = True
+                        return False
             except InfernoError as err:
                 log.warning("stream aborted for %s %s: %s", req.method, req.path, err)
                 self.close()
@@ -404,13 +462,21 @@ class ServerConnection(asyncio.Protocol):
                     await aclose()
                 except Exception:
                     log.exception("closing the stream iterator failed")
+            if self._stalled and self._transport is not None:
+                self._transport.abort()  # close() would wait to flush to a peer not reading
 
-    async def _wait_drain(self) -> None:
+    async def _wait_drain(self) -> bool:
+        """False when the peer has not read for ``send_timeout`` seconds."""
         if self._lost or not self._write_paused:
-            return
+            return True
         if self._drain is None or self._drain.done():
             self._drain = self._loop.create_future()
-        await self._drain
+        try:
+            async with asyncio.timeout(self._server._send_timeout):
+                await asyncio.shield(self._drain)
+        except TimeoutError:
+            return False
+        return True
 
     def _wake_drain(self) -> None:
         waiter = self._drain
@@ -429,7 +495,7 @@ class ServerConnection(asyncio.Protocol):
                 hook(err)
             except Exception:  # a logging hook must never break the connection's answer
                 log.exception("on_reject hook failed")
-        head = self._head(err.status_code, "application/json", err.headers(), CONN_CLOSE)
+        head = self._head_bytes(err.status_code, "application/json", err.headers(), CONN_CLOSE)
         body = err.to_json()
         transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         self.deadline = math.inf
@@ -461,6 +527,14 @@ class ServerConnection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    def expire(self) -> None:
+        """The sweep found this idle connection past its deadline."""
+        if self._in_body and not self._no_more:
+            self._fail(RequestTimeout(
+                f"The request body did not arrive within {self._server._body_timeout:g} s."))
+        else:
+            self.close()
 
     def abort(self) -> None:
         if self._task is not None:

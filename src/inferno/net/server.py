@@ -8,11 +8,23 @@ Contract:
   every chunk is flushed as it is produced (text/event-stream also gets
   ``cache-control: no-cache`` and ``x-accel-buffering: no``);
 - limits: body over ``max_body_size`` -> 413, headers + URL over ``max_header_size`` ->
-  431, unparsable -> 400, each followed by closing the connection; headers not complete
-  within ``header_timeout`` or a keep-alive connection idle for ``keepalive_timeout`` ->
-  the connection is closed (checked by one periodic sweep, not a timer per request);
+  431, unparsable (or HTTP/1.1 without exactly one Host) -> 400, each followed by closing
+  the connection; headers not complete within ``header_timeout`` or a keep-alive
+  connection idle for ``keepalive_timeout`` -> closed; a body not complete within
+  ``body_timeout`` of its headers -> 408 (one deadline: bytes trickling in do not extend
+  it). All checked by one periodic sweep, not a timer per request;
+- at most ``max_connections`` open connections (past it a new one gets 503 and is
+  closed) and ``max_requests_per_connection`` requests on one (the last is answered with
+  ``connection: close``);
+- ``before_body(request)`` runs as soon as the headers are parsed, before any body byte is
+  read (the request's ``body`` is still empty): an ``InfernoError`` it raises is the
+  answer, and the connection closes without reading the body. Authentication goes here,
+  so an unauthenticated client cannot make the server hold its upload;
+- chunked trailers are parsed and dropped: they never join the request's headers;
+- a HEAD request is answered with the headers its GET would get and no body;
 - a client disconnect sets ``request.disconnected`` and cancels the handler task, which
-  also stops and ``aclose()``s a streaming iterator;
+  also stops and ``aclose()``s a streaming iterator; a client that stops reading a
+  stream for ``send_timeout`` seconds is disconnected the same way;
 - ``stop(grace)`` stops accepting, closes idle connections, lets in-flight requests run
   up to ``grace`` seconds, then cancels them and closes everything.
 """
@@ -40,7 +52,12 @@ class HttpServer:
         max_header_size: int = 64 * 1024,
         keepalive_timeout: float = 75.0,
         header_timeout: float = 30.0,
+        body_timeout: float = 60.0,
+        send_timeout: float = 60.0,
+        max_connections: int = 10_000,
+        max_requests_per_connection: int = 100_000,
         server_header: str = "inferno",
+        before_body: Callable[[Request], None] | None = None,
         on_reject: Callable[[InfernoError], None] | None = None,
     ) -> None:
         # on_reject: told of every request the wire layer refuses itself (413, 431,
@@ -51,13 +68,19 @@ class HttpServer:
         self._max_header_size = max_header_size
         self._keepalive_timeout = keepalive_timeout
         self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
+        self._send_timeout = send_timeout
+        self._max_connections = max_connections
+        self._max_requests = max_requests_per_connection
+        self._before_body = before_body
         self._heads = HeadEncoder(server_header)
         self._conns: set[ServerConnection] = set()
         self._active = 0
         self._stopping = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._sweep_interval = max(0.05, min(1.0, header_timeout / 4, keepalive_timeout / 4))
+        self._sweep_interval = max(
+            0.05, min(1.0, header_timeout / 4, keepalive_timeout / 4, body_timeout / 4))
         self._port = 0
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set in start()
 
@@ -93,7 +116,7 @@ class HttpServer:
         now = self._loop.time()
         for conn in list(self._conns):
             if not conn.busy and now > conn.deadline:
-                conn.close()
+                conn.expire()
         self._sweeper = self._loop.call_later(self._sweep_interval, self._sweep)
 
     async def stop(self, grace: float = 10.0) -> None:

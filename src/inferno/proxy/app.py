@@ -59,6 +59,12 @@ class ProxyAPI:
         self._latency = {p: metrics.latency.labels(p) for p in _INFERENCE}
         metrics.in_flight.set_function(lambda: float(self.in_flight))
 
+    def check_head(self, req: Request) -> None:
+        """Authenticate on the headers alone, before the server reads any body byte: an
+        unauthenticated client cannot make the proxy hold its upload."""
+        if self._guard is not None and req.path.startswith("/v1/"):
+            req.auth = self._guard.auth.authenticate(req)
+
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path
         if path in _INFERENCE:

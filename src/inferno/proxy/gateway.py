@@ -66,9 +66,13 @@ class Gateway:
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin)
-        self.server = HttpServer(self.api.handle, max_body_size=s.max_body_size,
-                                 max_header_size=s.max_header_size,
-                                 on_reject=self.security.log.record_rejected)
+        self.server = HttpServer(
+            self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
+            header_timeout=s.header_timeout, body_timeout=s.body_timeout,
+            keepalive_timeout=s.keepalive_timeout, send_timeout=s.stream_idle_timeout,
+            max_connections=s.max_connections,
+            max_requests_per_connection=s.max_requests_per_connection,
+            before_body=self.api.check_head, on_reject=self.security.log.record_rejected)
         registration = RegistrationAPI(self.pool, self.metrics, guard=self.security.registration)
         state = RouterState(self.pool, self.router, self.budget, self.admission)
         self.ops = OpsServer(

@@ -26,6 +26,9 @@ class Authenticator:
         self._on_failure = on_failure or (lambda reason: None)
 
     def authenticate(self, req: Request) -> Principal:
+        done = req.auth
+        if isinstance(done, Principal):
+            return done  # already checked on the headers, before the body was read
         if not self.enabled:
             return ANONYMOUS
         value = req.header("authorization")
