@@ -56,15 +56,24 @@ def _nothing(n: int) -> None:
 
 
 class BatchWriter(Generic[T]):
-    def __init__(self, write: Callable[[list[T]], Awaitable[object]], *, name: str,
-                 queue_size: int, batch_size: int, flush_interval: float,
-                 max_backoff: float = 5.0, timeout: float | None = None,
-                 refused: Callable[[BaseException], bool] = refused_by_database,
-                 max_refusals: int = 5, log: logging.Logger = _log,
-                 on_written: Callable[[int], object] = _nothing,
-                 on_dropped: Callable[[int], object] = _nothing,
-                 on_error: Callable[[], object] = lambda: None,
-                 backlog_gauge: Gauge | None = None) -> None:
+    def __init__(
+        self,
+        write: Callable[[list[T]], Awaitable[object]],
+        *,
+        name: str,
+        queue_size: int,
+        batch_size: int,
+        flush_interval: float,
+        max_backoff: float = 5.0,
+        timeout: float | None = None,
+        refused: Callable[[BaseException], bool] = refused_by_database,
+        max_refusals: int = 5,
+        log: logging.Logger = _log,
+        on_written: Callable[[int], object] = _nothing,
+        on_dropped: Callable[[int], object] = _nothing,
+        on_error: Callable[[], object] = lambda: None,
+        backlog_gauge: Gauge | None = None,
+    ) -> None:
         self.name = name
         self._write = write
         self._queue: deque[T] = deque()
@@ -143,8 +152,9 @@ class BatchWriter(Generic[T]):
             self._pop(n)
             self._refusals = 0
             if self._failing:
-                self._log.info("%s: database back; flushing the backlog (%d rows)", self.name,
-                               self.backlog)
+                self._log.info(
+                    "%s: database back; flushing the backlog (%d rows)", self.name, self.backlog
+                )
             self._failing = False
             self.written += n
             self._on_written(n)
@@ -156,13 +166,22 @@ class BatchWriter(Generic[T]):
         if not self._failing:
             # Class names only: a driver's message may quote row values (payloads) or the URL.
             cause = type(getattr(exc, "orig", None) or exc).__name__
-            self._log.warning("%s: database unavailable (%s/%s); keeping %d rows and retrying",
-                              self.name, type(exc).__name__, cause, self.backlog)
+            self._log.warning(
+                "%s: database unavailable (%s/%s); keeping %d rows and retrying",
+                self.name,
+                type(exc).__name__,
+                cause,
+                self.backlog,
+            )
         self._failing = True
         self._refusals = self._refusals + 1 if self._refused(exc) else 0
         if self._refusals >= self._max_refusals:  # bad rows, not an outage: never stall
-            self._log.error("%s: dropping %d rows the database refuses (%s)", self.name,
-                            len(batch), type(exc).__name__)
+            self._log.error(
+                "%s: dropping %d rows the database refuses (%s)",
+                self.name,
+                len(batch),
+                type(exc).__name__,
+            )
             self._pop(len(batch))
             self.dropped += len(batch)
             self._on_dropped(len(batch))
