@@ -383,4 +383,8 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ConfigError as exc:  # one a command did not print itself (keys, usage: the store)
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise SystemExit(2) from exc

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
-import json
 import logging
 import os
 import signal
@@ -30,6 +28,7 @@ from rich.panel import Panel
 
 from inferno.core.config import GovernatorSettings, ServeSettings
 from inferno.core.errors import ConfigError
+from inferno.net import HttpClient, get_json
 
 if TYPE_CHECKING:
     from inferno.governator.loop import Governator
@@ -64,16 +63,9 @@ def proxy_child(s: ServeSettings, config: Path | None) -> Child:
                                 "--ops-port", str(s.ops_port), config=config))
 
 
-def _telemetry(port: int) -> dict[str, object] | None:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/telemetry")
-        resp = conn.getresponse()
-        data = resp.read()
-        conn.close()
-        return json.loads(data) if resp.status == 200 else None
-    except (OSError, ValueError):
-        return None
+async def _telemetry(client: HttpClient, port: int) -> dict[str, object] | None:
+    data = await get_json(client, "127.0.0.1", port, "/telemetry", within=1.0)
+    return data if isinstance(data, dict) else None
 
 
 def run_serve(s: ServeSettings, gs: GovernatorSettings, config: Path | None) -> int:
@@ -132,10 +124,18 @@ async def _main(s: ServeSettings, gs: GovernatorSettings, governator: Governator
 
 async def _wait_ready(s: ServeSettings, proxy: Child, governator: Governator,
                       stop: asyncio.Event) -> bool:
+    client = HttpClient()
+    try:
+        return await _poll_ready(s, proxy, governator.provider, stop, client,
+                                 time.monotonic() + 300)
+    finally:
+        await client.aclose()
+
+
+async def _poll_ready(s: ServeSettings, proxy: Child, provider: object, stop: asyncio.Event,
+                      client: HttpClient, deadline: float) -> bool:
     from inferno.governator.providers.local import LocalProvider
 
-    provider = governator.provider
-    deadline = time.monotonic() + 300
     with console.status("[bold]Starting Inferno…") as status:
         while time.monotonic() < deadline and not stop.is_set():
             if proxy.proc is not None and proxy.proc.poll() is not None:
@@ -148,8 +148,9 @@ async def _wait_ready(s: ServeSettings, proxy: Child, governator: Governator,
                     console.print(f"[red]{crashed[0].id} exited during start-up "
                                   "(see its log above)[/red]")
                     return False
-            t = await asyncio.to_thread(_telemetry, s.ops_port)
-            registered = len(t.get("nodes", [])) if isinstance(t, dict) else 0  # type: ignore[arg-type]
+            t = await _telemetry(client, s.ops_port)
+            nodes = t.get("nodes") if t else None
+            registered = len(nodes) if isinstance(nodes, list) else 0
             status.update(f"[bold]Starting Inferno…[/bold] proxy "
                           f"{'up' if t else 'starting'}, nodes registered {registered}/{s.nodes}")
             if registered >= s.nodes:

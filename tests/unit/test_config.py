@@ -81,3 +81,53 @@ def test_malformed_yaml_is_a_config_error(tmp_path: Path, text: str) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(ProxySettings, config_file=tmp_path / "nope.yaml")
+
+
+def test_a_bad_env_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERNO_BACKEND_THREADS", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings(BackendSettings)
+    assert "'threads' from environment variable INFERNO_BACKEND_THREADS" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        pytest.param("proxy:\n  queue_wait: -1\n", "proxy.queue_wait", id="scalar"),
+        pytest.param(
+            "proxy:\n  routing:\n    default_profile: p\n    profiles:\n"
+            "      p:\n        scorers: [{ref: cost, weight: -2}]\n",
+            "proxy.routing.profiles.p.scorers.0.weight",
+            id="nested",
+        ),
+    ],
+)
+def test_a_bad_yaml_value_names_the_file_and_field(
+    tmp_path: Path, yaml_text: str, field: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(ProxySettings, config_file=path)
+    assert f"config file {path} ({field})" in info.value.message
+
+
+def test_settings_errors_are_config_errors_not_value_errors() -> None:
+    from inferno.store import normalise_url
+
+    with pytest.raises(ConfigError, match="database_url"):
+        normalise_url("mysql://user:secret@db/x")
+
+
+def test_the_cli_prints_a_config_error_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inferno.cli import main
+
+    monkeypatch.setenv("INFERNO_PROXY_DATABASE_URL", "mysql://user:secret@db/x")
+    monkeypatch.setattr("sys.argv", ["inferno", "keys", "list"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'database_url'" in err and "secret" not in err

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from inferno.core.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from inferno.net import HttpClient, HttpServer, Request, Response, StreamingResponse
+from inferno.net import HttpClient, HttpServer, Request, Response, StreamingResponse, get_json
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RawServer = Callable[[RawHandler], Awaitable[int]]
@@ -435,3 +435,29 @@ async def test_injection_refused(
 
 async def _ok(req: Request) -> Response:
     return Response(body=b"ok", content_type="text/plain")
+
+
+async def test_get_json_answers_the_document_or_none(
+    http_server: Serve, raw_server: RawServer, client: HttpClient
+) -> None:
+    async def handler(req: Request) -> Response:
+        if req.path == "/doc":
+            return Response.json({"nodes": [1, 2]})
+        if req.path == "/text":
+            return Response(200, b"not json")
+        return Response(404, b"{}")
+
+    srv = await http_server(handler)
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    slow = await raw_server(silent)
+    assert await get_json(client, "127.0.0.1", srv.port, "/doc", within=1.0) == {"nodes": [1, 2]}
+    for port, target in (
+        (srv.port, "/text"),
+        (srv.port, "/missing"),
+        (free_port(), "/doc"),
+        (slow, "/doc"),
+    ):
+        assert await get_json(client, "127.0.0.1", port, target, within=0.2) is None

@@ -128,3 +128,14 @@ async def test_redis_down_falls_back_to_local_limits() -> None:
         assert errors  # counted, and only one connection attempt per back-off period
     finally:
         await limiter.close()
+
+
+def test_redis_limits_without_the_package_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from inferno.core.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(ConfigError, match=r"'redis_url'.*pip install 'inferno\[redis\]'"):
+        RedisLimiter("redis://127.0.0.1:1/0")

@@ -249,7 +249,7 @@ async def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
         assert log.backlog == 3
         text = (await httpx.AsyncClient().get(f"http://127.0.0.1:{gw.ops.port}/metrics")).text
         assert "inferno_proxy_log_rows_dropped_total 2.0" in text
-        log._queue.clear()
+        log._writer._queue.clear()
     finally:
         await gw.drain()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from inferno.core.errors import ConfigError
 from inferno.proxy.accounting import new_row
 from inferno.proxy.security.keys import KeyCache, create_key, hash_key
 from inferno.store import Store, normalise_url
@@ -146,8 +147,16 @@ def test_urls_pick_async_drivers(url: str, expected: str) -> None:
 
 
 def test_unknown_driver_is_refused() -> None:
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(ConfigError, match="'database_url': mysql:// is not supported"):
         normalise_url("mysql://u@h/db")
+
+
+def test_postgres_without_its_driver_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inferno.store import engine
+
+    monkeypatch.setattr(engine, "_installed", lambda module: module != "asyncpg")
+    with pytest.raises(ConfigError, match=r"pip install 'inferno\[postgres\]'"):
+        normalise_url("postgresql://u:secret@h/db")
 
 
 async def test_the_utc_day_is_derived_from_ts_when_written(store: Store) -> None:

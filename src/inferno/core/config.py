@@ -427,18 +427,25 @@ def load_settings(cls: type[S], *, cli: dict[str, Any] | None = None,
 
 def _describe(cls: type[ComponentSettings], exc: ValidationError, cli: dict[str, Any],
               section: dict[str, Any], config_file: Path | None) -> str:
+    """One line per error: the setting (dotted when nested) and where its value came from,
+    checked in precedence order (the source pydantic-settings took it from)."""
     lines = []
     prefix = str(cls.model_config.get("env_prefix", ""))
+    unprefixed: dict[str, str] = getattr(cls, "unprefixed_env", {})
     for err in exc.errors(include_url=False):
         name = str(err["loc"][0]) if err["loc"] else "?"
+        path = ".".join(str(p) for p in err["loc"]) or "?"
         env_name = f"{prefix}{name}".upper()
+        shared = unprefixed.get(name)
         if name in cli:
             source = f"command line (--{name.replace('_', '-')})"
         elif env_name in os.environ:
             source = f"environment variable {env_name}"
+        elif shared and os.environ.get(shared):
+            source = f"environment variable {shared}"
         elif name in section:
-            source = f"config file {config_file} ({cls.section}.{name})"
+            source = f"config file {config_file} ({cls.section}.{path})"
         else:
             source = "default"
-        lines.append(f"invalid setting '{name}' from {source}: {err['msg']}")
+        lines.append(f"invalid setting '{path}' from {source}: {err['msg']}")
     return "; ".join(lines)

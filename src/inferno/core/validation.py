@@ -1,7 +1,9 @@
 """Validating a JSON request body into a pydantic model, with OpenAI-style 400s.
 
 This is the one place a pydantic ``ValidationError`` or a JSON syntax error becomes an
-:class:`InvalidRequest` that names the offending ``param``.
+:class:`InvalidRequest` that names the offending ``param``: :func:`parse_request` for
+request bodies, :func:`invalid_request` for a ``ValidationError`` caught elsewhere (node
+registrations). Settings files use :func:`field_errors` to name fields the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def parse_request(model: type[_M], body: bytes) -> _M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _to_invalid_request(exc) from exc
+        raise invalid_request(exc) from exc
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -34,7 +36,18 @@ def _is_type_tag(part: object) -> bool:
     return isinstance(part, str) and (text in _TYPE_TAGS or "[" in text or "-" in text)
 
 
-def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
+def _param(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc if not _is_type_tag(p))
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field, message)`` per error, the field as a dotted path (``pools.0.model``);
+    every part is kept: a settings mapping's keys (``node_types.local-cpu``) are names."""
+    return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors(include_url=False)]
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """A 400 naming the first offending ``param`` (its location joined with '.')."""
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
         return InvalidRequest(
@@ -42,7 +55,7 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
         )
     if first["type"] == "model_type" and not first["loc"]:
         return InvalidRequest("The request body must be a JSON object.")
-    param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p))
+    param = _param(first["loc"])
     # Union errors name each branch; the message of the first branch is the useful one.
     msg = first["msg"]
     value = first.get("input")

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
-import urllib.request
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from inferno.net import HttpClient, get_json
+
 
 def fetch_state(host: str, port: int, timeout: float = 3.0) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/governator/state",
-                                    timeout=timeout) as resp:
-            data = json.loads(resp.read())
-    except (OSError, ValueError):
-        return None
+    # A sync CLI command: the own client under asyncio.run, not httpx2 (the optional
+    # `remote` extra, which a core command must not need) nor a third client (urllib).
+    async def fetch() -> Any:
+        client = HttpClient()
+        try:
+            return await get_json(client, host, port, "/governator/state", within=timeout)
+        finally:
+            await client.aclose()
+
+    data = asyncio.run(fetch())
     return data if isinstance(data, dict) else None
 
 

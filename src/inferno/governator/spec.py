@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferno.core.errors import ConfigError
+from inferno.core.validation import field_errors
 
 NonNeg = Annotated[float, Field(ge=0)]
 Pos = Annotated[float, Field(gt=0)]
@@ -119,11 +120,8 @@ def _load(cls: type[_Strict], path: Path) -> Any:
     try:
         return cls.model_validate(data or {})
     except ValidationError as exc:
-        parts = []
-        for err in exc.errors(include_url=False):
-            field = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            parts.append(f"{path}: invalid field '{field}': {err['msg']}")
-        raise ConfigError("; ".join(parts)) from exc
+        raise ConfigError("; ".join(f"{path}: invalid field '{field or '(top level)'}': {msg}"
+                                    for field, msg in field_errors(exc))) from exc
 
 
 def load_prices(path: Path | None) -> PriceList:

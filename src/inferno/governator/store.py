@@ -8,16 +8,16 @@ mean and max of each signal), roll-ups older than ``rollup_retention_s`` are pru
 so are "hold" decisions past that age (decisions that changed something are kept).
 
 :class:`SqlStore` never makes the control loop wait on the database: writes go to bounded
-in-memory queues and a background task writes them in batches (one transaction each,
-idempotent, so a retried batch is not doubled). While the database is slow or down the
-batch is retried with back-off and new rows wait (beyond ``queue_size`` they are dropped
-and counted); errors are logged once per outage and counted, never raised into the loop.
+in-memory queues and background writers (:class:`inferno.store.writer.BatchWriter`, the
+request log's) write them in batches (one transaction each, idempotent, so a retried batch
+is not doubled). While the database is slow or down the batch is retried with back-off
+and new rows wait (beyond ``queue_size`` they are dropped and counted); errors are logged
+once per outage and counted, never raised into the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -31,6 +31,7 @@ from inferno.core.errors import ConfigError
 from inferno.governator.policy import Decision
 from inferno.store import Store, StoreUnavailable, default_sqlite_url
 from inferno.store.governator import rollup, sample_row
+from inferno.store.writer import BatchWriter
 
 log = logging.getLogger("inferno.governator.store")
 T = TypeVar("T")
@@ -130,7 +131,9 @@ def _minute(t: float) -> float:
 
 
 class SqlStore:
-    """The shared store (``inferno.store``) behind a bounded background writer."""
+    """The shared store (``inferno.store``) behind two background writers
+    (:class:`~inferno.store.writer.BatchWriter`): samples, and decisions with their
+    outcomes, each with its own bound, so a flood of samples never costs a decision."""
 
     def __init__(self, store: Store, *, raw_retention_s: float = 3600.0,
                  rollup_retention_s: float = 86400.0, queue_size: int = 10_000,
@@ -140,40 +143,39 @@ class SqlStore:
         self._repo = store.governator
         self._raw_s = raw_retention_s
         self._rolled_s = rollup_retention_s
-        self._queue_size = queue_size
-        self._batch = batch_size
-        self._interval = flush_interval
         self._timeout = timeout
-        self._samples: deque[dict[str, Any]] = deque()
-        self._decisions: deque[dict[str, Any]] = deque()
-        self._outcomes: dict[int, str] = {}
-        self._compact_at: float | None = None
+        # Sample rows, and a float: "compact as of then", after the samples queued before it.
+        self._samples: BatchWriter[dict[str, Any] | float] = BatchWriter(
+            self._write_samples, name=f"governator store {store!r} (samples)",
+            queue_size=queue_size, batch_size=batch_size, flush_interval=flush_interval,
+            max_backoff=30.0, timeout=timeout, log=log)
+        # Decision rows, and (decision id, outcome) updates, in the order the loop made them.
+        self._decisions: BatchWriter[dict[str, Any] | tuple[int, str]] = BatchWriter(
+            self._write_decisions, name=f"governator store {store!r} (decisions)",
+            queue_size=queue_size, batch_size=batch_size, flush_interval=flush_interval,
+            max_backoff=30.0, timeout=timeout, log=log)
         # The newest decisions as the loop made them: fresh even before they are written,
         # and what ``decisions()`` answers while the database cannot.
         self._recent: deque[dict[str, Any]] = deque(maxlen=200)
         self._last_id = 0
         self._migrated = False
-        self._refusals = 0  # batches in a row the database refused (not an outage)
         self._failing = False
-        self._lock = asyncio.Lock()
         self._migrate_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._stats = dict.fromkeys(("samples_written", "decisions_written", "dropped",
-                                     "write_errors", "read_errors"), 0)
+        self._stats = dict.fromkeys(("samples_written", "decisions_written", "write_errors",
+                                     "read_errors"), 0)
 
     def __repr__(self) -> str:
         return f"<SqlStore {self.store!r}>"
 
     async def start(self) -> None:
-        """Migrate (bounded in time) and start the writer. A database that does not answer
-        is logged and retried by the writer; the governator runs on without it."""
+        """Migrate (bounded in time) and start the writers. A database that does not answer
+        is logged and retried by the writers; the governator runs on without it."""
         try:
             await asyncio.wait_for(self._migrate(), self._timeout)
         except Exception as exc:
             self._error("write_errors", "cannot open the database", exc)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="governator-store")
+        self._samples.start()
+        self._decisions.start()
 
     async def _migrate(self) -> None:
         """Apply the migrations once (serialised: SQLite's migration lock is a file lock)."""
@@ -187,11 +189,7 @@ class SqlStore:
     # --- writes: never wait on the database --------------------------------------------
 
     async def add_sample(self, at: float, pool: str, signals: dict[str, Any]) -> None:
-        if len(self._samples) >= self._queue_size:
-            self._stats["dropped"] += 1
-            return
-        self._samples.append(sample_row(at, pool, signals))
-        self._poke()
+        self._samples.put(sample_row(at, pool, signals))
 
     async def add_decision(self, decision: Decision) -> int:
         # Time-ordered ids (microseconds, unique in this process, above any stored one):
@@ -199,11 +197,7 @@ class SqlStore:
         did = self._last_id = max(self._last_id + 1, time.time_ns() // 1000)
         row = {"id": did, **decision.to_dict()}
         self._recent.append(row)
-        if len(self._decisions) >= self._queue_size:
-            self._stats["dropped"] += 1
-        else:
-            self._decisions.append(row)
-            self._poke()
+        self._decisions.put(row)
         return did
 
     async def set_outcome(self, decision_id: int, outcome: str) -> None:
@@ -211,96 +205,37 @@ class SqlStore:
             if d["id"] == decision_id:
                 d["outcome"] = outcome
                 break
-        if len(self._outcomes) < self._queue_size:
-            self._outcomes[decision_id] = outcome
-            self._poke()
-        else:
-            self._stats["dropped"] += 1
+        self._decisions.put((decision_id, outcome))
 
     async def compact(self, now: float) -> None:
-        self._compact_at = now
-        self._poke()
+        self._samples.put(float(now))
 
-    def _poke(self) -> None:
-        if len(self._samples) + len(self._decisions) >= self._batch:
-            self._wake.set()
+    async def _write_samples(self, batch: list[dict[str, Any] | float]) -> None:
+        """One transaction of samples; then, if asked in this batch, the roll-up (every
+        sample queued before the request is written by then). Both are idempotent."""
+        await self._migrate()
+        rows = [r for r in batch if isinstance(r, dict)]
+        compact_at = max((r for r in batch if isinstance(r, float)), default=None)
+        if rows:
+            await self._repo.write(rows)
+        if compact_at is not None:
+            await self._repo.compact(_minute(compact_at - self._raw_s),
+                                     compact_at - self._rolled_s,
+                                     hold_before=compact_at - self._rolled_s)
+        self._stats["samples_written"] += len(rows)
 
-    def _pending(self) -> bool:
-        return bool(self._samples or self._decisions or self._outcomes
-                    or self._compact_at is not None)
-
-    async def _run(self) -> None:
-        backoff = self._interval
-        while True:
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            while self._pending():
-                if not await self._write_once():
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 30.0)
-                    break
-                backoff = self._interval
-
-    async def _write_once(self) -> bool:
-        """One batch: peek, write, then pop (a write cut short loses nothing)."""
-        async with self._lock:
-            try:
-                await asyncio.wait_for(self._migrate(), self._timeout)
-                samples = [self._samples[i] for i in range(min(len(self._samples), self._batch))]
-                decisions = [self._decisions[i]
-                             for i in range(min(len(self._decisions), self._batch))]
-                outcomes = dict(self._outcomes)
-                await asyncio.wait_for(self._repo.write(samples, decisions,
-                                                        list(outcomes.items())), self._timeout)
-            except Exception as exc:
-                self._error("write_errors", "cannot write samples and decisions"
-                            if self._migrated else "cannot open the database", exc)
-                self._refusals = self._refusals + 1 if _refused(exc) else 0
-                if self._refusals >= 5:  # the database refuses these rows: never stall on them
-                    log.error("governator store: dropping a batch the database refuses (%s)",
-                              type(exc).__name__)
-                    self._drop(len(samples), len(decisions), outcomes)
-                    self._refusals = 0
-                return False
-            self._refusals = 0
-            self._pop(len(samples), len(decisions), outcomes)
-            self._stats["samples_written"] += len(samples)
-            self._stats["decisions_written"] += len(decisions)
-            if self._compact_at is not None and not self._samples:
-                now = self._compact_at
-                try:
-                    await asyncio.wait_for(self._repo.compact(
-                        _minute(now - self._raw_s), now - self._rolled_s,
-                        hold_before=now - self._rolled_s), self._timeout)
-                except Exception as exc:
-                    self._error("write_errors", "cannot roll up old samples", exc)
-                    return False
-                if self._compact_at == now:
-                    self._compact_at = None
-            self._recovered()
-            return True
-
-    def _pop(self, samples: int, decisions: int, outcomes: dict[int, str]) -> None:
-        for _ in range(samples):
-            self._samples.popleft()
-        for _ in range(decisions):
-            self._decisions.popleft()
-        for did, outcome in outcomes.items():
-            if self._outcomes.get(did) == outcome:
-                del self._outcomes[did]
-
-    def _drop(self, samples: int, decisions: int, outcomes: dict[int, str]) -> None:
-        self._pop(samples, decisions, outcomes)
-        self._stats["dropped"] += samples + decisions + len(outcomes)
+    async def _write_decisions(self, batch: list[dict[str, Any] | tuple[int, str]]) -> None:
+        await self._migrate()
+        decisions = [d for d in batch if isinstance(d, dict)]
+        await self._repo.write((), decisions, [o for o in batch if isinstance(o, tuple)])
+        self._stats["decisions_written"] += len(decisions)
 
     async def flush(self, within: float = 5.0) -> bool:
         """Write everything queued now (shutdown, tests); False if the deadline passed."""
         deadline = time.monotonic() + within
-        while self._pending() and time.monotonic() < deadline:
-            if not await self._write_once():
-                await asyncio.sleep(0.1)
-        return not self._pending()
+        samples = await self._samples.flush(within)
+        decisions = await self._decisions.flush(max(0.0, deadline - time.monotonic()))
+        return samples and decisions
 
     # --- reads -------------------------------------------------------------------------
 
@@ -325,14 +260,17 @@ class SqlStore:
         try:
             await asyncio.wait_for(self._migrate(), self._timeout)
             # Reads answer a person (status): shorter than the writer's patience.
-            return await asyncio.wait_for(query, min(self._timeout, 3.0))
+            result = await asyncio.wait_for(query, min(self._timeout, 3.0))
         except Exception as exc:
             query.close()  # never awaited when the migration failed
             self._error("read_errors", "cannot read", exc)
             raise StoreUnavailable(f"the governator store cannot be read: "
                                    f"{type(exc).__name__}") from exc
+        self._failing = False
+        return result
 
     def _error(self, counter: str, what: str, exc: BaseException) -> None:
+        """Start-up and reads (the writers log their own): once per outage."""
         self._stats[counter] += 1
         if not self._failing:
             # Class names only: a driver's message may quote the URL or row values.
@@ -341,41 +279,23 @@ class SqlStore:
                         self.store, what, type(exc).__name__, cause, self.backlog)
         self._failing = True
 
-    def _recovered(self) -> None:
-        if self._failing:
-            log.info("governator store %s: database back; backlog %d rows", self.store,
-                     self.backlog)
-        self._failing = False
-
     @property
     def backlog(self) -> int:
-        return len(self._samples) + len(self._decisions) + len(self._outcomes)
+        return self._samples.backlog + self._decisions.backlog
 
     def stats(self) -> dict[str, int]:
-        return {**self._stats, "backlog": self.backlog}
+        return {"samples_written": self._stats["samples_written"],
+                "decisions_written": self._stats["decisions_written"],
+                "dropped": self._samples.dropped + self._decisions.dropped,
+                "write_errors": (self._stats["write_errors"] + self._samples.errors
+                                 + self._decisions.errors),
+                "read_errors": self._stats["read_errors"], "backlog": self.backlog}
 
     async def close(self, within: float = 5.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        flushed = False
-        with contextlib.suppress(TimeoutError):  # each attempt is bounded, the total too
-            flushed = await asyncio.wait_for(self.flush(within), within + 1.0)
-        if not flushed:
-            log.warning("governator store: %d rows not written at shutdown", self.backlog)
+        deadline = time.monotonic() + within
+        await self._samples.close(within)
+        await self._decisions.close(max(0.1, deadline - time.monotonic()))
         await self.store.close()
-
-
-def _refused(exc: BaseException) -> bool:
-    """The database answered and refused the rows (bad data), as opposed to an outage."""
-    from sqlalchemy.exc import DataError, IntegrityError
-
-    if getattr(exc, "connection_invalidated", False):
-        return False
-    # PostgreSQL's SQLSTATE classes: 22 data exception, 23 integrity, 42 rule violation.
-    state = str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
-    return isinstance(exc, DataError | IntegrityError) or state[:2] in ("22", "23", "42")
 
 
 class StoreMetrics:
@@ -406,14 +326,8 @@ def open_store(url: str | None, *, data_dir: Path | None = None, schema: str | N
         if data_dir is None:
             raise ConfigError("invalid setting 'database_url': unset, and no data_dir")
         url = default_sqlite_url(data_dir)
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        store = Store(url, schema=schema)
-    except (ValueError, ArgumentError) as exc:  # the URL may hold a password: never echo it
-        scheme = url.split("://")[0] if "://" in url else "(no scheme)"
-        raise ConfigError(f"invalid setting 'database_url': {scheme}:// is not supported (use "
-                          "'memory', sqlite:///path.db or postgresql://...)") from exc
+        store = Store(url, schema=schema)  # a bad URL: ConfigError, never echoing the URL
     except OSError as exc:  # the SQLite file's directory cannot be created
         raise ConfigError(f"invalid setting 'data_dir': cannot create {exc.filename}: "
                           f"{exc.strerror}") from exc

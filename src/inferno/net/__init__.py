@@ -4,7 +4,7 @@ Built directly on ``asyncio.Protocol`` and ``httptools`` so the proxy's hot path
 a fraction of a general-purpose framework; see each module for its contract.
 """
 
-from .client import HttpClient, UpstreamResponse
+from .client import HttpClient, UpstreamResponse, get_json
 from .server import Handler, HttpServer, Request, Response, StreamingResponse
 from .sse import SSE_DONE, SSEDecoder, sse_event
 
@@ -18,5 +18,6 @@ __all__ = [
     "SSEDecoder",
     "StreamingResponse",
     "UpstreamResponse",
+    "get_json",
     "sse_event",
 ]

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any
 
-from ..core.errors import UpstreamConnectError
+import orjson
+
+from ..core.errors import InfernoError, UpstreamConnectError
 from ._client_conn import ClientConnection, EarlyClose
 from ._http import check_name, check_value, find_header
 
-__all__ = ["HttpClient", "UpstreamResponse"]
+__all__ = ["HttpClient", "UpstreamResponse", "get_json"]
 
 _SKIP = frozenset((b"host", b"content-length", b"transfer-encoding"))
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "DELETE", "OPTIONS"))
@@ -289,3 +292,22 @@ class HttpClient:
             stack = self._idle.get(conn.key)
             if stack is not None and conn in stack:
                 stack.remove(conn)
+
+
+async def get_json(client: HttpClient, host: str, port: int, target: str, *, within: float) -> Any:
+    """``GET target`` and its decoded JSON body, or ``None`` when no usable answer came
+    within ``within`` seconds (refused, slow, not 200, not JSON): for polls of ops routes."""
+    try:
+        async with asyncio.timeout(within):
+            async with await client.request(
+                host, port, "GET", target, connect_timeout=within, header_timeout=within
+            ) as resp:
+                body = await resp.read()
+    except (InfernoError, OSError, TimeoutError):
+        return None
+    if resp.status != 200:
+        return None
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None

@@ -1,29 +1,27 @@
 """The request log: one row per client request, written by a background writer.
 
-:meth:`RequestLog.record` only appends to a bounded in-memory queue; the writer task takes
-batches of up to ``batch_size`` rows and inserts each batch in one transaction. While the
-database is down the batch is retried with back-off, new rows wait in the queue (up to
-``queue_size``; beyond that they are dropped and counted) and the proxy keeps serving.
-Inserts skip rows already stored, so a batch retried after an ambiguous failure is never
-doubled: every request id is in the table exactly once.
+:meth:`RequestLog.record` only appends to a bounded in-memory queue; the writer task
+(:class:`inferno.store.writer.BatchWriter`) takes batches of up to ``batch_size`` rows and
+inserts each batch in one transaction. While the database is down the batch is retried
+with back-off, new rows wait in the queue (up to ``queue_size``; beyond that they are
+dropped and counted) and the proxy keeps serving. Inserts skip rows already stored, so a
+batch retried after an ambiguous failure is never doubled: every request id is in the
+table exactly once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import logging
 import os
 import random
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from inferno.core.errors import InfernoError
 from inferno.proxy.security.metrics import SecurityMetrics
 from inferno.store import Store
+from inferno.store.writer import BatchWriter
 
 log = logging.getLogger("inferno.proxy.accounting")
 _PAYLOAD_LIMIT = 64 * 1024
@@ -50,17 +48,14 @@ class RequestLog:
                  queue_size: int = 100_000, batch_size: int = 4096,
                  flush_interval: float = 0.5, log_payloads: bool = False) -> None:
         self._store = store
-        self._metrics = metrics
-        self._queue: deque[dict[str, Any]] = deque()
-        self._queue_size = queue_size
-        self._batch_size = batch_size
-        self._interval = flush_interval
         self.log_payloads = log_payloads
-        self._wake = asyncio.Event()
-        self._writing = asyncio.Lock()
-        self._failing = False
-        self.written = 0
-        metrics.log_backlog.set_function(lambda: float(len(self._queue)))
+        # Rows go to the store's RequestRepo.insert_many (statement-size ladder, values
+        # bound in the driver, statements on aiosqlite's thread); see store/writer.py.
+        self._writer: BatchWriter[dict[str, Any]] = BatchWriter(
+            self._insert, name="request log", queue_size=queue_size, batch_size=batch_size,
+            flush_interval=flush_interval, max_backoff=5.0, log=log,
+            on_written=metrics.log_written.inc, on_dropped=metrics.log_dropped.inc,
+            on_error=metrics.log_write_errors.inc, backlog_gauge=metrics.log_backlog)
 
     @property
     def enabled(self) -> bool:
@@ -68,18 +63,16 @@ class RequestLog:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue)
+        return self._writer.backlog
+
+    @property
+    def written(self) -> int:
+        return self._writer.written
 
     def record(self, row: dict[str, Any]) -> None:
         """Never blocks and never raises: the request path calls it once per request."""
-        if self._store is None:
-            return
-        if len(self._queue) >= self._queue_size:
-            self._metrics.log_dropped.inc()
-            return
-        self._queue.append(row)
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+        if self._store is not None:
+            self._writer.put(row)
 
     def record_rejected(self, err: InfernoError) -> None:
         """A request the wire layer refused before any handler saw it (413, 431, 400):
@@ -90,61 +83,16 @@ class RequestLog:
         row["error_code"] = err.code
         self.record(row)
 
-    async def run(self) -> None:
-        backoff = self._interval
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
-                continue
-            if await self._write_next():
-                backoff = self._interval
-            else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-
-    async def _write_next(self) -> bool:
-        """Writes the oldest batch. Peek, write, then pop: a cancelled writer loses nothing.
-        One writer at a time: run() and a flush() could otherwise both store the same
-        rows (skipped as duplicates) and then both pop them."""
-        async with self._writing:
-            n = min(len(self._queue), self._batch_size)
-            if n == 0:
-                return True
-            if not await self._write(list(itertools.islice(self._queue, n))):
-                return False
-            for _ in range(n):
-                self._queue.popleft()
-            return True
-
-    async def _write(self, batch: list[dict[str, Any]]) -> bool:
+    async def _insert(self, batch: list[dict[str, Any]]) -> None:
         assert self._store is not None
-        try:
-            await self._store.requests.insert_many(batch)
-        except Exception as exc:
-            self._metrics.log_write_errors.inc()
-            if not self._failing:
-                # Class names only: a driver's message may quote row values (payloads).
-                cause = type(getattr(exc, "orig", None) or exc).__name__
-                log.warning("request log: database unavailable (%s/%s); keeping %d rows and "
-                            "retrying", type(exc).__name__, cause, self.backlog)
-            self._failing = True
-            return False
-        if self._failing:
-            log.info("request log: database back; flushing the backlog (%d rows)", self.backlog)
-        self._failing = False
-        self.written += len(batch)
-        self._metrics.log_written.inc(len(batch))
-        return True
+        await self._store.requests.insert_many(batch)
+
+    async def run(self) -> None:
+        await self._writer.run()
 
     async def flush(self, within: float = 5.0) -> bool:
         """Write everything queued now (used on shutdown and by tests)."""
-        deadline = time.monotonic() + within
-        while self._queue and time.monotonic() < deadline:
-            if not await self._write_next():
-                await asyncio.sleep(0.1)
-        return not self._queue
+        return await self._writer.flush(within)
 
 
 # Request ids: the time in ms (44 bits) then 52 random bits, as hex, like a UUIDv7: rows

@@ -16,7 +16,8 @@ import orjson
 from pydantic import ValidationError
 
 from inferno.api.node import Registration
-from inferno.core.errors import InfernoError, InvalidRequest, NotFound
+from inferno.core.errors import InfernoError, NotFound
+from inferno.core.validation import invalid_request
 from inferno.net import HttpClient, Request, Response
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
@@ -36,10 +37,7 @@ class RegistrationAPI:
         try:
             reg = Registration.model_validate_json(req.body)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            raise InvalidRequest(f"Invalid registration: {param or 'body'}: {first['msg']}",
-                                 param=param) from exc
+            raise invalid_request(exc) from exc
         if self._guard is not None:
             await self._guard.check(req, reg)
         known = self._pool.get(reg.id) is not None

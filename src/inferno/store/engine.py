@@ -9,16 +9,17 @@ start together do not race each other.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from inferno.core.errors import InfernoError
+from inferno.core.errors import ConfigError, InfernoError
 
 log = logging.getLogger("inferno.store")
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -34,17 +35,32 @@ def default_sqlite_url(data_dir: Path) -> str:
 
 
 def normalise_url(url: str) -> str:
-    """Accept plain ``sqlite://`` / ``postgresql://`` URLs and pick the async drivers."""
-    u = make_url(url)
+    """Accept plain ``sqlite://`` / ``postgresql://`` URLs and pick the async drivers.
+
+    A bad URL is a :class:`ConfigError` naming ``database_url`` and the scheme only (the URL
+    may hold a password). PostgreSQL needs ``asyncpg``, the optional ``postgres`` extra."""
+    scheme = url.split("://")[0] if "://" in url else "(no scheme)"
+    try:
+        u = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"invalid setting 'database_url': not a database URL ({scheme}://; "
+                          "use sqlite:///path.db or postgresql://...)") from exc
     driver = u.drivername
     if driver in ("sqlite", "sqlite+pysqlite"):
         u = u.set(drivername="sqlite+aiosqlite")
     elif driver in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
         u = u.set(drivername="postgresql+asyncpg")
     elif driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
-        raise ValueError(f"unsupported database driver {driver!r} "
-                         "(use sqlite+aiosqlite:// or postgresql+asyncpg://)")
+        raise ConfigError(f"invalid setting 'database_url': {scheme}:// is not supported "
+                          "(use sqlite:///path.db or postgresql://...)")
+    if u.drivername == "postgresql+asyncpg" and not _installed("asyncpg"):
+        raise ConfigError("invalid setting 'database_url': PostgreSQL needs the asyncpg "
+                          "driver: pip install 'inferno[postgres]'")
     return u.render_as_string(hide_password=False)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def redact(url: str) -> str:

@@ -121,7 +121,7 @@ class RemoteHTTP:
 
     async def _post_tls(self, path: str, body: bytes, headers: dict[str, str]
                         ) -> RemoteResponse:
-        try:
+        try:  # the second client, on purpose: TLS to clouds; net.HttpClient speaks plain HTTP
             import httpx2 as httpx
         except ImportError as exc:
             raise UpstreamConnectError("https:// providers need httpx2: "

@@ -6,7 +6,9 @@ pods to remove are drained through the proxy (their registrations, matched by po
 are deleted; then we wait, bounded, for their in-flight work) and marked with
 ``controller.kubernetes.io/pod-deletion-cost`` so the ReplicaSet removes exactly those.
 The client is synchronous: calls run in a worker thread. ``kubernetes`` is imported here
-only, lazily, so nothing else needs it installed.
+only, lazily, so nothing else needs it installed. Its own HTTP stack (urllib3) is kept on
+purpose: the API server's auth (kubeconfig, service account, TLS) is that client's job;
+Inferno's own HTTP (the proxy's drains) goes through :class:`~inferno.net.HttpClient`.
 """
 
 from __future__ import annotations

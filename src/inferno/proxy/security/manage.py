@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from inferno.core.config import ProxySettings
+from inferno.core.errors import ConfigError
 from inferno.proxy.security.keys import create_key
 from inferno.store import ApiKeyRow, Store, UsageRow, default_sqlite_url
 
@@ -15,7 +16,8 @@ T = TypeVar("T")
 def open_store(settings: ProxySettings) -> Store:
     url = settings.database_url.get_secret_value() if settings.database_url else None
     if url == "none":
-        raise ValueError("this proxy is configured without a database (database_url: none)")
+        raise ConfigError("invalid setting 'database_url': this proxy is configured without a "
+                          "database (none); keys and usage need one")
     return Store(url or default_sqlite_url(settings.data_dir), schema=settings.database_schema)
 
 

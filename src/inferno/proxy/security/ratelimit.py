@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from inferno.core.errors import ConfigError
 from inferno.proxy.security.keys import Principal
 
 log = logging.getLogger("inferno.proxy.security")
@@ -162,7 +163,11 @@ class RedisLimiter:
 
     def __init__(self, url: str, *, prefix: str = "inferno:rl",
                  on_error: Callable[[], None] | None = None) -> None:
-        import redis.asyncio as aioredis
+        try:  # the optional `redis` extra: only replicas that share limits need it
+            import redis.asyncio as aioredis
+        except ImportError as exc:
+            raise ConfigError("invalid setting 'redis_url': shared rate limits need the redis "
+                              "package: pip install 'inferno[redis]'") from exc
 
         self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0,
                                               socket_connect_timeout=1.0,
