@@ -7,7 +7,7 @@ by the micro-batcher). Each row runs for ``--seconds`` after one warm-up batch.
     .venv/bin/python bench/embeddings.py                 # 2 threads (the target)
     .venv/bin/python bench/embeddings.py --threads 1 2   # several thread counts
 
-Target (issue 4): >= 300 sentences/s at batch 32 on 2 threads.
+Target: >= 300 sentences/s at batch 32 on 2 threads.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     .venv/bin/python bench/governator_burst.py --quick    # ~2 minutes
 
 From 1 node (1 thread, 2 sequences), a base load, a 4x burst, then the base again.
-Goals (issue 6): scale-up within 10 s of the burst; TTFT p95 (queue wait + prefill) under
+Goals: scale-up within 10 s of the burst; TTFT p95 (queue wait + prefill) under
 target within 30 s of the new nodes being ready; back to the minimum after the burst;
 >= 95 % of minutes within target at <= 60 % of the node-seconds of a static fleet sized
 for the peak. The oracle knows the trace: the minimum outside the burst, the peak inside.

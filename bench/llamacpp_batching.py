@@ -1,4 +1,4 @@
-"""The llama.cpp engine's batching benchmark (issue 4, part 1). Not a test: rerun it.
+"""The llama.cpp engine's batching benchmark. Not a test: rerun it.
 
     make bench-engine                     # or:
     .venv/bin/python bench/llamacpp_batching.py --threads 1 --quantize q8_0 --rounds 5

@@ -1,4 +1,4 @@
-"""Request-log writer CPU per row: random request ids vs time-ordered ones (issue 7).
+"""Request-log writer CPU per row: random request ids vs time-ordered ones.
 
     .venv/bin/python bench/request_log_ids.py [--rows 200000] [--rounds 2]
 

@@ -1,4 +1,4 @@
-"""Medians per cell, the results table, and the targets of issue 7 checked against it."""
+"""Medians per cell, the results table, and the gateway targets checked against it."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _get(res: dict[str, Any], scen: str, conns: int) -> dict[str, Any] | None:
 
 
 def targets(res: dict[str, Any]) -> list[str]:
-    out = ["Targets (issue 7):", ""]
+    out = ["Targets:", ""]
 
     def check(name: str, value: float | None, limit: float, fmt: str, le: bool = True) -> None:
         if value is None or value != value:
