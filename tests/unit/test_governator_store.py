@@ -27,21 +27,16 @@ from inferno.governator.wiring import load_policy_and_prices
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 from inferno.store import Store
-from tests.conftest import postgres_url
+from tests.conftest import require_postgres
 
-PG = postgres_url()
-NO_PG = pytest.mark.skipif(PG is None, reason="no PostgreSQL server answers on "
-                           "127.0.0.1:5432 (database test)")
-SQL = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql",
-                                                          marks=NO_PG)]
+SQL = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
 ALL = [pytest.param("memory", id="memory"), *SQL]
 
 
 def _shared(kind: str, tmp_path: Path, url: str | None = None) -> Store:
     if kind == "sqlite":
         return Store(f"sqlite:///{tmp_path / 'inferno.db'}")
-    assert PG is not None
-    return Store(url or PG, schema=f"t_{uuid.uuid4().hex[:12]}")
+    return Store(url or require_postgres(), schema=f"t_{uuid.uuid4().hex[:12]}")
 
 
 async def _open(kind: str, tmp_path: Path, **kw: float) -> GovernatorStore:
@@ -186,10 +181,9 @@ class FlakyForwarder:
         self._server.close()
 
 
-@NO_PG
-async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path) -> None:
-    assert PG is not None
-    pg = make_url(PG)
+async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path,
+                                                                 postgres: str) -> None:
+    pg = make_url(postgres)
     fwd = FlakyForwarder(pg.port or 5432)
     await fwd.start()
     shared = _shared("postgresql", tmp_path,
@@ -221,9 +215,8 @@ async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path)
         await fwd.close()
 
 
-@NO_PG
 async def test_rows_the_database_refuses_are_dropped_not_retried_forever(
-        tmp_path: Path) -> None:
+        tmp_path: Path, postgres: str) -> None:
     shared = _shared("postgresql", tmp_path)
     store = SqlStore(shared, flush_interval=3600)
     await store.start()

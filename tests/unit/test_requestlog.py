@@ -13,6 +13,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import make_url
 
 from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
@@ -20,9 +21,8 @@ from inferno.proxy.accounting import new_request_id, new_row
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from inferno.store import Store
-from tests.conftest import free_port, postgres_url, start_fake_node, start_gateway
+from tests.conftest import free_port, start_fake_node, start_gateway
 
-PG = postgres_url()
 MSG = [{"role": "user", "content": "hello"}]
 
 
@@ -203,14 +203,13 @@ async def test_sqlite_locked_for_a_while_loses_nothing(tmp_path: Path, node: Bac
         await gw.drain()
 
 
-@pytest.mark.skipif(PG is None, reason="no PostgreSQL server answers on 127.0.0.1:5432")
-async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path,
-                                                               node: BackendNode) -> None:
-    assert PG is not None
-    relay = Relay(("127.0.0.1", 5432))
+async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path, node: BackendNode,
+                                                               postgres: str) -> None:
+    pg = make_url(postgres)
+    relay = Relay((pg.host or "127.0.0.1", pg.port or 5432))
     await relay.up()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    url = PG.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    url = pg.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     gw = await start_gateway(tmp_path, database_url=url, database_schema=schema)
     try:
         attach(gw, node)
@@ -231,7 +230,7 @@ async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path,
         assert "inferno_proxy_log_write_errors_total" in text
     finally:
         await gw.drain()
-        cleanup = Store(PG, schema=schema)
+        cleanup = Store(postgres, schema=schema)
         await cleanup.drop_schema()
         await cleanup.close()
 
