@@ -28,6 +28,7 @@ from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 from inferno.store import Store
 from tests.conftest import require_postgres
+from tests.polling import eventually
 
 SQL = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
 ALL = [pytest.param("memory", id="memory"), *SQL]
@@ -197,9 +198,9 @@ async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path,
             await asyncio.wait_for(store.add_sample(float(t), "m", {"queued": t}), 1.0)
         did = await store.add_decision(_decision(1))
         await store.set_outcome(did, "ok")
-        await asyncio.sleep(0.3)
-        stats = store.stats()
-        assert stats["write_errors"] >= 1 and stats["dropped"] == 10  # bounded queue
+        await eventually(lambda: store.stats()["write_errors"] >= 1, timeout=3.0,
+                         what="the writer to hit the outage")
+        assert store.stats()["dropped"] == 10  # bounded queue
         # Status still answers, from the decisions not yet written.
         assert [d["outcome"] for d in await store.decisions(5)] == ["ok"]
         fwd.mode = "hang"
@@ -266,10 +267,7 @@ async def test_loop_stores_everything_and_status_shows_it(kind: str, tmp_path: P
     port = await gov.start_ops("127.0.0.1", 0)
     await gov.start()
     try:
-        for _ in range(200):
-            if len(gov.store_decisions) >= 3:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(gov.store_decisions) >= 3, what="3 governator decisions")
         state = await asyncio.to_thread(fetch_state, "127.0.0.1", port)
         assert state is not None and state["store"]["write_errors"] == 0
         assert state["decisions"][-1]["action"] == "up"

@@ -22,6 +22,7 @@ from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from inferno.store import Store
 from tests.conftest import free_port, start_fake_node, start_gateway
+from tests.polling import eventually
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -64,13 +65,13 @@ class Relay:
 
 
 async def wait_rows(store: Store, n: int, within: float = 15.0) -> int:
-    count = 0
-    for _ in range(int(within / 0.05)):
-        count = await store.requests.count()
-        if count >= n:
-            break
-        await asyncio.sleep(0.05)
-    return count
+    """Wait until the log holds at least ``n`` rows; the count (a test asserts it is n)."""
+
+    async def count() -> int | None:
+        c = await store.requests.count()
+        return c if c >= n else None
+
+    return await eventually(count, timeout=within, interval=0.05, what=f"{n} request rows")
 
 
 @pytest_asyncio.fixture
@@ -130,13 +131,8 @@ async def test_every_outcome_leaves_exactly_one_row(tmp_path: Path, node: Backen
         assert outcomes == [200, 200, 400, 401, 404, 503, 200, 200, 429]
         assert "usage" not in streamed.text  # the proxy asked for it, the client did not
         assert ok.headers["x-request-id"]
-        rows = []
-        for _ in range(100):
-            rows = await store.requests.recent(limit=100)
-            if len(rows) >= 10:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        await wait_rows(store, 10, within=5.0)
+        await asyncio.sleep(0.2)  # a grace period: a doubled (11th) row would show up here
         rows = await store.requests.recent(limit=100)
         assert len(rows) == 10
         by_id = {r["request_id"]: r for r in rows}
@@ -179,7 +175,7 @@ async def _drive(gw: Gateway, n: int) -> list[int]:
         for _ in range(n):
             r = await http.post(url, json={"model": "fake-model", "prompt": "x", "max_tokens": 1})
             codes.append(r.status_code)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing: traffic spread over time
         return codes
 
 
@@ -197,7 +193,7 @@ async def test_sqlite_locked_for_a_while_loses_nothing(tmp_path: Path, node: Bac
             blocker.close()
         assert gw.security.store is not None
         assert await wait_rows(gw.security.store, 60) == 60
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a grace period: a row written twice would show up here
         assert await gw.security.store.requests.count() == 60
     finally:
         await gw.drain()
@@ -223,7 +219,7 @@ async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path, n
         assert gw.security.log.backlog > 0
         await relay.up()
         assert await wait_rows(store, 80, within=20) == 80
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a grace period: a row written twice would show up here
         assert await store.requests.count() == 80
         text = (await httpx.AsyncClient().get(
             f"http://127.0.0.1:{gw.ops.port}/metrics")).text
