@@ -13,6 +13,7 @@ import pytest
 from inferno.core.errors import InfernoError, NotFound, Overloaded, RateLimited
 from inferno.net import HttpClient, HttpServer, Request, Response, StreamingResponse
 from inferno.net.server import Handler
+from tests.polling import eventually
 
 Serve = Callable[..., Awaitable[HttpServer]]
 
@@ -539,8 +540,7 @@ async def test_client_disconnect_mid_stream_closes_iterator(
     writer.close()
     await asyncio.wait_for(closed.wait(), 1.0)
     assert req_seen[0].disconnected.is_set()
-    await asyncio.sleep(0.01)
-    assert srv.active_requests == 0
+    await eventually(lambda: srv.active_requests == 0, what="no active request")
 
 
 async def test_client_disconnect_cancels_running_handler(open_raw: OpenRaw, serve: Serve) -> None:
@@ -563,8 +563,7 @@ async def test_client_disconnect_cancels_running_handler(open_raw: OpenRaw, serv
     assert srv.active_requests == 1
     writer.close()
     await asyncio.wait_for(cancelled.wait(), 1.0)
-    await asyncio.sleep(0.01)
-    assert srv.active_requests == 0
+    await eventually(lambda: srv.active_requests == 0, what="no active request")
 
 
 async def test_stream_error_after_headers_truncates_visibly(
