@@ -201,8 +201,13 @@ async def test_failing_node_is_ejected_then_readmitted(chaos_nodes: list[ChaosNo
             await asyncio.sleep(1.0)  # the scenario: 1 s of healthy load first
             await bad.set_mode("status:500")
             failing_since = time.monotonic()
+
+            def ejected() -> bool:
+                node = gw.pool.get(bad.id)
+                return node is not None and node.breaker.state != "closed"
+
             await eventually(
-                lambda: gw.pool.get(bad.id).breaker.state != "closed",  # type: ignore[union-attr]
+                ejected,
                 timeout=3.0,
                 interval=0.005,
                 what="the failing node's ejection",

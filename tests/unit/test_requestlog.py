@@ -67,9 +67,9 @@ class Relay:
 async def wait_rows(store: Store, n: int, within: float = 15.0) -> int:
     """Wait until the log holds at least ``n`` rows; the count (a test asserts it is n)."""
 
-    async def count() -> int | None:
+    async def count() -> int:
         c = await store.requests.count()
-        return c if c >= n else None
+        return c if c >= n else 0
 
     return await eventually(count, timeout=within, interval=0.05, what=f"{n} request rows")
 

@@ -148,7 +148,7 @@ async def test_postgresql_tables_live_in_the_store_schema(tmp_path: Path) -> Non
                 .all()
             )
             assert ids == ["pg-0", "pg-1", "pg-2"]
-            types = dict(
+            types: dict[str, str] = dict(
                 (
                     await conn.execute(
                         text(
