@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from inferno.core.errors import InfernoError
@@ -44,33 +45,61 @@ class LoadReport:
     behind: float = 0.0  # worst lateness of the generator against its schedule
 
     def count(self, kind: str, stream: bool | None = None) -> int:
-        return sum(1 for o in self.outcomes
-                   if o.kind == kind and (stream is None or o.stream == stream))
+        return sum(
+            1 for o in self.outcomes if o.kind == kind and (stream is None or o.stream == stream)
+        )
 
     def errors(self, stream: bool | None = None) -> list[Outcome]:
-        return [o for o in self.outcomes if o.kind != "ok"
-                and (stream is None or o.stream == stream)]
+        return [
+            o for o in self.outcomes if o.kind != "ok" and (stream is None or o.stream == stream)
+        ]
 
 
 def _valid_error(payload: bytes) -> bool:
     try:
         err = json.loads(payload)["error"]
-        return isinstance(err["message"], str) and isinstance(err["type"], str) \
-            and "code" in err and "param" in err
+        return (
+            isinstance(err["message"], str)
+            and isinstance(err["type"], str)
+            and "code" in err
+            and "param" in err
+        )
     except (ValueError, KeyError, TypeError):
         return False
 
 
-async def one_request(client: HttpClient, port: int, index: int, stream: bool,
-                      model: str = "fake-model", max_tokens: int = 8,
-                      deadline_s: float = 30.0) -> Outcome:
+async def one_request(
+    client: HttpClient,
+    port: int,
+    index: int,
+    stream: bool,
+    model: str = "fake-model",
+    max_tokens: int = 8,
+    deadline_s: float = 30.0,
+    on_first_event: Callable[[Outcome], Awaitable[None]] | None = None,
+) -> Outcome:
+    """One chat completion through the proxy, classified. ``on_first_event`` runs once a
+    stream has delivered its first event (a chaos test cuts that stream's node there)."""
     out = Outcome(index, stream, time.monotonic())
-    body = json.dumps({"model": model, "stream": stream, "max_tokens": max_tokens,
-                       "messages": [{"role": "user", "content": f"hello {index}"}]}).encode()
+    body = json.dumps(
+        {
+            "model": model,
+            "stream": stream,
+            "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": f"hello {index}"}],
+        }
+    ).encode()
     try:
-        resp = await client.request("127.0.0.1", port, "POST", "/v1/chat/completions",
-                                    headers=[(b"content-type", b"application/json")],
-                                    body=body, connect_timeout=5, header_timeout=deadline_s)
+        resp = await client.request(
+            "127.0.0.1",
+            port,
+            "POST",
+            "/v1/chat/completions",
+            headers=[(b"content-type", b"application/json")],
+            body=body,
+            connect_timeout=5,
+            header_timeout=deadline_s,
+        )
         out.status = resp.status
         out.backend = resp.header("x-inferno-backend")
         out.attempts = int(resp.header("x-inferno-attempts") or 0)
@@ -100,6 +129,8 @@ async def one_request(client: HttpClient, port: int, index: int, stream: bool,
                     out.detail = data[:200].decode(errors="replace")
                 else:
                     out.events += 1
+                    if on_first_event is not None and out.events == 1:
+                        await on_first_event(out)
         resp.close()
         if out.kind != "stream_error":
             out.kind = "ok" if done else "truncated"
@@ -111,9 +142,16 @@ async def one_request(client: HttpClient, port: int, index: int, stream: bool,
     return out
 
 
-async def open_loop(port: int, *, rate: float, duration: float, stream_fraction: float = 0.0,
-                    model: str = "fake-model", max_tokens: int = 8,
-                    deadline_s: float = 30.0) -> LoadReport:
+async def open_loop(
+    port: int,
+    *,
+    rate: float,
+    duration: float,
+    stream_fraction: float = 0.0,
+    model: str = "fake-model",
+    max_tokens: int = 8,
+    deadline_s: float = 30.0,
+) -> LoadReport:
     """``rate`` requests/s for ``duration`` s; a ``stream_fraction`` of them streamed
     (spread evenly, deterministic)."""
     client = HttpClient(max_idle_per_host=512)
@@ -134,8 +172,11 @@ async def open_loop(port: int, *, rate: float, duration: float, stream_fraction:
             stream = acc >= 1.0
             if stream:
                 acc -= 1.0
-            tasks.append(asyncio.create_task(
-                one_request(client, port, i, stream, model, max_tokens, deadline_s)))
+            tasks.append(
+                asyncio.create_task(
+                    one_request(client, port, i, stream, model, max_tokens, deadline_s)
+                )
+            )
         report.outcomes = list(await asyncio.gather(*tasks))
     finally:
         await client.aclose()

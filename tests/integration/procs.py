@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import polling
 from tests.conftest import free_port
 
 
@@ -84,12 +86,15 @@ def node_ids(proxy_ops: int) -> set[str]:
     return {n["id"] for n in vitals.get("nodes", [])}  # type: ignore[attr-defined]
 
 
-def wait_until(cond: object, timeout: float, what: str, *procs: Proc) -> float:
-    """Poll ``cond()`` until true; returns the seconds it took. Fails with the logs."""
+def wait_until(cond: Callable[[], object], timeout: float, what: str, *procs: Proc) -> float:
+    """Poll ``cond()`` (via tests.polling) until true; returns the seconds it took.
+
+    Fails with the logs of ``procs``.
+    """
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if callable(cond) and cond():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+    try:
+        polling.wait_until(cond, timeout=timeout, what=what)
+    except AssertionError as exc:
+        logs = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)
+        raise AssertionError(f"{exc}\n{logs}") from None
+    return time.monotonic() - start

@@ -18,10 +18,9 @@ from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
-from tests.conftest import redis_url, start_fake_node, start_gateway
+from tests.conftest import start_fake_node, start_gateway
 
 pytestmark = pytest.mark.integration
-REDIS = redis_url()
 SECONDS, OFFERED, LIMIT_RPS = 10.0, 50, 10
 
 
@@ -78,12 +77,11 @@ async def test_rate_limit_accuracy_one_proxy(tmp_path: Path) -> None:
         await gw.drain()
 
 
-@pytest.mark.skipif(REDIS is None, reason="no Redis answers on 127.0.0.1:6379")
-async def test_rate_limit_accuracy_two_proxies_sharing_redis(tmp_path: Path) -> None:
+async def test_rate_limit_accuracy_two_proxies_sharing_redis(tmp_path: Path, redis: str) -> None:
     # Both replicas share the database (keys) and one Redis prefix (counters).
     prefix = f"inferno-test-{uuid.uuid4().hex[:8]}"
     # (A private prefix, so parallel test runs never share counters.)
-    gws = [await start_gateway(tmp_path, auth="on", redis_url=REDIS, redis_prefix=prefix)
+    gws = [await start_gateway(tmp_path, auth="on", redis_url=redis, redis_prefix=prefix)
            for _ in range(2)]
     node = await start_fake_node(parallel=16)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 
 from inferno.proxy.security.keys import create_key
 from tests.conftest import start_fake_node, start_gateway
+from tests.polling import eventually
 
 
 async def test_canaries_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -51,7 +51,7 @@ async def test_canaries_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixt
                     bodies.append(r.text if r.status_code != 200 else "")
             bodies.append((await http.get(f"{api}/v1/requests", headers=good)).text)
             bodies.append((await http.get(f"{api}/v1/usage", headers=good)).text)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: gw.api.in_flight == 0, what="every request finished")
             metrics = (await http.get(f"{ops}/metrics")).text
             telemetry = (await http.get(f"{ops}/telemetry")).text
         assert await gw.security.log.flush()

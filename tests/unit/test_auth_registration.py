@@ -16,6 +16,7 @@ from inferno.backend.registration import RegistrationClient
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 from tests.conftest import free_port, start_gateway
+from tests.polling import eventually
 
 TOKEN, OTHER = "node-token-a", "node-token-b"
 
@@ -89,11 +90,7 @@ async def test_backend_sends_its_node_token(gw: Gateway) -> None:
                             interval=0.1, client=client, token=TOKEN)
     rc.start()
     try:
-        for _ in range(50):
-            if gw.pool.get("b1"):
-                break
-            await asyncio.sleep(0.05)
-        assert gw.pool.get("b1") is not None
+        await eventually(lambda: gw.pool.get("b1") is not None, what="b1 to register")
     finally:
         await rc.deregister()
         await client.aclose()

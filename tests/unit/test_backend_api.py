@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx2 as httpx
 import openai
 import pytest
 
 from inferno.backend.node import BackendNode
 from tests.conftest import start_fake_node
+from tests.polling import eventually
 
 
 def client_for(node: BackendNode) -> openai.AsyncOpenAI:
@@ -135,11 +134,8 @@ async def test_client_disconnect_cancels_generation() -> None:
         async with httpx.AsyncClient() as http, http.stream("POST", url, json=body) as r:
             async for _ in r.aiter_bytes():
                 break
-        for _ in range(40):
-            if node.engine.stats().active == 0:
-                break
-            await asyncio.sleep(0.05)
-        assert node.engine.stats().active == 0
+        await eventually(lambda: node.engine.stats().active == 0, timeout=2.0,
+                         what="the node to stop generating")
         assert node.engine.stats().tokens_generated < 100
     finally:
         await node.drain()

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from inferno.backend.embeddings import MicroBatcher
+from tests.polling import eventually
 
 
 class Recorder:
@@ -17,8 +18,10 @@ class Recorder:
         self.fail = fail
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = 0  # batches that reached the model (held there while gate is clear)
 
     def __call__(self, batch: list[int]) -> list[int]:
+        self.entered += 1
         self.gate.wait(5)
         self.batches.append(list(batch))
         if self.fail:
@@ -54,10 +57,10 @@ async def test_cancelled_request_is_skipped() -> None:
     rec.gate.clear()  # hold the first batch in the model
     b: MicroBatcher[int, int] = MicroBatcher(rec, max_batch=2, max_wait=0)
     first = asyncio.create_task(b.submit([1, 2]))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: rec.entered == 1, what="the first batch in the (held) model")
     doomed = asyncio.create_task(b.submit([3, 4]))
     kept = asyncio.create_task(b.submit([5]))
-    await asyncio.sleep(0.01)
+    await eventually(lambda: b.queued_items == 3, what="the next two requests queued")
     doomed.cancel()
     rec.gate.set()
     assert await first == [10, 20] and await kept == [50]

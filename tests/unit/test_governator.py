@@ -29,6 +29,7 @@ from inferno.governator.store import MemoryStore
 from inferno.governator.wiring import load_policy_and_prices
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
+from tests.polling import eventually
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -157,10 +158,7 @@ async def test_state_route_shows_fleet_signals_targets_decisions(gateway: Gatewa
     port = await gov.start_ops("127.0.0.1", 0)
     await gov.start()
     try:
-        for _ in range(100):
-            if gov.last:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: gov.last, what="the governator's first decision")
 
         def get() -> dict[str, Any]:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/governator/state") as r:

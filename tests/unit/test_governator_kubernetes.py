@@ -17,6 +17,7 @@ from inferno.governator.providers.kubernetes import DELETION_COST, KubernetesPro
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 from tests.conftest import start_fake_node
+from tests.polling import eventually
 
 kubernetes = pytest.importorskip("kubernetes")
 kmock = pytest.importorskip("kmock")
@@ -91,11 +92,8 @@ async def test_reads_pod_readiness_and_scales_up_within_max(k8s: Any, gateway: G
 async def test_scale_down_drains_through_the_proxy_first(k8s: Any, gateway: Gateway) -> None:
     node = await start_fake_node(discovery_lb=f"127.0.0.1:{gateway.ops.port}", node_id="inf-a")
     try:
-        for _ in range(100):
-            if gateway.pool.get("inf-a") is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert gateway.pool.get("inf-a") is not None
+        await eventually(lambda: gateway.pool.get("inf-a") is not None,
+                         what="inf-a to register")
         await seed(k8s, 1, [pod("inf-a", True)])
         client = HttpClient()
         prov = provider(k8s, gateway, node.ops.port, client)

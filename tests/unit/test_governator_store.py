@@ -27,21 +27,17 @@ from inferno.governator.wiring import load_policy_and_prices
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 from inferno.store import Store
-from tests.conftest import postgres_url
+from tests.conftest import require_postgres
+from tests.polling import eventually
 
-PG = postgres_url()
-NO_PG = pytest.mark.skipif(PG is None, reason="no PostgreSQL server answers on "
-                           "127.0.0.1:5432 (database test)")
-SQL = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql",
-                                                          marks=NO_PG)]
+SQL = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
 ALL = [pytest.param("memory", id="memory"), *SQL]
 
 
 def _shared(kind: str, tmp_path: Path, url: str | None = None) -> Store:
     if kind == "sqlite":
         return Store(f"sqlite:///{tmp_path / 'inferno.db'}")
-    assert PG is not None
-    return Store(url or PG, schema=f"t_{uuid.uuid4().hex[:12]}")
+    return Store(url or require_postgres(), schema=f"t_{uuid.uuid4().hex[:12]}")
 
 
 async def _open(kind: str, tmp_path: Path, **kw: float) -> GovernatorStore:
@@ -186,10 +182,9 @@ class FlakyForwarder:
         self._server.close()
 
 
-@NO_PG
-async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path) -> None:
-    assert PG is not None
-    pg = make_url(PG)
+async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path,
+                                                                 postgres: str) -> None:
+    pg = make_url(postgres)
     fwd = FlakyForwarder(pg.port or 5432)
     await fwd.start()
     shared = _shared("postgresql", tmp_path,
@@ -203,9 +198,9 @@ async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path)
             await asyncio.wait_for(store.add_sample(float(t), "m", {"queued": t}), 1.0)
         did = await store.add_decision(_decision(1))
         await store.set_outcome(did, "ok")
-        await asyncio.sleep(0.3)
-        stats = store.stats()
-        assert stats["write_errors"] >= 1 and stats["dropped"] == 10  # bounded queue
+        await eventually(lambda: store.stats()["write_errors"] >= 1, timeout=3.0,
+                         what="the writer to hit the outage")
+        assert store.stats()["dropped"] == 10  # bounded queue
         # Status still answers, from the decisions not yet written.
         assert [d["outcome"] for d in await store.decisions(5)] == ["ok"]
         fwd.mode = "hang"
@@ -221,9 +216,8 @@ async def test_writes_survive_a_database_outage_without_blocking(tmp_path: Path)
         await fwd.close()
 
 
-@NO_PG
 async def test_rows_the_database_refuses_are_dropped_not_retried_forever(
-        tmp_path: Path) -> None:
+        tmp_path: Path, postgres: str) -> None:
     shared = _shared("postgresql", tmp_path)
     store = SqlStore(shared, flush_interval=3600)
     await store.start()
@@ -275,10 +269,7 @@ async def test_loop_stores_everything_and_status_shows_it(kind: str, tmp_path: P
     port = await gov.start_ops("127.0.0.1", 0)
     await gov.start()
     try:
-        for _ in range(200):
-            if len(gov.store_decisions) >= 3:
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: len(gov.store_decisions) >= 3, what="3 governator decisions")
         state = await asyncio.to_thread(fetch_state, "127.0.0.1", port)
         assert state is not None and state["store"]["write_errors"] == 0
         assert state["decisions"][-1]["action"] == "up"

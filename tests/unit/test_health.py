@@ -14,6 +14,7 @@ from inferno.proxy.health.breaker import Breaker, BreakerPolicy
 from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.pool import Pool
 from inferno.proxy.retry import RetryBudget
+from tests.polling import eventually
 
 
 class Clock:
@@ -91,7 +92,7 @@ async def test_admission_queue_rejects_fast_when_full() -> None:
     adm = Admission(max_per_node=1, queue_size=1, queue_wait=5)
     deadline = time.monotonic() + 10
     waiter = asyncio.create_task(adm.wait(deadline))
-    await asyncio.sleep(0)
+    await eventually(lambda: adm.queued == 1, what="the first request to queue")
     with pytest.raises(Overloaded):  # the queue (size 1) is full: refused at once
         await adm.wait(deadline)
     adm.release()

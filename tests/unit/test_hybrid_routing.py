@@ -18,6 +18,7 @@ from inferno.proxy.routing import SCORERS, RouteContext
 from inferno.wiring import build_engine
 from tests.chaos.node import ChaosNode
 from tests.conftest import start_fake_node
+from tests.polling import eventually
 
 
 def n(node_id: str, **kw: object) -> Node:
@@ -46,6 +47,11 @@ def test_offload_scorer(local: Node, winner: str) -> None:
     assert [local, cloud][scores.index(max(scores))].id == winner
 
 
+def idle(gw: Gateway, node_id: str) -> bool:
+    node = gw.pool.get(node_id)
+    return node is not None and node.queue_depth == 0 and node.outstanding == 0
+
+
 async def test_burst_overflows_to_the_cloud_then_returns_local() -> None:
     provider = ChaosNode("provider", model="cloud-gpt", chunks=4)
     await provider.start()
@@ -72,7 +78,8 @@ async def test_burst_overflows_to_the_cloud_then_returns_local() -> None:
             burst = await asyncio.gather(*(http.post(url, json=body) for _ in range(24)))
             served = Counter(r.headers["x-inferno-backend"] for r in burst)
             assert all(r.status_code == 200 for r in burst)
-            await asyncio.sleep(0.5)  # local drains; telemetry polls see it idle again
+            # The local node drains; the proxy's telemetry polls see it idle again.
+            await eventually(lambda: idle(gw, local.node_id), what="the local node idle")
             after = [(await http.post(url, json=body)).headers["x-inferno-backend"]
                      for _ in range(3)]
         assert set(quiet) == {local.node_id}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from inferno.backend.engines.base import Chunk, SamplingParams
 from inferno.core.errors import ContextLengthExceeded, EngineError, InvalidRequest
+from tests.polling import eventually
 
 if importlib.util.find_spec("llama_cpp") is None:
     pytest.skip("llama-cpp-python is not installed", allow_module_level=True)
@@ -65,12 +65,9 @@ def prompt_for(engine: LlamaCppEngine, question: str) -> str:
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(predicate())
+    """Wait (via tests.polling) until ``predicate()`` holds; True, or an AssertionError."""
+    await eventually(predicate, timeout=within, what="the engine condition")
+    return True
 
 
 def test_info_and_template(engine: LlamaCppEngine) -> None:
@@ -219,7 +216,7 @@ async def test_queueing_fifo() -> None:
             nonlocal seen_queued
             while True:
                 seen_queued = max(seen_queued, eng.stats().queued)
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # sampling the queue depth all along, not a wait
 
         watcher = asyncio.create_task(watch())
         prompts = [f"Fact number {i} about cats:" for i in range(4)]
@@ -474,7 +471,8 @@ async def test_cancel_mid_prefill(fresh: LlamaCppEngine, plain: LlamaCppEngine) 
     long_prompt = (LONG_CONTEXT + " ") * 3
     assert len(fresh.tokenize(long_prompt)) > 2 * 63
     first = asyncio.create_task(greedy(fresh, long_prompt + "approved"))
-    await asyncio.sleep(0)
+    await eventually(lambda: fresh.stats().active or fresh.stats().queued,
+                     what="the first request in the engine")
     second = asyncio.create_task(greedy(fresh, long_prompt + "rejected"))
     assert await wait_until(lambda: fresh.stats().prompt_tokens_computed >= 63, within=20)
     first.cancel()

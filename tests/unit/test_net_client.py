@@ -12,6 +12,7 @@ import pytest
 
 from inferno.core.errors import UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from inferno.net import HttpClient, HttpServer, Request, Response, StreamingResponse, get_json
+from tests.polling import eventually
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 RawServer = Callable[[RawHandler], Awaitable[int]]
@@ -140,8 +141,7 @@ async def test_bad_response_head(
     port = await raw_server(handler)
     with pytest.raises(error):
         await client.request("127.0.0.1", port, "GET", "/")
-    await asyncio.sleep(0)
-    assert client.open_connections == 0
+    await eventually(lambda: client.open_connections == 0, what="the socket closed")
 
 
 async def test_header_timeout(raw_server: RawServer, client: HttpClient) -> None:
@@ -175,7 +175,7 @@ async def test_reset_mid_body_is_an_error_not_truncation(
         await read_request(reader)
         writer.write(answer)
         await writer.drain()
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the scenario: part of the body, a pause, then the cut
         if how == "rst":
             rst_close(writer)
         else:
@@ -245,20 +245,44 @@ async def test_idle_timeout_between_chunks(http_server: Serve, client: HttpClien
         async for chunk in resp.iter_chunks(idle_timeout=0.1):
             got.append(chunk)
     assert got == [b"one"]
-    await asyncio.sleep(0)
-    assert client.open_connections == 0
+    await eventually(lambda: client.open_connections == 0, what="the socket closed")
 
 
 # ---- pooling --------------------------------------------------------------------------
 
 
 async def test_stale_pooled_connection_closed_while_idle(
-    http_server: Serve, client: HttpClient
+    raw_server: RawServer, client: HttpClient
 ) -> None:
-    srv = await http_server(lambda req: _ok(req), keepalive_timeout=0.05)
-    assert await (await client.request("127.0.0.1", srv.port, "GET", "/")).read() == b"ok"
-    await asyncio.sleep(0.3)  # the server closes the idle keep-alive connection
-    assert await (await client.request("127.0.0.1", srv.port, "GET", "/")).read() == b"ok"
+    served: list[int] = []  # requests answered, per accepted connection
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = len(served)
+        served.append(0)
+        await read_request(reader)
+        served[conn] += 1
+        writer.write(OK)  # a keep-alive answer ...
+        await writer.drain()
+        if conn == 0:
+            return  # ... then the server closes the idle connection (its keep-alive timeout)
+        while True:
+            await read_request(reader)
+            served[conn] += 1
+            writer.write(OK)
+            await writer.drain()
+
+    port = await raw_server(handler)
+    assert await (await client.request("127.0.0.1", port, "GET", "/")).read() == b"ok"
+    assert client.open_connections == 1  # pooled for reuse
+    # The client notices the server's close while the socket sits idle ...
+    await eventually(
+        lambda: client.open_connections == 0,
+        what="the client to drop the idle socket the server closed",
+    )
+    # ... so the next request opens a new connection instead of writing into the dead one.
+    assert await (await client.request("127.0.0.1", port, "GET", "/")).read() == b"ok"
+    assert served == [1, 1]
+    assert client.open_connections == 1
 
 
 async def test_stale_pooled_connection_race_retried_once(
@@ -313,8 +337,7 @@ async def test_close_mid_body_closes_socket_and_complete_body_is_pooled(
         break
     resp.close()
     await asyncio.wait_for(closed.wait(), 1.0)  # the upstream generation was aborted
-    await asyncio.sleep(0)
-    assert client.open_connections == 0
+    await eventually(lambda: client.open_connections == 0, what="the socket closed")
 
 
 async def test_cancelled_reader_closes_socket(http_server: Serve, client: HttpClient) -> None:
@@ -344,16 +367,17 @@ async def test_cancelled_reader_closes_socket(http_server: Serve, client: HttpCl
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.wait_for(closed.wait(), 1.0)
-    await asyncio.sleep(0)
-    assert client.open_connections == 0
+    await eventually(lambda: client.open_connections == 0, what="the socket closed")
 
 
 async def test_cancelled_while_awaiting_headers_closes_socket(
     http_server: Serve, client: HttpClient
 ) -> None:
     cancelled = asyncio.Event()
+    arrived = asyncio.Event()
 
     async def handler(req: Request) -> Response:
+        arrived.set()
         try:
             await asyncio.Event().wait()
         finally:
@@ -362,7 +386,7 @@ async def test_cancelled_while_awaiting_headers_closes_socket(
 
     srv = await http_server(handler)
     task = asyncio.create_task(client.request("127.0.0.1", srv.port, "GET", "/"))
-    await asyncio.sleep(0.05)
+    await eventually(arrived.is_set, what="the request to reach the server")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -389,8 +413,12 @@ async def test_pool_limits(
         )
         for resp in resps:
             assert await resp.read() == b"ok"
-        await asyncio.sleep(wait + 0.01)
-        assert client.open_connections == expected_open
+        # Sockets beyond max_idle close at once; with idle-ttl-expiry the sweeper closes the rest.
+        await eventually(
+            lambda: client.open_connections == expected_open,
+            timeout=wait + 2,
+            what=f"{expected_open} pooled connections",
+        )
     finally:
         await client.aclose()
     assert client.open_connections == 0

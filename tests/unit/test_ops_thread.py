@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from inferno.net import Request, Response
 from inferno.ops import OpsServer
+from tests.polling import eventually
 
 
 def get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -98,8 +99,10 @@ async def test_front_process_relays_reports_state_and_stalls_and_goes_away() -> 
         time.sleep(0.9)  # noqa: ASYNC251 - the point: this (the main) loop stops turning
         prober.join()
         assert result == [(503, b"unresponsive\n")]
-        await asyncio.sleep(0.2)
-        assert await asyncio.to_thread(get, port, "/health") == (200, b"healthy\n")
+        # The loop turns again: the heartbeat resumes and the probe says healthy.
+        await eventually(
+            lambda: asyncio.to_thread(lambda: get(port, "/health") == (200, b"healthy\n")),
+            timeout=2.0, interval=0.05, what="healthy again once the loop turns")
     finally:
         await ops.stop()
     assert not _alive(sidecar.proc.pid)
@@ -117,7 +120,7 @@ async def test_front_process_ends_with_its_parent() -> None:
         "                    registry=CollectorRegistry(), own_process=True)\n"
         "    await ops.start('127.0.0.1', 0)\n"
         "    print(ops._sidecar.proc.pid, flush=True)\n"
-        "    await asyncio.sleep(60)\n"
+        "    await asyncio.sleep(60)\n"  # the parent idles until it is killed
         "asyncio.run(main())\n"
     )
     parent = await asyncio.create_subprocess_exec(sys.executable, "-c", script,
@@ -127,7 +130,5 @@ async def test_front_process_ends_with_its_parent() -> None:
     assert _alive(child)
     parent.kill()
     await parent.wait()
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert not _alive(child)
+    await eventually(lambda: not _alive(child), interval=0.05,
+                     what="the front process to end with its parent")

@@ -15,6 +15,7 @@ import pytest
 from inferno.api.node import Registration
 from inferno.proxy.gateway import Gateway
 from tests.conftest import free_port, start_fake_node
+from tests.polling import eventually
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -157,7 +158,7 @@ async def _cut_mid_stream(writer: asyncio.StreamWriter) -> None:
             b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
     writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
     await writer.drain()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the scenario: the node dies mid-stream, shortly after
 
 
 async def test_stream_cut_after_first_byte_ends_with_error_event(gateway: Gateway) -> None:
@@ -184,11 +185,7 @@ async def test_registration_lease_and_deregistration(gateway: Gateway) -> None:
     node = await start_fake_node(discovery_lb=f"127.0.0.1:{gateway.ops.port}", node_id="reg-1",
                                  lease=1.0)
     try:
-        for _ in range(50):
-            if gateway.pool.get("reg-1"):
-                break
-            await asyncio.sleep(0.05)
-        assert gateway.pool.get("reg-1") is not None
+        await eventually(lambda: gateway.pool.get("reg-1") is not None, what="reg-1 registered")
         async with httpx.AsyncClient() as http:
             models = (await http.get(f"{api(gateway)}/v1/models")).json()
             assert [m["id"] for m in models["data"]] == ["fake-model"]
@@ -207,8 +204,8 @@ async def test_lapsed_lease_removes_node(gateway: Gateway) -> None:
                                   "models": ["m"], "lease_seconds": 0.3})
         assert r.status_code == 200
         assert gateway.pool.get("silent") is not None
-        await asyncio.sleep(0.8)
-        assert gateway.pool.get("silent") is None
+        await eventually(lambda: gateway.pool.get("silent") is None, timeout=3.0,
+                         what="the lapsed lease to remove the node")
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from inferno.api.node import Registration
 from inferno.core.config import ProxySettings
 from inferno.proxy.gateway import Gateway
 from tests.conftest import start_fake_node
+from tests.polling import eventually
 
 
 def add(gw: Gateway, node_id: str, port: int, ops_port: int) -> None:
@@ -28,13 +29,12 @@ async def test_client_disconnect_cancels_generation_on_the_node(gateway: Gateway
             async for _ in r.aiter_raw():
                 break
         left = time.monotonic()
-        while node.engine.stats().active and time.monotonic() - left < 2:
-            await asyncio.sleep(0.01)
-        assert node.engine.stats().active == 0
+        await eventually(lambda: node.engine.stats().active == 0, timeout=2.0,
+                         what="the node to stop generating")
         assert time.monotonic() - left < 1.0  # the node stopped generating within a second
         assert node.engine.stats().tokens_generated < 100
-        await asyncio.sleep(0.05)
-        assert gateway.pool.get("n").outstanding == 0  # type: ignore[union-attr]
+        await eventually(lambda: gateway.pool.get("n").outstanding == 0,  # type: ignore[union-attr]
+                         timeout=2.0, what="the proxy to release the node")
     finally:
         await node.drain()
 
@@ -77,11 +77,9 @@ async def test_unhealthy_node_leaves_rotation_and_returns() -> None:
         n = gw.pool.get("n")
         assert n is not None
         node.state = "draining"  # its /health now says 503
-        while n.healthy:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: not n.healthy, what="the node marked unhealthy")
         node.state = "ready"
-        while not n.healthy:
-            await asyncio.sleep(0.02)
+        await eventually(lambda: n.healthy, what="the node healthy again")
     finally:
         await node.drain()
         await gw.drain()

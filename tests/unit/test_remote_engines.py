@@ -23,6 +23,7 @@ from inferno.core.errors import ConfigError
 from inferno.net import HttpServer, Request, Response, StreamingResponse
 from inferno.wiring import build_engine
 from tests.conftest import free_port
+from tests.polling import eventually
 
 CANARY = "sk-canary-0123456789abcdef"  # must never show up in a response body or a log
 WORDS = ["Paris", " is", " the", " capital", " of", " France", "."]
@@ -279,16 +280,15 @@ async def test_queue_depth_capacity_and_prices_are_reported(provider: FakeProvid
         c = client_for(n)
         tasks = [asyncio.create_task(c.chat.completions.create(
             model="cloud-model", messages=MSGS)) for _ in range(3)]  # type: ignore[arg-type]
-        seen = 0
         async with httpx.AsyncClient() as http:
-            for _ in range(40):
+
+            async def two_queued() -> dict[str, Any] | None:
                 vitals = (await http.get(f"http://127.0.0.1:{n.ops.port}/telemetry")).json()
-                seen = max(seen, vitals["queue_depth"])
-                if seen == 2:
-                    break
-                await asyncio.sleep(0.01)
+                return vitals if vitals["queue_depth"] == 2 else None
+
+            vitals = await eventually(two_queued, timeout=2.0,
+                                      what="queue_depth 2 (one running, two waiting)")
         await asyncio.gather(*tasks)
-        assert seen == 2
         assert vitals["capacity"] == 1 and vitals["capabilities"] == ["chat", "completions"]
         assert vitals["price_per_mtok_input"] == 0.15
         assert vitals["price_per_mtok_output"] == 0.6

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 import pytest_asyncio
+from sqlalchemy.engine import make_url
 
 from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
@@ -20,9 +21,9 @@ from inferno.proxy.accounting import new_request_id, new_row
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from inferno.store import Store
-from tests.conftest import free_port, postgres_url, start_fake_node, start_gateway
+from tests.conftest import free_port, start_fake_node, start_gateway
+from tests.polling import eventually
 
-PG = postgres_url()
 MSG = [{"role": "user", "content": "hello"}]
 
 
@@ -64,13 +65,13 @@ class Relay:
 
 
 async def wait_rows(store: Store, n: int, within: float = 15.0) -> int:
-    count = 0
-    for _ in range(int(within / 0.05)):
-        count = await store.requests.count()
-        if count >= n:
-            break
-        await asyncio.sleep(0.05)
-    return count
+    """Wait until the log holds at least ``n`` rows; the count (a test asserts it is n)."""
+
+    async def count() -> int:
+        c = await store.requests.count()
+        return c if c >= n else 0
+
+    return await eventually(count, timeout=within, interval=0.05, what=f"{n} request rows")
 
 
 @pytest_asyncio.fixture
@@ -130,13 +131,8 @@ async def test_every_outcome_leaves_exactly_one_row(tmp_path: Path, node: Backen
         assert outcomes == [200, 200, 400, 401, 404, 503, 200, 200, 429]
         assert "usage" not in streamed.text  # the proxy asked for it, the client did not
         assert ok.headers["x-request-id"]
-        rows = []
-        for _ in range(100):
-            rows = await store.requests.recent(limit=100)
-            if len(rows) >= 10:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        await wait_rows(store, 10, within=5.0)
+        await asyncio.sleep(0.2)  # a grace period: a doubled (11th) row would show up here
         rows = await store.requests.recent(limit=100)
         assert len(rows) == 10
         by_id = {r["request_id"]: r for r in rows}
@@ -179,7 +175,7 @@ async def _drive(gw: Gateway, n: int) -> list[int]:
         for _ in range(n):
             r = await http.post(url, json={"model": "fake-model", "prompt": "x", "max_tokens": 1})
             codes.append(r.status_code)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # pacing: traffic spread over time
         return codes
 
 
@@ -197,20 +193,19 @@ async def test_sqlite_locked_for_a_while_loses_nothing(tmp_path: Path, node: Bac
             blocker.close()
         assert gw.security.store is not None
         assert await wait_rows(gw.security.store, 60) == 60
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a grace period: a row written twice would show up here
         assert await gw.security.store.requests.count() == 60
     finally:
         await gw.drain()
 
 
-@pytest.mark.skipif(PG is None, reason="no PostgreSQL server answers on 127.0.0.1:5432")
-async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path,
-                                                               node: BackendNode) -> None:
-    assert PG is not None
-    relay = Relay(("127.0.0.1", 5432))
+async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path, node: BackendNode,
+                                                               postgres: str) -> None:
+    pg = make_url(postgres)
+    relay = Relay((pg.host or "127.0.0.1", pg.port or 5432))
     await relay.up()
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    url = PG.replace("127.0.0.1:5432", f"127.0.0.1:{relay.port}")
+    url = pg.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     gw = await start_gateway(tmp_path, database_url=url, database_schema=schema)
     try:
         attach(gw, node)
@@ -224,14 +219,14 @@ async def test_postgres_outage_is_survived_and_backlog_flushed(tmp_path: Path,
         assert gw.security.log.backlog > 0
         await relay.up()
         assert await wait_rows(store, 80, within=20) == 80
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a grace period: a row written twice would show up here
         assert await store.requests.count() == 80
         text = (await httpx.AsyncClient().get(
             f"http://127.0.0.1:{gw.ops.port}/metrics")).text
         assert "inferno_proxy_log_write_errors_total" in text
     finally:
         await gw.drain()
-        cleanup = Store(PG, schema=schema)
+        cleanup = Store(postgres, schema=schema)
         await cleanup.drop_schema()
         await cleanup.close()
 
