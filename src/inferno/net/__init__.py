@@ -6,9 +6,10 @@ a fraction of a general-purpose framework; see each module for its contract.
 
 from .client import HttpClient, UpstreamResponse
 from .server import Handler, HttpServer, Request, Response, StreamingResponse
-from .sse import SSE_DONE, SSEDecoder, sse_event
+from .sse import EVENT_ENDS, SSE_DONE, SSEDecoder, last_event_end, sse_event
 
 __all__ = [
+    "EVENT_ENDS",
     "SSE_DONE",
     "Handler",
     "HttpClient",
@@ -18,5 +19,6 @@ __all__ = [
     "SSEDecoder",
     "StreamingResponse",
     "UpstreamResponse",
+    "last_event_end",
     "sse_event",
 ]
