@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from inferno.core.errors import InfernoError, RateLimited, UpstreamError
-from inferno.net import Request, Response, StreamingResponse
+from inferno.net import EVENT_ENDS, Request, Response, StreamingResponse, last_event_end
 from inferno.proxy.accounting import (
     Prices,
     RequestLog,
@@ -260,17 +260,23 @@ class ObservedStream:
         if self._row["ttft_ms"] is None:
             self._row["ttft_ms"] = (time.perf_counter() - self._started) * 1000.0
         data = self._buf + chunk if self._buf else chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._buf = data
-            return b""
-        complete = data[:cut + 2]
-        self._buf = data[cut + 2:]
+        if data.endswith(EVENT_ENDS):  # always, behind the forwarder's Relay
+            complete = data
+            self._buf = b""
+        else:
+            cut = last_event_end(data)
+            if cut == 0:
+                self._buf = data
+                return b""
+            complete = data[:cut]
+            self._buf = data[cut:]
         self._events += complete.count(b"data: ")
         if b"[DONE]" in complete:
             self._done = True
+            self._events -= 1
         if b'data: {"error"' in complete:
             self._error = True
+            self._events -= complete.count(b'data: {"error"')
         if b'"usage"' in complete:
             complete = self._take_usage(complete)
         kept = self._kept
@@ -306,14 +312,23 @@ class ObservedStream:
             return
         self._finished = True
         row = self._row
-        ok = self._done and not self._error
+        # Behind a Relay, its verdict: complete only on the node's [DONE]; else why it was cut.
+        complete = getattr(self._inner, "complete", None)
+        cut: str | None = getattr(self._inner, "cut", None)
+        ok = (self._done if complete is None else complete) and not self._error
         if status is None:
             status = 200 if ok else 502
         row["status"] = status
-        if status != 200:
-            row["error_code"] = "client_closed_request" if status == 499 else "stream_error"
-        if not self._usage_seen:  # no usage chunk: roughly one event per token
-            self._completion = max(0, self._events - 2)
+        if status == 499:
+            row["error_code"] = "client_closed_request"
+        elif cut is not None:
+            row["error_code"] = f"stream_cut:{cut}"  # ended without [DONE]: see CUT_REASONS
+        elif status != 200:
+            row["error_code"] = "stream_error"
+        if not self._usage_seen:
+            # No usage chunk: roughly one event per token, of the events the client got,
+            # less the role chunk and, in a complete stream, the finish chunk.
+            self._completion = max(0, self._events - (2 if ok else 1))
         kept = self._kept
         if kept is not None:
             body = b"".join(kept)
