@@ -2,7 +2,7 @@
 
 Contract:
 - ``request()`` returns once the status line and headers arrived; the body is read with
-  ``read()`` or streamed, as it arrives, with ``iter_chunks()``;
+  ``read()`` or streamed, as it arrives, with ``iter_chunks()`` (or ``next_chunk()``);
 - keep-alive pool per (host, port), LIFO, idle sockets expire after ``idle_ttl``; a
   connection goes back only when its body was fully received and keep-alive agreed;
   ``close()`` on an unfinished response closes the socket - this is how a client
@@ -75,6 +75,22 @@ class UpstreamResponse:
             self._abort()
             raise
         self.close()
+
+    async def next_chunk(self, idle_timeout: float | None = None) -> bytes | None:
+        """The body bytes that arrived since the last call (waiting up to ``idle_timeout``
+        for some); ``None`` once the body is complete. ``iter_chunks`` without the
+        generator, for a relay's hot path. An error or cancellation closes the connection."""
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            chunk = await conn.next_chunk(idle_timeout)
+        except BaseException:
+            self._abort()
+            raise
+        if chunk is None:
+            self.close()
+        return chunk
 
     def close(self) -> None:
         conn = self._conn

@@ -241,13 +241,13 @@ class Relay:
     splits an event or carries ``[DONE]`` takes the slower path.
     """
 
-    __slots__ = ("_chunks", "_fwd", "_held", "_last", "_node", "_resp", "_state", "cut", "sent")
+    __slots__ = ("_fwd", "_held", "_idle", "_last", "_node", "_resp", "_state", "cut", "sent")
 
     def __init__(self, fwd: Forwarder, resp: UpstreamResponse, node: Node) -> None:
         self._fwd = fwd
         self._resp = resp
         self._node = node
-        self._chunks = resp.iter_chunks(idle_timeout=fwd._t.stream_idle)
+        self._idle = fwd._t.stream_idle
         self._held = b""  # the start of an event not complete yet (never relayed)
         self._last = b""  # the last block relayed
         self._state = 0  # 0 relaying, 1 [DONE] seen (drain), 2 finished
@@ -269,13 +269,15 @@ class Relay:
             raise StopAsyncIteration
         while True:
             try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
+                chunk = await self._resp.next_chunk(self._idle)
+            except UpstreamError as exc:
+                return self._end_cut(_cut_reason(exc), exc)
+            if chunk is None:  # the body ended, without [DONE]
                 if not self._held and b'data: {"error"' in self._last:
                     # The node ended with an error event of its own: the client raises on
                     # it already; not a cut, and no second error event.
                     self._finish(verdict=True)
-                    raise
+                    raise StopAsyncIteration
                 reason = "malformed" if self._held else "closed"
                 return self._end_cut(
                     reason,
@@ -284,8 +286,6 @@ class Relay:
                         + (" inside an event." if self._held else ".")
                     ),
                 )
-            except UpstreamError as exc:
-                return self._end_cut(_cut_reason(exc), exc)
             held = self._held
             if held:
                 chunk = held + chunk
@@ -315,13 +315,12 @@ class Relay:
         connection can go back to the pool; a failure now no longer matters."""
         read = 0
         try:
-            async for chunk in self._chunks:
+            while (chunk := await self._resp.next_chunk(self._idle)) is not None:
                 read += len(chunk)
                 if read > _MAX_DRAIN:
-                    break
+                    break  # _finish closes the socket: it cannot be reused
         except UpstreamError:
             pass
-        await self._chunks.aclose()
         self._finish(verdict=True)
 
     def _end_cut(self, reason: str, exc: UpstreamError) -> bytes:
@@ -363,14 +362,9 @@ class Relay:
         self._fwd._release(node)
 
     async def aclose(self) -> None:
-        if self._state == 2:
-            return
-        if self._state == 0:  # the client went away mid-stream: no verdict on the node
-            await self._chunks.aclose()  # aborts the upstream request
-            self._finish(verdict=False)
-        else:
-            await self._chunks.aclose()
-            self._finish(verdict=True)
+        # Before [DONE] the client went away mid-stream: no verdict on the node. Closing
+        # an unfinished response closes its socket, which aborts the generation there.
+        self._finish(verdict=self._state != 0)
 
 
 _CUT_TEXT: Final = {

@@ -30,6 +30,7 @@ from inferno.proxy.accounting import (
 )
 from inferno.proxy.app import _parse, _routing_fields
 from inferno.proxy.cache import Entry, ResponseCache, cache_key, wants_cache
+from inferno.proxy.forward import Relay
 from inferno.proxy.security.auth import Authenticator, check_model
 from inferno.proxy.security.metrics import SecurityMetrics
 from inferno.proxy.security.ratelimit import Bucket, Limits, Plan
@@ -207,6 +208,7 @@ class ObservedStream:
         "_kept_bytes",
         "_plan",
         "_prompt",
+        "_relay",
         "_row",
         "_started",
         "_usage_seen",
@@ -217,6 +219,8 @@ class ObservedStream:
                  prompt_estimate: int) -> None:
         self._guard = guard
         self._inner = inner
+        # Behind the forwarder's Relay its verdict says whether [DONE] came: no scan here.
+        self._relay = inner if isinstance(inner, Relay) else None
         self._row = row
         self._plan = plan
         self._started = started
@@ -271,9 +275,8 @@ class ObservedStream:
             complete = data[:cut]
             self._buf = data[cut:]
         self._events += complete.count(b"data: ")
-        if b"[DONE]" in complete:
+        if self._relay is None and b"[DONE]" in complete:
             self._done = True
-            self._events -= 1
         if b'data: {"error"' in complete:
             self._error = True
             self._events -= complete.count(b'data: {"error"')
@@ -313,9 +316,12 @@ class ObservedStream:
         self._finished = True
         row = self._row
         # Behind a Relay, its verdict: complete only on the node's [DONE]; else why it was cut.
-        complete = getattr(self._inner, "complete", None)
-        cut: str | None = getattr(self._inner, "cut", None)
-        ok = (self._done if complete is None else complete) and not self._error
+        relay = self._relay
+        done = self._done if relay is None else relay.complete
+        cut = None if relay is None else relay.cut
+        if done:
+            self._events -= 1  # the [DONE] event
+        ok = done and not self._error
         if status is None:
             status = 200 if ok else 502
         row["status"] = status
