@@ -201,15 +201,20 @@ class UpstreamError(InfernoError):
 
 class UpstreamConnectError(UpstreamError):
     code = "upstream_connect_error"
+    retryable = True  # no node answered (refused, unreachable, closed at once): try another
 
 
 class UpstreamTimeout(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
+    retryable = True  # a hung or overloaded node says nothing about the request itself
 
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+    # A garbled or cut-short response means the node (or the link) broke, almost never the
+    # request: while nothing reached the client, another node may answer it whole.
+    retryable = True
 
 
 class EngineError(InfernoError):

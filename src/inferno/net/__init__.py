@@ -6,9 +6,10 @@ a fraction of a general-purpose framework; see each module for its contract.
 
 from .client import HttpClient, UpstreamResponse, get_json
 from .server import Handler, HttpServer, Request, Response, StreamingResponse
-from .sse import SSE_DONE, SSEDecoder, sse_event
+from .sse import EVENT_ENDS, SSE_DONE, SSEDecoder, last_event_end, sse_event
 
 __all__ = [
+    "EVENT_ENDS",
     "SSE_DONE",
     "Handler",
     "HttpClient",
@@ -19,5 +20,6 @@ __all__ = [
     "StreamingResponse",
     "UpstreamResponse",
     "get_json",
+    "last_event_end",
     "sse_event",
 ]

@@ -83,6 +83,10 @@ class ClientConnection(asyncio.Protocol):
         self.error = None
 
     @property
+    def close_delimited(self) -> bool:
+        return self._close_delimited
+
+    @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and self.error is None and not self.lost
 

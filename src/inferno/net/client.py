@@ -2,7 +2,7 @@
 
 Contract:
 - ``request()`` returns once the status line and headers arrived; the body is read with
-  ``read()`` or streamed, as it arrives, with ``iter_chunks()``;
+  ``read()`` or streamed, as it arrives, with ``iter_chunks()`` (or ``next_chunk()``);
 - keep-alive pool per (host, port), LIFO, idle sockets expire after ``idle_ttl``; a
   connection goes back only when its body was fully received and keep-alive agreed;
   ``close()`` on an unfinished response closes the socket - this is how a client
@@ -11,13 +11,15 @@ Contract:
   ``header_timeout`` or no chunk within ``idle_timeout`` -> ``UpstreamTimeout``; closed
   before any byte -> ``UpstreamConnectError``, except on a reused pooled socket (stale
   keep-alive race), which is retried once on a fresh connection; garbage, or a close
-  mid-body -> ``UpstreamProtocolError``.
+  mid-body -> ``UpstreamProtocolError``; a body framed by the connection close (neither
+  content-length nor chunked) cannot be told from a cut one: ``close_delimited`` says so;
+- error messages name the upstream's address: they are for logs, never for clients.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Any
 
@@ -35,11 +37,15 @@ _SMALL_BODY = 64 * 1024
 
 
 class UpstreamResponse:
-    __slots__ = ("_client", "_conn", "headers", "status")
+    __slots__ = ("_client", "_conn", "close_delimited", "headers", "status")
 
     def __init__(self, conn: ClientConnection, client: HttpClient) -> None:
         self.status = conn.status
         self.headers = conn.headers
+        # No content-length, not chunked: the body ends where the connection closes, so a
+        # peer that dies mid-body looks like a complete (shorter) body. Callers that care
+        # must check the content itself (a JSON body parses, an SSE stream ends in [DONE]).
+        self.close_delimited = conn.close_delimited
         self._conn: ClientConnection | None = conn
         self._client = client
 
@@ -60,7 +66,7 @@ class UpstreamResponse:
         self.close()
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    async def iter_chunks(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+    async def iter_chunks(self, idle_timeout: float | None = None) -> AsyncGenerator[bytes, None]:
         conn = self._conn
         if conn is None:
             return
@@ -72,6 +78,22 @@ class UpstreamResponse:
             self._abort()
             raise
         self.close()
+
+    async def next_chunk(self, idle_timeout: float | None = None) -> bytes | None:
+        """The body bytes that arrived since the last call (waiting up to ``idle_timeout``
+        for some); ``None`` once the body is complete. ``iter_chunks`` without the
+        generator, for a relay's hot path. An error or cancellation closes the connection."""
+        conn = self._conn
+        if conn is None:
+            return None
+        try:
+            chunk = await conn.next_chunk(idle_timeout)
+        except BaseException:
+            self._abort()
+            raise
+        if chunk is None:
+            self.close()
+        return chunk
 
     def close(self) -> None:
         conn = self._conn

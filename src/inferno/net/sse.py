@@ -10,9 +10,21 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["SSE_DONE", "SSEDecoder", "sse_event"]
+__all__ = ["EVENT_ENDS", "SSE_DONE", "SSEDecoder", "last_event_end", "sse_event"]
 
 SSE_DONE: Final = b"data: [DONE]\n\n"
+# How an event ends (a blank line) in each line-ending style; ``bytes.endswith`` takes it.
+EVENT_ENDS: Final = (b"\n\n", b"\r\n\r\n", b"\r\r")
+
+
+def last_event_end(data: bytes) -> int:
+    """The offset just past the last complete event in ``data``; 0 if none ends in it."""
+    split = 0
+    for end in EVENT_ENDS:
+        i = data.rfind(end)
+        if i >= 0 and i + len(end) > split:
+            split = i + len(end)
+    return split
 
 
 def sse_event(data: bytes) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 
 from inferno.core.errors import InfernoError, RateLimited, UpstreamError
-from inferno.net import Request, Response, StreamingResponse
+from inferno.net import EVENT_ENDS, Request, Response, StreamingResponse, last_event_end
 from inferno.proxy.accounting import (
     Prices,
     RequestLog,
@@ -30,6 +30,7 @@ from inferno.proxy.accounting import (
 )
 from inferno.proxy.app import _parse, _routing_fields
 from inferno.proxy.cache import Entry, ResponseCache, cache_key, wants_cache
+from inferno.proxy.forward import Relay
 from inferno.proxy.security.auth import Authenticator, check_model
 from inferno.proxy.security.metrics import SecurityMetrics
 from inferno.proxy.security.ratelimit import Bucket, Limits, Plan
@@ -207,6 +208,7 @@ class ObservedStream:
         "_kept_bytes",
         "_plan",
         "_prompt",
+        "_relay",
         "_row",
         "_started",
         "_usage_seen",
@@ -217,6 +219,8 @@ class ObservedStream:
                  prompt_estimate: int) -> None:
         self._guard = guard
         self._inner = inner
+        # Behind the forwarder's Relay its verdict says whether [DONE] came: no scan here.
+        self._relay = inner if isinstance(inner, Relay) else None
         self._row = row
         self._plan = plan
         self._started = started
@@ -260,17 +264,22 @@ class ObservedStream:
         if self._row["ttft_ms"] is None:
             self._row["ttft_ms"] = (time.perf_counter() - self._started) * 1000.0
         data = self._buf + chunk if self._buf else chunk
-        cut = data.rfind(b"\n\n")
-        if cut < 0:
-            self._buf = data
-            return b""
-        complete = data[:cut + 2]
-        self._buf = data[cut + 2:]
+        if data.endswith(EVENT_ENDS):  # always, behind the forwarder's Relay
+            complete = data
+            self._buf = b""
+        else:
+            cut = last_event_end(data)
+            if cut == 0:
+                self._buf = data
+                return b""
+            complete = data[:cut]
+            self._buf = data[cut:]
         self._events += complete.count(b"data: ")
-        if b"[DONE]" in complete:
+        if self._relay is None and b"[DONE]" in complete:
             self._done = True
         if b'data: {"error"' in complete:
             self._error = True
+            self._events -= complete.count(b'data: {"error"')
         if b'"usage"' in complete:
             complete = self._take_usage(complete)
         kept = self._kept
@@ -306,14 +315,26 @@ class ObservedStream:
             return
         self._finished = True
         row = self._row
-        ok = self._done and not self._error
+        # Behind a Relay, its verdict: complete only on the node's [DONE]; else why it was cut.
+        relay = self._relay
+        done = self._done if relay is None else relay.complete
+        cut = None if relay is None else relay.cut
+        if done:
+            self._events -= 1  # the [DONE] event
+        ok = done and not self._error
         if status is None:
             status = 200 if ok else 502
         row["status"] = status
-        if status != 200:
-            row["error_code"] = "client_closed_request" if status == 499 else "stream_error"
-        if not self._usage_seen:  # no usage chunk: roughly one event per token
-            self._completion = max(0, self._events - 2)
+        if status == 499:
+            row["error_code"] = "client_closed_request"
+        elif cut is not None:
+            row["error_code"] = f"stream_cut:{cut}"  # ended without [DONE]: see CUT_REASONS
+        elif status != 200:
+            row["error_code"] = "stream_error"
+        if not self._usage_seen:
+            # No usage chunk: roughly one event per token, of the events the client got,
+            # less the role chunk and, in a complete stream, the finish chunk.
+            self._completion = max(0, self._events - (2 if ok else 1))
         kept = self._kept
         if kept is not None:
             body = b"".join(kept)
