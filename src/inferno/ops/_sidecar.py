@@ -25,6 +25,7 @@ import contextlib
 import mmap
 import os
 import re
+import resource
 import signal
 import struct
 import time
@@ -43,7 +44,8 @@ class Limits:
     first byte; ``body_timeout``: the body and the writing of the answer each get this
     long; ``idle_timeout``: a keep-alive connection with no request is closed after it;
     ``max_connections``: past it, a new connection closes the oldest idle one (else the
-    one that has waited longest for its head; else it is refused with a 503);
+    one that has waited longest for its head; else it is refused with a 503); lowered
+    to fit the process's file descriptor limit;
     ``max_head``: bytes in a request head (431 beyond).
     """
 
@@ -86,6 +88,7 @@ _BUSY = _response(503, "Service Unavailable", b"too many connections\n",
 _HEAD_TOO_LARGE = _refusal(431, "Request Header Fields Too Large", "request head too large")
 _TOO_LARGE = _refusal(413, "Payload Too Large", "too large")
 _RELAY_TIMEOUT = 30.0
+_SPARE_FDS = 32  # descriptors kept for the listener, relays, the state page, stdio
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
@@ -283,9 +286,13 @@ async def _main(a: argparse.Namespace) -> None:
     fd = os.open(a.state, os.O_RDONLY)
     state = mmap.mmap(fd, STATE_SIZE, prot=mmap.PROT_READ)
     os.close(fd)
+    # Never more connections than file descriptors: past the limit accept() fails and the
+    # probe that matters would wait in the backlog behind idle clients.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = a.max_connections if soft == resource.RLIM_INFINITY else \
+        max(1, min(a.max_connections, soft - _SPARE_FDS))
     limits = Limits(head_timeout=a.head_timeout, body_timeout=a.body_timeout,
-                    idle_timeout=a.idle_timeout, max_connections=a.max_connections,
-                    max_head=a.max_head)
+                    idle_timeout=a.idle_timeout, max_connections=cap, max_head=a.max_head)
     sidecar = Sidecar(state, a.upstream, a.stale, limits)
     # The reader's limit caps a request head (readuntil refuses to buffer past it).
     server = await asyncio.start_server(sidecar.serve, a.host, a.port, reuse_address=True,
