@@ -15,7 +15,7 @@ from inferno.api.node import Registration
 from inferno.backend.registration import RegistrationClient
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
-from tests.conftest import free_port, start_gateway
+from tests.conftest import free_port, start_fake_node, start_gateway
 from tests.polling import eventually
 
 TOKEN, OTHER = "node-token-a", "node-token-b"
@@ -193,3 +193,48 @@ async def test_requests_refused_by_the_wire_layer_still_get_a_log_row(gw: Gatewa
     rows = await gw.security.store.requests.recent(limit=10)
     assert sorted((r["status"], r["error_code"]) for r in rows) == [
         (413, "payload_too_large"), (431, "headers_too_large")]
+
+
+async def test_static_backends_cannot_be_claimed_by_registration(tmp_path: Path) -> None:
+    node = await start_fake_node()
+    address = f"127.0.0.1:{node.server.port}"
+    static_id = f"static-{address}"
+    g = await start_gateway(tmp_path, node_tokens=[TOKEN], backends=[address],
+                            registration_allowlist=["127.0.0.0/8"])
+    url = f"http://127.0.0.1:{g.ops.port}/registration"
+    try:
+        static = await eventually(lambda: g.pool.get(static_id), what="the static backend")
+        assert static.source == "static"
+        async with httpx.AsyncClient() as http:
+            attempts = [
+                # re-point the static id at another address, or merely renew it
+                await http.post(url, json=reg("127.0.0.2:8001", node_id=static_id),
+                                headers=auth(TOKEN)),
+                await http.post(url, json=reg(address, node_id=static_id), headers=auth(TOKEN)),
+                # deregister it
+                await http.delete(f"{url}/{static_id}", headers=auth(TOKEN)),
+                # a new node claiming a static- id
+                await http.post(url, json=reg(node_id="static-127.0.0.1:8001"),
+                                headers=auth(TOKEN)),
+            ]
+            no_token = await http.delete(f"{url}/{static_id}")
+        for r in attempts:
+            assert r.status_code == 403, r.text
+            error = r.json()["error"]
+            assert error["type"] == "permission_error" and "static" in error["message"]
+        assert no_token.status_code == 401
+        kept = g.pool.get(static_id)
+        assert kept is static and kept.source == "static"
+        assert (kept.host, kept.port) == ("127.0.0.1", node.server.port)
+        assert g.pool.get("static-127.0.0.1:8001") is None
+        # The static backend still serves.
+        async with httpx.AsyncClient() as http:
+            ok = await http.post(f"http://127.0.0.1:{g.server.port}/v1/completions",
+                                 json={"model": "fake-model", "prompt": "x", "max_tokens": 1})
+        assert ok.status_code == 200
+        # An ordinary node still registers with the same token.
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(url, json=reg(), headers=auth(TOKEN))).status_code == 200
+    finally:
+        await g.drain()
+        await node.drain()

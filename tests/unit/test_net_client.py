@@ -489,3 +489,44 @@ async def test_get_json_answers_the_document_or_none(
         (slow, "/doc"),
     ):
         assert await get_json(client, "127.0.0.1", port, target, within=0.2) is None
+
+
+async def test_endless_response_head_is_refused(raw_server: RawServer) -> None:
+    sent = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(100):  # 100 x 1 KiB header lines, and never an end of the head
+            writer.write(b"x-filler-%d: %s\r\n" % (i, b"a" * 1000))
+            sent += 1
+            await writer.drain()
+        await asyncio.sleep(30)  # scenario: the head never ends
+
+    port = await raw_server(handler)
+    c = HttpClient(max_head_size=16 * 1024)
+    try:
+        with pytest.raises(UpstreamProtocolError, match="headers too large"):
+            await c.request("127.0.0.1", port, "GET", "/", header_timeout=10)
+        assert sent > 16, "the upstream never sent more than the cap"
+    finally:
+        await c.aclose()
+
+
+async def test_oversize_body_read_whole_is_refused(raw_server: RawServer) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b"x" * 100_000)
+        await writer.drain()
+
+    port = await raw_server(handler)
+    c = HttpClient(max_body_size=10_000)
+    try:
+        resp = await c.request("127.0.0.1", port, "GET", "/")
+        assert resp.status == 200
+        with pytest.raises(UpstreamProtocolError, match="body too large"):
+            await resp.read()
+        await eventually(lambda: c.open_connections == 0, what="the half-read socket closed")
+    finally:
+        await c.aclose()

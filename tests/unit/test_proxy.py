@@ -140,6 +140,51 @@ async def test_streams_pass_through_chunk_by_chunk(gateway: Gateway) -> None:
         await node.drain()
 
 
+async def _in_flight(http: httpx.AsyncClient, gw: Gateway) -> tuple[float, int]:
+    """(the in-flight gauge from /metrics, in_flight from /telemetry) on the ops port."""
+    text = (await http.get(f"{ops(gw)}/metrics")).text
+    gauge = next(float(line.split()[1]) for line in text.splitlines()
+                 if line.startswith("inferno_proxy_in_flight "))
+    return gauge, int((await http.get(f"{ops(gw)}/telemetry")).json()["in_flight"])
+
+
+async def test_a_stream_is_in_flight_until_it_ends(gateway: Gateway) -> None:
+    node = await start_fake_node(token_delay=0.05)
+    try:
+        # Its real ops port: failed health checks would take it out of rotation mid-test.
+        gateway.pool.upsert(Registration(id="n", address=f"127.0.0.1:{node.server.port}",
+                                         metrics_port=node.ops.port, models=["fake-model"],
+                                         lease_seconds=30))
+        body = {"model": "fake-model", "prompt": "x", "max_tokens": 30, "stream": True}
+        async with httpx.AsyncClient() as http, httpx.AsyncClient() as probe:
+            assert await _in_flight(probe, gateway) == (0.0, 0)
+            # Read to the end: in flight while it runs, not after.
+            async with http.stream("POST", f"{api(gateway)}/v1/completions", json=body) as r:
+                chunks = r.aiter_raw()
+                assert await anext(chunks)  # the handler has returned; the stream runs
+                assert await _in_flight(probe, gateway) == (1.0, 1)
+                rest = b"".join([c async for c in chunks])
+            assert b"[DONE]" in rest  # the stream ran to its end
+            assert await eventually(lambda: _is_idle(probe, gateway), what="in_flight 0")
+            # The client goes away mid-stream: no longer in flight either (another prompt:
+            # the same one would be answered from the response cache at once).
+            # 200 tokens take 10 s: idle within 2 s means the cut ended it, not its end.
+            body.update(prompt="y", max_tokens=200)
+            async with http.stream("POST", f"{api(gateway)}/v1/completions", json=body) as r:
+                chunks = r.aiter_raw()  # held: a dropped iterator closes the response
+                assert await anext(chunks)
+                assert await _in_flight(probe, gateway) == (1.0, 1)
+            assert await eventually(lambda: _is_idle(probe, gateway), timeout=2,
+                                    what="in_flight 0 after the client left")
+        assert gateway.api.in_flight == 0
+    finally:
+        await node.drain()
+
+
+async def _is_idle(http: httpx.AsyncClient, gw: Gateway) -> bool:
+    return await _in_flight(http, gw) == (0.0, 0)
+
+
 async def _serve_raw(script: Callable[[asyncio.StreamWriter], Awaitable[None]]
                      ) -> tuple[asyncio.Server, int]:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -177,6 +222,8 @@ async def test_stream_cut_after_first_byte_ends_with_error_event(gateway: Gatewa
         with pytest.raises(openai.APIError):
             async for _ in stream:
                 pass
+        # Streams cut by the node are no longer in flight once they end.
+        await eventually(lambda: gateway.api.in_flight == 0, what="in_flight 0 after the cut")
     finally:
         server.close()
 

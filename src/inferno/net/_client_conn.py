@@ -64,6 +64,7 @@ class ClientConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self._buf: list[bytes] = []
         self._buf_size = 0
+        self._head_size = 0  # bytes read while the response head is incomplete
         self.error: BaseException | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -80,6 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.headers = []
         self._buf = []
         self._buf_size = 0
+        self._head_size = 0
         self.error = None
 
     @property
@@ -134,6 +136,7 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        heading = not self.headers_done
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -151,6 +154,15 @@ class ClientConnection(asyncio.Protocol):
             self.error = err
             self.close()
             self._wake()
+            return
+        if heading and not self.headers_done:
+            # Everything read so far is head: a peer sending an endless header block
+            # must not grow this buffer (httptools keeps a partial header line).
+            self._head_size += len(data)
+            if self._head_size > self._client._max_head_size:
+                self.error = UpstreamProtocolError("Upstream response headers too large.")
+                self.close()
+                self._wake()
 
     # ---- parser callbacks ----------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ..core.errors import InfernoError, UpstreamConnectError
+from ..core.errors import InfernoError, UpstreamConnectError, UpstreamProtocolError
 from ._client_conn import ClientConnection, EarlyClose
 from ._http import check_name, check_value, find_header
 
@@ -57,8 +57,12 @@ class UpstreamResponse:
         if conn is None:
             return b""
         parts: list[bytes] = []
+        size, limit = 0, self._client._max_body_size
         try:
             while (chunk := await conn.next_chunk(None)) is not None:
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamProtocolError("Upstream response body too large.")
                 parts.append(chunk)
         except BaseException:
             self._abort()
@@ -124,7 +128,14 @@ class UpstreamResponse:
 
 
 class HttpClient:
-    def __init__(self, *, max_idle_per_host: int = 64, idle_ttl: float = 30.0) -> None:
+    def __init__(self, *, max_idle_per_host: int = 64, idle_ttl: float = 30.0,
+                 max_head_size: int = 64 * 1024, max_body_size: int = 256 * 1024 * 1024
+                 ) -> None:
+        # A misbehaving upstream cannot make us buffer without bound: a response head
+        # over max_head_size, or a body read whole (read()) over max_body_size, is an
+        # UpstreamProtocolError. Streamed bodies are passed on chunk by chunk.
+        self._max_head_size = max_head_size
+        self._max_body_size = max_body_size
         self._max_idle = max_idle_per_host
         self._idle_ttl = idle_ttl
         self._idle: dict[tuple[str, int], list[ClientConnection]] = {}

@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from inferno.core.errors import MethodNotAllowed, NotFound
 from inferno.net import HttpServer, Request, Response, StreamingResponse
 from inferno.ops import _sidecar
-from inferno.ops._sidecar import STATE_SIZE, pack_state
+from inferno.ops._sidecar import STATE_SIZE, Limits, pack_state
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 Route = tuple[str, str]  # (method, path)
@@ -51,8 +51,12 @@ class OpsServer:
                  registry: CollectorRegistry,
                  routes: Mapping[Route, Handler] | None = None,
                  own_thread: bool = False, own_process: bool = False,
-                 stale_after: float = 2.0) -> None:
-        """``health`` returns the component's state: ``"ready"`` means healthy."""
+                 stale_after: float = 2.0, front_limits: Limits | None = None) -> None:
+        """``health`` returns the component's state: ``"ready"`` means healthy.
+
+        ``front_limits``: timeouts and caps of the front process (``own_process``).
+        """
+        self._front_limits = front_limits or Limits()
         self._own_thread = own_thread
         self._own_process = own_process
         self._stale_after = stale_after
@@ -77,7 +81,7 @@ class OpsServer:
             internal = await self._server.start("127.0.0.1", 0)
             try:
                 self._sidecar = await _SidecarHandle.start(
-                    host, port, internal, self._health, self._stale_after)
+                    host, port, internal, self._health, self._stale_after, self._front_limits)
             except BaseException:
                 await self._server.stop(0)
                 raise
@@ -171,7 +175,7 @@ class _SidecarHandle:
 
     @classmethod
     async def start(cls, host: str, port: int, internal: int, health: Callable[[], str],
-                    stale_after: float) -> _SidecarHandle:
+                    stale_after: float, limits: Limits) -> _SidecarHandle:
         fd, path = tempfile.mkstemp(prefix="inferno-ops-", dir=_SHM)
         try:
             os.ftruncate(fd, STATE_SIZE)
@@ -182,7 +186,7 @@ class _SidecarHandle:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, _sidecar.__file__, "--host", host, "--port", str(port),
             "--upstream", str(internal), "--state", path, "--parent", str(os.getpid()),
-            "--stale", str(stale_after),
+            "--stale", str(stale_after), *limits.args(),
             stdout=asyncio.subprocess.PIPE, start_new_session=True)
         try:
             assert proc.stdout is not None

@@ -8,6 +8,7 @@ unchanged (and never retried).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -88,6 +89,7 @@ class ProxyAPI:
         self.in_flight += 1
         self.requests_total += 1
         status = 500
+        streaming = False
         try:
             if not self.accepting:
                 raise NotReady("The proxy is shutting down; retry on another replica.")
@@ -98,12 +100,17 @@ class ProxyAPI:
                 model, stream, user = _routing_fields(data)
                 resp = await self._route_and_forward(req, path, data, model, stream, user)
             status = resp.status
+            if isinstance(resp, StreamingResponse):
+                # Still in flight until the stream ends: the chunks take the decrement.
+                resp.chunks = _InFlightChunks(resp.chunks, self)
+                streaming = True
             return resp
         except InfernoError as exc:
             status = exc.status_code
             raise
         finally:
-            self.in_flight -= 1
+            if not streaming:
+                self.in_flight -= 1
             counter = self._count.get(path) if status == 200 else None
             (counter or self._metrics.requests.labels(path, str(status))).inc()
             self._latency[path].observe(time.perf_counter() - started)
@@ -144,6 +151,35 @@ class ProxyAPI:
         if model_id not in self._pool.snapshot.models:
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return Response.json(oa.model_card(model_id))
+
+
+class _InFlightChunks:
+    """A streamed response's chunks: its request stays in flight until they are closed.
+
+    The server ``aclose()``s a stream's iterator whenever the stream ends: finished, cut,
+    the client gone, or never started. That is where the request stops being in flight
+    (once). Iteration goes straight to the wrapped iterator: nothing added per chunk.
+    """
+
+    __slots__ = ("_api", "_chunks")
+
+    def __init__(self, chunks: AsyncIterator[bytes], api: ProxyAPI) -> None:
+        self._chunks = chunks
+        self._api: ProxyAPI | None = api
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks.__aiter__()
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        api, self._api = self._api, None
+        if api is not None:
+            api.in_flight -= 1
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _parse(body: bytes) -> dict[str, Any]:

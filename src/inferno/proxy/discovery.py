@@ -21,7 +21,11 @@ from inferno.core.validation import invalid_request
 from inferno.net import HttpClient, Request, Response
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
-from inferno.proxy.security.registration_guard import RegistrationGuard
+from inferno.proxy.security.registration_guard import (
+    STATIC_PREFIX,
+    RegistrationGuard,
+    refuse_static,
+)
 
 log = logging.getLogger("inferno.proxy.discovery")
 
@@ -40,7 +44,10 @@ class RegistrationAPI:
             raise invalid_request(exc) from exc
         if self._guard is not None:
             await self._guard.check(req, reg)
-        known = self._pool.get(reg.id) is not None
+        current = self._pool.get(reg.id)
+        # Static backends are the operator's (the guard refuses their ids before ownership).
+        refuse_static(reg.id, static=current is not None and current.source == "static")
+        known = current is not None
         node = self._pool.upsert(reg)
         if not known:
             self._metrics.registrations.labels("registered").inc()
@@ -53,6 +60,8 @@ class RegistrationAPI:
         node_id = req.path.rsplit("/", 1)[-1]
         if self._guard is not None:
             self._guard.check_delete(req, node_id)
+        current = self._pool.get(node_id)
+        refuse_static(node_id, static=current is not None and current.source == "static")
         if not self._pool.remove(node_id):
             raise NotFound(f"No node '{node_id}' is registered.")
         self._metrics.registrations.labels("deregistered").inc()
@@ -88,6 +97,6 @@ async def _probe_one(pool: Pool, client: HttpClient, spec: str, lease: float) ->
         return
     if not models:
         return
-    pool.upsert(Registration(id=f"static-{address}", address=address,
+    pool.upsert(Registration(id=f"{STATIC_PREFIX}{address}", address=address,
                              metrics_port=int(ops or 6100), models=models,
                              lease_seconds=lease), source="static")

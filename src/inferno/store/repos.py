@@ -183,7 +183,11 @@ class RequestRepo:
         if key_id is not None:
             query = query.where(request_log.c.key_id == key_id)
         async with self._engine.connect() as conn:
-            return [dict(r) for r in (await conn.execute(query)).mappings().all()]
+            result = await conn.execute(query)
+            # Plain str keys: SQLAlchemy names columns with ``quoted_name`` (a str subclass)
+            # and orjson refuses any dict key that is not exactly str.
+            names = [str(c.name) for c in query.selected_columns]
+            return [dict(zip(names, r, strict=True)) for r in result.all()]
 
     async def count(self) -> int:
         async with self._engine.connect() as conn:

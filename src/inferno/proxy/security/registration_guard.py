@@ -3,6 +3,8 @@
 - A node token (``Authorization: Bearer <token>``, one of ``node_tokens``) is required
   when tokens are configured; the first token that registers a node id owns it, so a
   holder of another token cannot take the id over (or deregister it).
+- Static backends (``--backends``, ids ``static-...``) belong to the operator: no
+  registration may claim, re-point or deregister a ``static-`` id, whatever its token.
 - The node's address and ops port must match the allowlist (CIDRs, hosts, ``*.suffix``,
   each with optional ``:port`` or ``:lo-hi``; IPv6 with a port as ``[cidr]:port``).
   Hostnames are resolved and every address they resolve to must pass. Link-local,
@@ -30,6 +32,8 @@ Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ALWAYS_DENIED: tuple[Net, ...] = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "169.254.0.0/16", "100.100.100.200/32", "224.0.0.0/4", "240.0.0.0/4",
     "255.255.255.255/32", "::/128", "fe80::/10", "ff00::/8", "fd00:ec2::254/128"))
+# The id prefix of static backends (from config, never from registration).
+STATIC_PREFIX = "static-"
 _DENIED_NAMES = frozenset({"metadata", "metadata.google.internal", "metadata.goog",
                            "instance-data", "instance-data.ec2.internal"})
 
@@ -106,6 +110,7 @@ class RegistrationGuard:
 
     async def check(self, req: Request, reg: Registration) -> None:
         fingerprint = self._token(req)
+        refuse_static(reg.id)
         if b"://" in req.body:
             raise InvalidRequest("Registration addresses are host:port; other schemes and "
                                  "URLs are refused.", param="address")
@@ -119,6 +124,7 @@ class RegistrationGuard:
 
     def check_delete(self, req: Request, node_id: str) -> None:
         fingerprint = self._token(req)
+        refuse_static(node_id)
         owner = self._owners.get(node_id)
         if fingerprint is not None and owner is not None \
                 and not hmac.compare_digest(owner, fingerprint):
@@ -163,6 +169,17 @@ class RegistrationGuard:
             raise InvalidRequest(f"Registration refused: cannot resolve '{name}'.",
                                  param=param) from exc
         return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
+def refuse_static(node_id: str, *, static: bool = False) -> None:
+    """Static backends are the operator's: registration never claims or removes one.
+
+    ``static``: the pool holds ``node_id`` as a static backend (whatever its id).
+    """
+    if static or node_id.startswith(STATIC_PREFIX):
+        raise PermissionDenied(f"Node id '{node_id}' is a static backend from the proxy's "
+                               "configuration; registration cannot claim, change or remove "
+                               f"'{STATIC_PREFIX}' ids.", param="id")
 
 
 def _host_match(rule: str, name: str) -> bool:
