@@ -14,6 +14,7 @@ import pytest_asyncio
 from inferno.api.node import Registration
 from inferno.backend.registration import RegistrationClient
 from inferno.net import HttpClient
+from inferno.proxy import discovery
 from inferno.proxy.gateway import Gateway
 from tests.conftest import free_port, start_fake_node, start_gateway
 from tests.polling import eventually
@@ -198,7 +199,8 @@ async def test_requests_refused_by_the_wire_layer_still_get_a_log_row(gw: Gatewa
 async def test_static_backends_cannot_be_claimed_by_registration(tmp_path: Path) -> None:
     node = await start_fake_node()
     address = f"127.0.0.1:{node.server.port}"
-    static_id = f"static-{address}"
+    static_id = discovery.static_id(address)
+    assert address not in static_id and static_id.startswith("static-")
     g = await start_gateway(tmp_path, node_tokens=[TOKEN], backends=[address],
                             registration_allowlist=["127.0.0.0/8"])
     url = f"http://127.0.0.1:{g.ops.port}/registration"
@@ -214,7 +216,7 @@ async def test_static_backends_cannot_be_claimed_by_registration(tmp_path: Path)
                 # deregister it
                 await http.delete(f"{url}/{static_id}", headers=auth(TOKEN)),
                 # a new node claiming a static- id
-                await http.post(url, json=reg(node_id="static-127.0.0.1:8001"),
+                await http.post(url, json=reg(node_id="static-0000"),
                                 headers=auth(TOKEN)),
             ]
             no_token = await http.delete(f"{url}/{static_id}")
@@ -226,7 +228,7 @@ async def test_static_backends_cannot_be_claimed_by_registration(tmp_path: Path)
         kept = g.pool.get(static_id)
         assert kept is static and kept.source == "static"
         assert (kept.host, kept.port) == ("127.0.0.1", node.server.port)
-        assert g.pool.get("static-127.0.0.1:8001") is None
+        assert g.pool.get("static-0000") is None
         # The static backend still serves.
         async with httpx.AsyncClient() as http:
             ok = await http.post(f"http://127.0.0.1:{g.server.port}/v1/completions",

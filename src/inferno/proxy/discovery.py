@@ -10,6 +10,7 @@ so a static node that stops answering also leaves rotation, and returns when it 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 
 import orjson
@@ -97,6 +98,12 @@ async def _probe_one(pool: Pool, client: HttpClient, spec: str, lease: float) ->
         return
     if not models:
         return
-    pool.upsert(Registration(id=f"{STATIC_PREFIX}{address}", address=address,
+    pool.upsert(Registration(id=static_id(address), address=address,
                              metrics_port=int(ops or 6100), models=models,
                              lease_seconds=lease), source="static")
+
+
+def static_id(address: str) -> str:
+    """A static backend's node id: stable for its address, without revealing it (ids reach
+    clients in ``x-inferno-backend``; addresses stay with operators, in ``/telemetry``)."""
+    return STATIC_PREFIX + hashlib.blake2s(address.encode(), digest_size=4).hexdigest()
