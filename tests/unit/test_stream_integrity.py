@@ -568,3 +568,50 @@ async def test_all_nodes_failed_never_tells_the_client_their_addresses(
     assert "127.0.0.1" not in r.text and not any(str(p) in r.text for p in ports)
     # The operator still learns which node, where.
     assert any(f"127.0.0.1:{ports[0]}" in rec.getMessage() for rec in caplog.records)
+
+
+USAGE = (
+    b"data: "
+    + orjson.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "fake-model",
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
+        }
+    )
+    + b"\n\n"
+)
+
+
+async def crlf_with_usage(up: Upstream, w: asyncio.StreamWriter) -> None:
+    w.write(CLOSE_HEAD + (ANSWER + FINISH + USAGE + DONE).replace(b"\n", b"\r\n"))
+
+
+async def test_an_injected_usage_chunk_is_taken_out_whatever_the_line_endings(
+    tmp_path: Path,
+) -> None:
+    up = await Upstream(crlf_with_usage).start()
+    gw = await start_gateway(tmp_path)
+    try:
+        add(gw, "n", up.port)
+        got, r = await stream_through(gw, up)  # no stream_options: the proxy asks for usage
+        assert r.status_code == 200
+        assert b"\r\n\r\n" in got, "the node's CRLF framing did not reach the client"
+        sent = events(got)
+        assert sent[-1] == b"[DONE]" and len(sent) == len(WORDS) + 3  # role, words, finish
+        assert not any(b'"usage"' in e for e in sent), "the client got a usage chunk"
+        store = gw.security.store
+        assert store is not None
+
+        async def row() -> dict[str, object] | None:
+            rows = await store.requests.recent(limit=1)
+            return rows[0] if rows else None
+
+        logged = await eventually(row, what="the request log row")
+        assert (logged["prompt_tokens"], logged["completion_tokens"]) == (7, 3)
+    finally:
+        await gw.drain()
+        await up.stop()

@@ -13,6 +13,7 @@ re-serialisation), then drops that chunk before it reaches the client.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ from inferno.proxy.security.validate import reserve_tokens, validate_request
 Forward = Callable[[Request, str, dict[str, Any], str, bool, str | None, bytes],
                    Awaitable[Response | StreamingResponse]]
 _INJECT = b'{"stream_options":{"include_usage":true},'
+_EVENT_SPLIT = re.compile(rb"(\r\n\r\n|\n\n|\r\r)")
 _CACHE_ENTRY_MAX = 4 * 1024 * 1024
 
 
@@ -292,8 +294,13 @@ class ObservedStream:
         return complete
 
     def _take_usage(self, complete: bytes) -> bytes:
+        # Split keeping each event's own terminator: nodes may end events with \n\n,
+        # \r\n\r\n or \r\r, and what is relayed must keep the node's framing.
+        parts = _EVENT_SPLIT.split(complete)  # event, end, event, end, ..., tail
         out = []
-        for event in complete.split(b"\n\n"):
+        for i in range(0, len(parts), 2):
+            event = parts[i]
+            end = parts[i + 1] if i + 1 < len(parts) else b""
             if b'"usage"' in event and event.startswith(b"data: {"):
                 try:
                     obj = orjson.loads(event[6:])
@@ -307,8 +314,8 @@ class ObservedStream:
                     if self._injected and obj.get("choices") == []:
                         self._events -= 1
                         continue  # the client did not ask for it
-            out.append(event)
-        return b"\n\n".join(out)
+            out.append(event + end)
+        return b"".join(out)
 
     def _finish(self, status: int | None) -> None:
         if self._finished:
