@@ -28,6 +28,8 @@ at one boundary each, with ``raise ... from exc``, so nothing else needs to know
     │   ├── UpstreamTimeout              504 server_error / upstream_timeout
     │   └── UpstreamProtocolError        502 server_error / upstream_protocol_error
     ├── EngineError                      500 server_error / engine_error
+    ├── ModelSourceError                 502 server_error / model_source_error      (retryable)
+    ├── ModelIntegrityError              502 server_error / model_integrity_error (digest mismatch)
     ├── ProviderError                    500 server_error / provider_error (governator: a node
     │                                    could not be started/stopped; logged, retried)
     └── ConfigError                      (never reaches a client: the CLI prints it and exits 2)
@@ -226,6 +228,24 @@ class ProviderError(InfernoError):
 
     code = "provider_error"
     retryable = True
+
+
+class ModelSourceError(InfernoError):
+    """A model registry or file server could not be used (unreachable, refused, malformed
+    answer). The message names the reference and the answer, never a credential."""
+
+    status_code = 502
+    code = "model_source_error"
+    retryable = True  # registries recover; a pull resumes where it stopped
+
+
+class ModelIntegrityError(InfernoError):
+    """Downloaded bytes did not match the digest or size the source promised. The bytes are
+    quarantined, never used; the message says what was expected, what arrived, and from
+    where."""
+
+    status_code = 502
+    code = "model_integrity_error"
 
 
 class ConfigError(InfernoError):
