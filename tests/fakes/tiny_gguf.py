@@ -1,0 +1,28 @@
+"""Tiny GGUF files written with ``gguf.GGUFWriter``: a real header, random tensor bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_tiny_gguf(path: Path, *, n_floats: int = 64 * 1024, seed: int = 0) -> bytes:
+    """A llama-shaped header (values the tests assert) and one f32 tensor; returns the bytes."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(4)
+    w.add_context_length(2048)
+    w.add_embedding_length(256)
+    w.add_head_count(8)
+    w.add_head_count_kv(2)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_chat_template("{{ messages }}")
+    rng = np.random.default_rng(seed)
+    w.add_tensor("token_embd.weight", rng.random(n_floats, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path.read_bytes()
