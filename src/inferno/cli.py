@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from inferno import __version__
+from inferno.cli_models import models_app
 from inferno.core.config import (
     BackendSettings,
     ComponentSettings,
@@ -26,7 +27,6 @@ from inferno.core.errors import ConfigError, EngineError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Inferno: a self-healing cloud for AI inference.")
-models_app = typer.Typer(no_args_is_help=True, help="Models that ship with Inferno's packages.")
 app.add_typer(models_app, name="models")
 governator_app = typer.Typer(help="Keep the fleet just big enough for its targets, cheaply.")
 app.add_typer(governator_app, name="governator")
@@ -354,26 +354,6 @@ def governator_plan(
     except ConfigError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """Models Inferno can resolve by short id, and whether they are installed."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from inferno.models.catalog import CATALOG, resolve_model
-
-    table = Table("id", "file", "status")
-    for entry in CATALOG.values():
-        try:
-            path = resolve_model(entry.id).path
-            files = path.rglob("*") if path.is_dir() else [path]
-            size = sum(f.stat().st_size for f in files if f.is_file())
-            table.add_row(entry.id, str(path), f"installed ({size / 1e6:.0f} MB)")
-        except ConfigError:
-            table.add_row(entry.id, entry.filename, f"missing: {entry.install}")
-    Console().print(table)
 
 
 @app.command()

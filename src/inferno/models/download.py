@@ -171,7 +171,7 @@ class _Download:
                 total_attempts += 1
                 before = self.offset
                 try:
-                    if await self._attempt(client, httpx2):
+                    if await self._attempt(client):
                         break
                     raise _Retry("the body ended early")
                 except _Restart:
@@ -265,7 +265,7 @@ class _Download:
             f"{where(self.remote.url)}: more than {self.options.max_redirects} redirects"
         )
 
-    async def _attempt(self, client: httpx2.AsyncClient, httpx2: Any) -> bool:
+    async def _attempt(self, client: httpx2.AsyncClient) -> bool:
         """One request; True when the whole file is on disk."""
         resp = await self._open(client)
         try:
