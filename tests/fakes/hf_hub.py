@@ -11,6 +11,7 @@
 - Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``,
   ``GatedRepo``). Knobs: ``FakeRepo.gated`` (401 without a token, 403 with one not in
   ``tokens``), ``FakeRepo.gone`` (listed, but 404 at resolve),
+  ``FakeRepo.api_sha256`` (the API lists another LFS digest than resolve states),
   ``fail_next(429, retry_after=...)``. Every request is logged in ``requests``.
 """
 
@@ -31,6 +32,7 @@ class FakeRepo:
     commit: str = field(default_factory=lambda: secrets.token_hex(20))
     branches: dict[str, str] = field(default_factory=dict)  # name -> commit; "main" added
     gone: set[str] = field(default_factory=set)  # listed by the API, 404 at resolve
+    api_sha256: dict[str, str] = field(default_factory=dict)  # the API states another digest
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(".gguf")
@@ -172,7 +174,7 @@ class FakeHub:
             sibling.update(blobId=git_blob_id(data), size=len(data))
             if repo.is_lfs(path):
                 sibling["lfs"] = {
-                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "sha256": repo.api_sha256.get(path) or hashlib.sha256(data).hexdigest(),
                     "size": len(data),
                     "pointerSize": 134,
                 }

@@ -8,6 +8,7 @@
   ``Content-Type`` (its media type) and ``Docker-Content-Digest``; a request whose ``Accept``
   does not admit that media type gets 404 ``MANIFEST_UNKNOWN``, as registries do.
 - ``GET|HEAD /v2/NS/NAME/blobs/sha256:...`` with ``Range`` support.
+- Knobs: ``auth=False`` (no challenge), ``tokens_valid=False`` (tokens are refused).
 - Errors are ``{"errors": [{"code", "message", "detail"}]}``. Every request is logged.
 """
 
@@ -33,7 +34,9 @@ def digest_of(data: bytes) -> str:
 class FakeRegistry:
     def __init__(self, *, auth: bool = True) -> None:
         self.auth = auth
-        self.tokens: set[str] = set()
+        self.tokens: set[str] = set()  # the tokens the registry accepts
+        self.issued: list[str] = []  # every token the token service handed out
+        self.tokens_valid = True  # False: hand out tokens the registry then refuses
         self.requests: list[Logged] = []
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[tuple[str, str], bytes] = {}  # (repo, tag or digest) -> bytes
@@ -112,7 +115,9 @@ class FakeRegistry:
         if request.query.get("service") != "fake-registry" or "scope" not in request.query:
             return _errors(400, "DENIED", "service and scope are required")
         token = secrets.token_urlsafe(24)
-        self.tokens.add(token)
+        self.issued.append(token)
+        if self.tokens_valid:
+            self.tokens.add(token)
         return web.json_response({"token": token, "access_token": token, "expires_in": 300})
 
     async def _base(self, request: web.Request) -> web.Response:

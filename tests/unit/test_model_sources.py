@@ -21,7 +21,10 @@ from inferno.core.errors import ModelNotFound, ModelSourceError
 from inferno.models.remote import Remote
 from inferno.models.sources.hf import HfSource
 from inferno.models.sources.hf import parse as parse_hf
+from inferno.models.sources.ollama import OllamaRef, OllamaSource
+from inferno.models.sources.ollama import parse as parse_ollama
 from tests.fakes.hf_hub import FakeHub, FakeRepo
+from tests.fakes.oci_registry import FakeRegistry, digest_of
 
 TOKEN = "hf_SECRETtoken0123456789"
 
@@ -207,6 +210,15 @@ async def test_hf_file_gone_at_resolve_is_model_not_found(
     assert "tiny-Q8_0.gguf" in str(exc.value) and repo.commit in str(exc.value)
 
 
+async def test_hf_digests_that_disagree_are_refused(hub: FakeHub, ggufs: dict[str, bytes]) -> None:
+    """X-Linked-Etag is the digest; the API's listing only confirms it."""
+    stale = "0" * 64
+    hub.add_repo("org/tiny", FakeRepo(ggufs, api_sha256={"tiny-Q8_0.gguf": stale}))
+    with pytest.raises(ModelSourceError, match="two digests") as exc:
+        await HfSource(endpoint=hub.url, token="").resolve("hf://org/tiny:Q8_0")
+    assert stale in str(exc.value) and sha(ggufs["tiny-Q8_0.gguf"]) in str(exc.value)
+
+
 async def test_hf_gated_without_token_says_a_token_is_needed(
     hub: FakeHub, ggufs: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -285,3 +297,160 @@ async def test_huggingface_hub_downloads_from_the_fake(
     assert got == {f: repo.files[f] for f in got}
     resolved = await HfSource(endpoint=hub.url, token=TOKEN).resolve("hf://org/gated:Q4_K_M")
     assert resolved.files[0].sha256 == sha(got["tiny-Q4_K_M.gguf"])
+
+
+# --- ollama:// -------------------------------------------------------------------------
+
+OLLAMA = "application/vnd.ollama.image."
+
+
+@pytest_asyncio.fixture
+async def registry() -> AsyncIterator[FakeRegistry]:
+    fake = FakeRegistry()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+def ollama_layers(weights: bytes) -> list[tuple[str, bytes]]:
+    return [
+        (OLLAMA + "model", weights),
+        (OLLAMA + "template", b"{{ .Prompt }}"),
+        (OLLAMA + "params", b'{"stop": ["<|end|>"]}'),
+        (OLLAMA + "license", b"MIT"),
+        (OLLAMA + "license", b"Apache-2.0"),
+        (OLLAMA + "system", b"You are tiny."),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ref", "want"),
+    [
+        pytest.param(
+            "ollama://qwen2",
+            OllamaRef("registry.ollama.ai", "library", "qwen2", "latest"),
+            id="name",
+        ),
+        pytest.param(
+            "ollama://qwen2:0.5b",
+            OllamaRef("registry.ollama.ai", "library", "qwen2", "0.5b"),
+            id="name-tag",
+        ),
+        pytest.param(
+            "ollama://me/tiny:q4",
+            OllamaRef("registry.ollama.ai", "me", "tiny", "q4"),
+            id="namespace",
+        ),
+        pytest.param(
+            "ollama://Reg.example:5000/me/tiny",
+            OllamaRef("reg.example:5000", "me", "tiny", "latest"),
+            id="host",
+        ),
+    ],
+)
+def test_ollama_parse(ref: str, want: OllamaRef) -> None:
+    assert parse_ollama(ref) == want
+
+
+@pytest.mark.parametrize(
+    "ref", ["ollama://", "ollama://a/b/c/d", "ollama://me//x", "ollama://me/:tag"]
+)
+def test_ollama_parse_refuses_malformed(ref: str) -> None:
+    with pytest.raises(ModelSourceError, match="ollama://"):
+        parse_ollama(ref)
+
+
+async def test_ollama_token_dance_and_layers(
+    registry: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tiny_gguf(tmp_path / "w.gguf", "tiny")
+    manifest = registry.add_model("library/tiny", "latest", ollama_layers(weights))
+    monkeypatch.setenv("INFERNO_OLLAMA_INSECURE_HOSTS", f"other:1, {registry.host}")
+    ref = f"ollama://{registry.host}/library/tiny"
+    resolved = await OllamaSource().resolve(ref)
+
+    first, token_req, second = registry.requests
+    assert "/manifests/latest" in first.path and "Authorization" not in first.headers
+    assert token_req.path.startswith("/token?") and "repository%3Alibrary%2Ftiny%3Apull" in (
+        token_req.path
+    )
+    [token] = registry.tokens
+    assert second.headers["Authorization"] == f"Bearer {token}"
+    assert "manifest.v2+json" in second.headers["Accept"]
+
+    assert (resolved.name, resolved.tag, resolved.source) == (
+        f"{registry.host}/library/tiny",
+        "latest",
+        ref,
+    )
+    assert resolved.revision == digest_of(manifest)
+    assert [(f.filename, f.media_type) for f in resolved.files] == [
+        ("config.json", "application/vnd.docker.container.image.v1+json"),
+        ("model.gguf", OLLAMA + "model"),
+        ("template", OLLAMA + "template"),
+        ("params.json", OLLAMA + "params"),
+        ("license", OLLAMA + "license"),
+        ("license-2", OLLAMA + "license"),
+        ("system", OLLAMA + "system"),
+    ]
+    model = resolved.files[1]
+    assert model.url == f"{registry.url}/v2/library/tiny/blobs/sha256:{sha(weights)}"
+    assert (model.sha256, model.size) == (sha(weights), len(weights))
+    assert token not in repr(resolved)
+    for remote in resolved.files:
+        assert remote.headers == {"Authorization": f"Bearer {token}"}
+        data = await fetch(remote)
+        assert (sha(data), len(data)) == (remote.sha256, remote.size)
+
+
+async def test_ollama_default_namespace_and_tag_reach_the_registry(
+    registry: FakeRegistry, tmp_path: Path
+) -> None:
+    registry.add_model("me/tiny", "q8", ollama_layers(b"GGUF-ish"))
+    registry.add_model("library/tiny", "latest", ollama_layers(b"other"))
+    source = OllamaSource(insecure_hosts=[registry.host])
+    resolved = await source.resolve(f"ollama://{registry.host}/me/tiny:q8")
+    assert resolved.files[1].sha256 == sha(b"GGUF-ish")
+    assert (resolved.name, resolved.tag) == (f"{registry.host}/me/tiny", "q8")
+
+
+async def test_ollama_oci_manifest_without_auth(registry: FakeRegistry) -> None:
+    registry.auth = False
+    registry.add_model(
+        "library/tiny",
+        "v1",
+        ollama_layers(b"weights"),
+        media_type="application/vnd.oci.image.manifest.v1+json",
+    )
+    resolved = await OllamaSource(insecure_hosts=[registry.host]).resolve(
+        f"ollama://{registry.host}/library/tiny:v1"
+    )
+    assert all(f.headers == {} for f in resolved.files)
+    assert [r.path.split("?")[0] for r in registry.requests] == ["/v2/library/tiny/manifests/v1"]
+    assert sha(await fetch(resolved.files[1])) == sha(b"weights")
+
+
+async def test_ollama_unknown_tag_is_model_not_found(registry: FakeRegistry) -> None:
+    registry.add_model("library/tiny", "latest", ollama_layers(b"w"))
+    ref = f"ollama://{registry.host}/library/tiny:nope"
+    with pytest.raises(ModelNotFound) as exc:
+        await OllamaSource(insecure_hosts=[registry.host]).resolve(ref)
+    assert ref in str(exc.value) and "MANIFEST_UNKNOWN" in str(exc.value)
+    assert all(token not in str(exc.value) for token in registry.tokens)
+
+
+async def test_ollama_refused_token_is_a_source_error(registry: FakeRegistry) -> None:
+    registry.add_model("library/tiny", "latest", ollama_layers(b"w"))
+    registry.tokens_valid = False  # the token service hands out tokens the registry refuses
+    with pytest.raises(ModelSourceError, match="refused") as exc:
+        await OllamaSource(insecure_hosts=[registry.host]).resolve(
+            f"ollama://{registry.host}/library/tiny"
+        )
+    assert not isinstance(exc.value, ModelNotFound)
+    assert all(token not in str(exc.value) for token in registry.issued)
+
+
+async def test_ollama_speaks_tls_to_hosts_not_marked_insecure(registry: FakeRegistry) -> None:
+    registry.add_model("library/tiny", "latest", ollama_layers(b"w"))
+    with pytest.raises(ModelSourceError, match=registry.host.replace(".", r"\.")):
+        await OllamaSource(insecure_hosts=[]).resolve(f"ollama://{registry.host}/library/tiny")

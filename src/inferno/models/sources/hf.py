@@ -16,6 +16,7 @@ in requests and in ``Remote.headers``, never in a message.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +28,7 @@ from inferno.models.sources._hf_files import pick_files, tag_of
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 GGUF = "application/vnd.gguf"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_HUB_REDIRECTS = 5  # renamed repos answer with a same-host redirect
 
 
@@ -120,8 +122,13 @@ class HfSource:
             if _origin(nxt) != _origin(self.endpoint):
                 break  # the CDN: this redirect carries the file's metadata
             target = nxt
+        if "x-repo-commit" not in resp.headers:
+            raise ModelSourceError(
+                f"{ref}: {self.endpoint} answered {file} without X-Repo-Commit: "
+                "not a Hugging Face hub (check HF_ENDPOINT)"
+            )
         lfs = sibling.get("lfs") if isinstance(sibling.get("lfs"), dict) else None
-        sha256 = _unquote(resp.headers.get("x-linked-etag")) or (lfs or {}).get("sha256")
+        sha256 = _sha256(resp.headers.get("x-linked-etag")) or (lfs or {}).get("sha256")
         if lfs and sha256 != lfs.get("sha256"):
             raise ModelSourceError(
                 f"{ref}: the hub states two digests for {file}: "
@@ -136,7 +143,7 @@ class HfSource:
             url=url,
             filename=file.rsplit("/", 1)[-1],
             size=size,
-            sha256=sha256.lower() if isinstance(sha256, str) else None,
+            sha256=sha256 if isinstance(sha256, str) else None,
             media_type=GGUF if file.endswith(".gguf") else "application/octet-stream",
             headers=self._headers(),
         )
@@ -177,8 +184,10 @@ def _origin(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}".lower()
 
 
-def _unquote(etag: str | None) -> str | None:
-    return etag.removeprefix("W/").strip('"') if etag else None
+def _sha256(etag: str | None) -> str | None:
+    """An LFS file's sha256 from its quoted ETag; anything else (a git blob id) is none."""
+    value = etag.removeprefix("W/").strip('"').lower() if etag else ""
+    return value if _HEX64.fullmatch(value) else None
 
 
 def _int(value: Any) -> int | None:
