@@ -8,6 +8,7 @@
   (its quoted sha256) and ``X-Linked-Size``, as huggingface_hub expects.
 - The CDN serves blobs by sha256 with ``Range`` support and refuses an ``Authorization``
   header (signed storage URLs do).
+- A missing repo is 401 without a token and 404 with one.
 - Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``,
   ``GatedRepo``). Knobs: ``FakeRepo.gated`` (401 without a token, 403 with one not in
   ``tokens``), ``FakeRepo.gone`` (listed, but 404 at resolve),
@@ -127,8 +128,9 @@ class FakeHub:
             return None, web.Response(status=status, text="Too Many Requests", headers=headers)
         repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
         repo = self.repos.get(repo_id)
-        if repo is None:
-            return None, _error(404, "RepoNotFound", "Repository Not Found")
+        if repo is None:  # 401 to strangers, as the hub does, so private repos stay unseen
+            status = 404 if "Authorization" in request.headers else 401
+            return None, _error(status, "RepoNotFound", "Repository Not Found")
         if repo.gated:
             auth = request.headers.get("Authorization", "")
             token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None

@@ -187,6 +187,7 @@ async def test_hf_split_gguf_comes_whole(hub: FakeHub, tmp_path: Path) -> None:
     ("ref", "named"),
     [
         pytest.param("hf://org/nope", "org/nope", id="repo"),
+        pytest.param("hf://org/nope:Q8_0", "HF_TOKEN", id="repo-401-hints-at-a-token"),
         pytest.param("hf://org/tiny@v9", "revision v9", id="revision"),
         pytest.param("hf://org/tiny/absent.gguf", "absent.gguf", id="file"),
     ],
@@ -198,6 +199,13 @@ async def test_hf_missing_is_model_not_found(
     with pytest.raises(ModelNotFound) as exc:
         await HfSource(endpoint=hub.url, token="").resolve(ref)
     assert ref in str(exc.value) and named in str(exc.value)
+
+
+async def test_hf_missing_repo_with_a_token_is_model_not_found(hub: FakeHub) -> None:
+    hub.tokens.add(TOKEN)
+    with pytest.raises(ModelNotFound, match="HTTP 404") as exc:
+        await HfSource(endpoint=hub.url, token=TOKEN).resolve("hf://org/nope")
+    assert "HF_TOKEN" not in str(exc.value) and TOKEN not in str(exc.value)
 
 
 async def test_hf_file_gone_at_resolve_is_model_not_found(
@@ -295,6 +303,23 @@ async def test_huggingface_hub_downloads_from_the_fake(
         assert repo.commit in path  # the client pinned the commit the fake announced
         got[file] = await asyncio.to_thread(Path(path).read_bytes)
     assert got == {f: repo.files[f] for f in got}
+    # and it reads the fake's refusals as the hub's
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    for repo_id, token, error in [
+        ("org/gated", False, GatedRepoError),
+        ("org/nope", False, RepositoryNotFoundError),
+        ("org/nope", TOKEN, RepositoryNotFoundError),
+    ]:
+        with pytest.raises(error):
+            await asyncio.to_thread(
+                hf_hub_download,
+                repo_id,
+                "README.md",
+                endpoint=hub.url,
+                cache_dir=tmp_path / "hf2",
+                token=token,
+            )
     resolved = await HfSource(endpoint=hub.url, token=TOKEN).resolve("hf://org/gated:Q4_K_M")
     assert resolved.files[0].sha256 == sha(got["tiny-Q4_K_M.gguf"])
 
