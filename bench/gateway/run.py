@@ -40,6 +40,9 @@ RESULTS = ROOT / "bench" / "results"
 TARGETS = ("direct", "nginx", "aiohttp", "inferno-bare", "inferno", "inferno-uvicorn",
            "inferno-granian")
 _SERVERS = {"inferno-uvicorn": "uvicorn", "inferno-granian": "granian"}
+# inferno-base: the proxy of another checkout (--baseline-src), default features on: an
+# A/B of two versions in one run.
+BASELINE: dict[str, str] = {}
 SCENARIOS = {  # name -> (model, streamed)
     "fast JSON": ("fast", False),
     "fast SSE": ("sse", True),
@@ -51,7 +54,7 @@ def start_stack(
     tmp: Path, workers: int, targets: list[str]
 ) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
     stack = up.Stack(tmp)
-    ports = {t: {m: up.free_port() for m in up.MODELS} for t in TARGETS}
+    ports = {t: {m: up.free_port() for m in up.MODELS} for t in (*TARGETS, "inferno-base")}
     u = stack.nginx("upstream", up.upstream_conf(tmp, ports["direct"]))
     stack.upstream_ports = ports["direct"]
     for m in up.MODELS:
@@ -67,7 +70,7 @@ def start_stack(
     key, env = _inferno_env(tmp)
     pids = {"nginx": n.pid, "aiohttp": a.pid}
     ops = 0
-    for name in ("inferno", "inferno-bare", *_SERVERS):
+    for name in ("inferno", "inferno-bare", *_SERVERS, "inferno-base"):
         if name not in targets:
             continue
         bare = name == "inferno-bare"
@@ -99,6 +102,11 @@ def _start_inferno(
     alt = _SERVERS.get(name)
     head = [sys.executable, str(Path(__file__).with_name("alt_proxy.py")), alt] if alt else [
         inferno, "proxy"]
+    if name == "inferno-base":
+        src = BASELINE["src"]
+        head = [sys.executable, "-c",
+                f"import sys; sys.path.insert(0, {src!r}); from inferno.cli import main; "
+                "sys.argv[0] = 'inferno'; main()", "proxy"]
     argv = [
         *head,
         "--port",
@@ -177,12 +185,17 @@ def main() -> None:
         help="only profile inferno proxy with py-spy under 16 clients",
     )
     ap.add_argument("--profile-model", default="fast", choices=up.MODELS)
+    ap.add_argument("--baseline-src", default="", metavar="PATH",
+                    help="add target inferno-base: the proxy from another checkout's src/")
     args = ap.parse_args()
+    if args.baseline_src:
+        BASELINE["src"] = str(Path(args.baseline_src).resolve())
     if args.quick:
         args.seconds, args.rounds, args.soak = 2, 1, 20_000
     up.require_tools()
     conns = [int(c) for c in args.conns.split(",")]
-    targets = [t for t in TARGETS if not args.only or t in args.only.split(",") or t == "direct"]
+    known = (*TARGETS, "inferno-base") if args.baseline_src else TARGETS
+    targets = [t for t in known if not args.only or t in args.only.split(",") or t == "direct"]
     tmp = Path(tempfile.mkdtemp(prefix="inferno-bench-gw-"))
     results: dict[str, object] = {
         "machine": _machine(),
@@ -297,7 +310,7 @@ def _url(ports: dict[str, dict[str, int]], target: str, model: str) -> str:
 
 
 def _auth(target: str, key: str) -> str | None:
-    return key if target == "inferno" or target in _SERVERS else None
+    return key if target in ("inferno", "inferno-base") or target in _SERVERS else None
 
 
 def _ttfb(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from inferno.models.download import FetchOptions, ProgressFn, fetch
 from inferno.models.remote import Source
-from inferno.models.sources import SOURCES, pick
+from inferno.models.sources import pick
 from inferno.models.store import Manifest, ModelStore, sniff_format
 
 
 async def pull(
     ref: str,
     store: ModelStore,
-    sources: tuple[Source, ...] = SOURCES,
+    sources: tuple[Source, ...] | None = None,
     progress: ProgressFn | None = None,
     options: FetchOptions | None = None,
 ) -> Manifest:

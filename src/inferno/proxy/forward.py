@@ -43,6 +43,7 @@ from inferno.core.errors import (
 )
 from inferno.net import (
     EVENT_ENDS,
+    SSE_DONE,
     HttpClient,
     Response,
     StreamingResponse,
@@ -61,11 +62,9 @@ log = logging.getLogger("inferno.proxy")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id"))
 
-# The [DONE] event, at the start of an event-aligned block or of a line in it. A raw CR or
+# The [DONE] event (at the start of a block or of a line: _done_end checks). A raw CR or
 # LF never occurs inside a JSON data line, so "[DONE]" in a completion's text cannot match.
-_DONE_EVENT: Final = re.compile(
-    rb"(?:\A|(?<=[\r\n]))data: ?\[DONE\](?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)"
-)
+_DONE_EVENT: Final = re.compile(rb"data: ?\[DONE\](?:\r\n|\n|\r(?!\n))(?:\r\n|\n|\r)")
 _MAX_EVENT: Final = 4 * 1024 * 1024  # one event held back longer than this: malformed
 _MAX_DRAIN: Final = 64 * 1024  # bytes read (and dropped) after [DONE] to keep the socket
 
@@ -303,8 +302,8 @@ class Relay:
                     )
                 if not chunk:
                     continue
-            if b"[DONE]" in chunk and (m := _DONE_EVENT.search(chunk)) is not None:
-                chunk = chunk[: m.end()]  # anything after [DONE] is not relayed
+            if b"[DONE]" in chunk and (end := _done_end(chunk)) >= 0:
+                chunk = chunk[:end]  # anything after [DONE] is not relayed
                 self._state = 1
             self.sent += len(chunk)
             self._last = chunk
@@ -418,3 +417,16 @@ def _meta(node: Node, attempt: int, route: str) -> list[tuple[str, str]]:
         ("x-inferno-attempts", str(attempt)),
         ("x-inferno-route", route),
     ]
+
+
+def _done_end(block: bytes) -> int:
+    """The offset just past the ``[DONE]`` event in an event-aligned block, or -1."""
+    n = len(SSE_DONE)
+    if block.endswith(SSE_DONE) and (len(block) == n or block[-n - 1] in b"\r\n"):
+        return len(block)  # the usual case: the block ends with it (no regex scan)
+    # Scan only from just before the first "[DONE]": a whole stream can arrive as one block.
+    for m in _DONE_EVENT.finditer(block, max(0, block.find(b"[DONE]") - 6)):
+        start = m.start()
+        if start == 0 or block[start - 1] in b"\r\n":
+            return m.end()
+    return -1
