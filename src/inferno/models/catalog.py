@@ -3,15 +3,22 @@
 No hub downloads at run time: a catalog entry names the package and the file inside it.
 The package is located with ``importlib.util.find_spec`` without importing it (their
 ``__init__`` may import things we do not install).
+
+:func:`resolve_model` also finds models pulled into the store (``name[:tag]``, e.g.
+``hf.co/org/repo:Q4_K_M``): the blob of their GGUF layer, a file named by its digest with
+no ``.gguf`` extension (llama.cpp opens a path; it does not look at the name).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from inferno.core.errors import ConfigError
+from inferno.core.errors import ConfigError, ModelNotFound
+from inferno.core.paths import data_dir
+from inferno.models.store import Manifest, ModelStore, parse_ref, sniff_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +60,64 @@ class ResolvedModel:
     aliases: tuple[str, ...]
 
 
-def resolve_model(ref: str) -> ResolvedModel:
-    """A catalog id, an alias, or a path to a model file."""
+def resolve_model(ref: str, store_root: Path | None = None) -> ResolvedModel:
+    """A catalog id, an alias, a model in the store (``name[:tag]``), or a path to a model
+    file. ``store_root`` defaults to ``INFERNO_MODELS_DIR`` or ``<data dir>/models``, as
+    ``inferno models`` uses."""
     for entry in CATALOG.values():
         if ref == entry.id or ref in entry.aliases:
             return ResolvedModel(entry.id, _package_file(entry), entry.aliases)
+    stored = _stored(ref, store_root)
+    if stored is not None:  # served under the reference as the user typed it
+        return ResolvedModel(ref, stored, ())
     path = Path(ref).expanduser()
     if path.exists():  # a model file, or a model directory (onnx engine)
         return ResolvedModel(path.stem, path.resolve(), ())
     known = ", ".join(sorted(CATALOG))
-    raise ConfigError(f"model '{ref}' is neither a known id ({known}) nor an existing file")
+    raise ConfigError(
+        f"model '{ref}' is neither a known id ({known}), a model in the store "
+        f"(inferno models list) nor an existing file"
+    )
+
+
+def default_store_root() -> Path | None:
+    """``INFERNO_MODELS_DIR`` when set; else None (the store's own default)."""
+    env = os.environ.get("INFERNO_MODELS_DIR")
+    return Path(env).expanduser() if env else None
+
+
+def _stored(ref: str, store_root: Path | None) -> Path | None:
+    """The blob of the GGUF layer of ``ref``'s manifest; None when the store lacks it."""
+    try:
+        name, tag = parse_ref(ref)
+    except ConfigError:  # not a store reference (an absolute path, say)
+        return None
+    root = store_root or default_store_root()
+    store_dir = (root or data_dir() / "models").expanduser()
+    if not (store_dir / "manifests" / name / f"{tag}.json").is_file():
+        return None  # checked first: resolving a path must not create a store
+    store = ModelStore(store_dir)
+    try:
+        manifest = store.get_manifest(f"{name}:{tag}")
+    except ModelNotFound:
+        return None
+    return _model_blob(store, manifest)
+
+
+def _model_blob(store: ModelStore, manifest: Manifest) -> Path:
+    for layer in manifest.layers:
+        blob = store.blob_path(layer.digest)
+        if not blob.is_file():
+            raise ConfigError(
+                f"model '{manifest.ref}': blob sha256:{layer.digest} is missing from "
+                f"{store.root}; pull it again (inferno models pull {manifest.source})"
+            )
+        if sniff_format(blob, layer.filename) == "gguf":
+            return blob
+    raise ConfigError(
+        f"model '{manifest.ref}' in {store.root} has no GGUF layer (format {manifest.format}); "
+        f"serve a model directory by its path instead"
+    )
 
 
 def _package_file(entry: CatalogEntry) -> Path:
