@@ -3,6 +3,7 @@
 One connection per request (``Connection: close``), raw asyncio, so a test controls every
 byte: cut the body at byte N, flip a byte, stall, answer 429/503 with ``Retry-After``,
 redirect to another server (127.0.0.2 is loopback too), ignore ``Range``, change the ETag.
+``Range: bytes=a-b`` is honoured (parts of a parallel download); a 200 says ``Accept-Ranges``.
 Every request is recorded (path, lower-cased headers, status, range start, bytes sent).
 """
 
@@ -33,6 +34,7 @@ class Seen:
     headers: dict[str, str]
     status: int = 0
     range_start: int | None = None
+    range_end: int | None = None  # inclusive, when the request named one
     sent: int = 0  # body bytes written
 
 
@@ -98,7 +100,7 @@ class FileServer:
         body = self.files.get(seen.path.split("?", 1)[0])
         if body is None:
             return await self._head(writer, seen, 404, "Content-Length: 0\r\n")
-        start = 0
+        start, stop = 0, len(body)
         rng = seen.headers.get("range", "")
         if_range = seen.headers.get("if-range")
         if (
@@ -106,22 +108,29 @@ class FileServer:
             and not f.ignore_range
             and (if_range is None or if_range == self.etag)
         ):
-            start = int(rng[6:].split("-", 1)[0])
+            first, _, last = rng[6:].partition("-")
+            start = int(first)
+            stop = min(len(body), int(last) + 1) if last else len(body)
             seen.range_start = start
+            seen.range_end = int(last) if last else None
             await self._head(
                 writer,
                 seen,
                 206,
-                f"Content-Range: bytes {start}-{len(body) - 1}/{len(body)}\r\n"
-                f"Content-Length: {len(body) - start}\r\nETag: {self.etag}\r\n",
+                f"Content-Range: bytes {start}-{stop - 1}/{len(body)}\r\n"
+                f"Content-Length: {stop - start}\r\nETag: {self.etag}\r\n",
             )
         else:
+            ranges = "" if f.ignore_range else "Accept-Ranges: bytes\r\n"
             await self._head(
-                writer, seen, 200, f"Content-Length: {len(body)}\r\nETag: {self.etag}\r\n"
+                writer,
+                seen,
+                200,
+                f"Content-Length: {len(body)}\r\nETag: {self.etag}\r\n{ranges}",
             )
         pos = start
-        while pos < len(body):
-            end = min(len(body), pos + f.chunk)
+        while pos < stop:
+            end = min(stop, pos + f.chunk)
             if f.cut_at is not None and f.cuts > 0 and pos < f.cut_at <= end:
                 end = f.cut_at
             if f.stall_at is not None and pos <= f.stall_at < end:

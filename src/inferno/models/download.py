@@ -10,6 +10,14 @@
   connection errors and stalls (no byte for ``stall_timeout`` s: reconnect and resume).
 - Redirects are followed, to other hosts too (Hugging Face sends files to a CDN), but
   ``Authorization`` never leaves the host it was given for.
+- Large files (``parallel_min_size``, 64 MiB, and up) come in ``parts`` (4) ranged requests
+  at once, written in place (``pwrite``) into a file of the final size. Each part resumes on
+  its own: the sidecar records every part's progress (every ``checkpoint`` bytes), so a
+  cut, a stall or a SIGKILL costs at most what a part fetched since its last checkpoint.
+  The assembled file is hashed once, then verified like any other. A plain URL states no
+  size: the first answer tells it, and with ``Accept-Ranges: bytes`` the download switches
+  to parts. A part answered 200 (no range support, or the file changed under ``If-Range``)
+  sends the download back to one stream from byte zero.
 - Size and sha256 are checked before the atomic rename into ``blobs/``; bytes that do not
   match go to ``quarantine/`` and :class:`ModelIntegrityError` names both digests and the
   URL's host and path (never its query string: signed URLs carry tokens there).
@@ -36,7 +44,7 @@ import orjson
 
 from inferno.core.errors import ConfigError, ModelIntegrityError, ModelNotFound, ModelSourceError
 from inferno.models.remote import Remote
-from inferno.models.store import CHUNK, Layer, ModelStore, atomic_write
+from inferno.models.store import CHUNK, Layer, ModelStore, atomic_write, hash_file
 
 if TYPE_CHECKING:
     import httpx2
@@ -55,6 +63,9 @@ class FetchOptions:
     max_retry_after: float = 300.0
     lock_wait: float = 24 * 3600.0  # how long to wait for another process's download
     max_redirects: int = 10
+    parallel_min_size: int = 64 << 20  # files this large come in ranged parts at once
+    parts: int = 4
+    checkpoint: int = 8 << 20  # a part records its progress in the sidecar this often
 
 
 def where(url: str) -> str:
@@ -137,6 +148,14 @@ class _Restart(Exception):
     """The server will not continue where we stopped: start the file again."""
 
 
+class _NoRanges(Exception):
+    """A part was not answered with the range it asked for: back to one stream."""
+
+
+class _GoParallel(Exception):
+    """The first answer showed a large file and range support: fetch it in parts."""
+
+
 class _Retry(Exception):
     def __init__(self, reason: str, delay: float | None = None) -> None:
         super().__init__(reason)
@@ -155,6 +174,8 @@ class _Download:
         self.etag: str | None = None
         self.hasher = hashlib.sha256()
         self.offset = 0
+        self.parts: list[list[int]] | None = None  # [start, end (exclusive), bytes done]
+        self.ranges_ok = True  # False once a part was answered without its range
 
     async def run(self) -> Layer:
         await asyncio.to_thread(self._load_partial)
@@ -166,29 +187,140 @@ class _Download:
         o = self.options
         timeout = httpx2.Timeout(o.stall_timeout, connect=o.connect_timeout)
         failures, total_attempts = 0, 0
-        async with httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        if self.parts is None and self.offset == 0 and self._large(self.size):
+            self._plan_parts()
+        limits = httpx2.Limits(max_connections=o.parts + 1, max_keepalive_connections=o.parts)
+        async with httpx2.AsyncClient(
+            timeout=timeout, follow_redirects=False, limits=limits
+        ) as client:
             while True:
+                if self.parts is not None:
+                    try:
+                        await self._parallel(client)
+                    except _NoRanges:
+                        self.ranges_ok = False
+                        self._truncate()
+                        continue
+                    digest, self.offset = await asyncio.to_thread(hash_file, self.partial)
+                    break
                 total_attempts += 1
                 before = self.offset
                 try:
                     if await self._attempt(client):
+                        digest = self.hasher.hexdigest()
                         break
                     raise _Retry("the body ended early")
+                except _GoParallel:
+                    self._plan_parts()
+                    continue
                 except _Restart:
                     self._truncate()
                     continue
                 except (_Retry, httpx2.TransportError) as exc:
                     failures = 1 if self.offset > before else failures + 1
-                    if failures >= o.max_attempts or total_attempts >= 4 * o.max_attempts:
-                        raise ModelSourceError(
-                            f"{where(self.remote.url)}: gave up after {total_attempts} attempts "
-                            f"({_reason(exc)}); run the pull again to resume"
-                        ) from exc
-                    delay = exc.delay if isinstance(exc, _Retry) else None
-                    if delay is None:
-                        delay = min(o.max_backoff, o.backoff * 2 ** (failures - 1))
-                    await asyncio.sleep(delay)
-        return await asyncio.to_thread(self._finish)
+                    await asyncio.sleep(self._delay(exc, failures, total_attempts))
+        return await asyncio.to_thread(self._finish, digest)
+
+    def _delay(self, exc: Exception, failures: int, attempts: int) -> float:
+        """How long to wait before the next attempt; raise when it is time to give up."""
+        o = self.options
+        if failures >= o.max_attempts or attempts >= 4 * o.max_attempts:
+            raise ModelSourceError(
+                f"{where(self.remote.url)}: gave up after {attempts} attempts "
+                f"({_reason(exc)}); run the pull again to resume"
+            ) from exc
+        delay = exc.delay if isinstance(exc, _Retry) else None
+        if delay is None:
+            delay = min(o.max_backoff, o.backoff * 2 ** (failures - 1))
+        return delay
+
+    # parts
+
+    def _large(self, size: int | None) -> bool:
+        o = self.options
+        return self.ranges_ok and o.parts > 1 and size is not None and size >= o.parallel_min_size
+
+    def _plan_parts(self) -> None:
+        assert self.size is not None
+        step = -(-self.size // self.options.parts)
+        self.parts = [
+            [start, min(self.size, start + step), 0] for start in range(0, self.size, step)
+        ]
+        self.offset = 0
+        os.truncate(self.partial, self.size)  # sparse; each part writes its own range
+        self._save_sidecar()
+
+    async def _parallel(self, client: httpx2.AsyncClient) -> None:
+        assert self.parts is not None and self.size is not None
+        fd = os.open(self.partial, os.O_WRONLY)
+        tasks = [
+            asyncio.create_task(self._part(client, fd, part))
+            for part in self.parts
+            if part[2] < part[1] - part[0]
+        ]
+        try:
+            if tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    if (exc := task.exception()) is not None:
+                        raise exc
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            os.close(fd)
+            if self.parts is not None:
+                self._save_sidecar()
+
+    async def _part(self, client: httpx2.AsyncClient, fd: int, part: list[int]) -> None:
+        import httpx2
+
+        failures, attempts = 0, 0
+        while part[2] < part[1] - part[0]:
+            attempts += 1
+            before = part[2]
+            try:
+                await self._part_attempt(client, fd, part)
+                if part[2] < part[1] - part[0]:
+                    raise _Retry("the body ended early")
+            except (_Retry, httpx2.TransportError) as exc:
+                failures = 1 if part[2] > before else failures + 1
+                await asyncio.sleep(self._delay(exc, failures, attempts))
+
+    async def _part_attempt(self, client: httpx2.AsyncClient, fd: int, part: list[int]) -> None:
+        start, end, _ = part
+        pos = start + part[2]
+        resp = await self._open(client, f"bytes={pos}-{end - 1}")
+        try:
+            self._check_status(resp)
+            if resp.status_code != 206:
+                raise _NoRanges
+            unit, _, spec = resp.headers.get("content-range", "").partition(" ")
+            span, _, whole = spec.partition("/")
+            first = span.partition("-")[0]
+            if unit != "bytes" or first != str(pos) or whole != str(self.size):
+                raise _NoRanges
+            etag = resp.headers.get("etag")
+            if etag and self.etag and etag != self.etag:
+                raise _NoRanges  # the file changed between parts
+            if etag and not self.etag:
+                self.etag = etag
+            unsaved = 0
+            async for chunk in resp.aiter_raw():
+                piece = chunk[: end - pos]
+                os.pwrite(fd, piece, pos)
+                pos += len(piece)
+                part[2] += len(piece)
+                self.offset += len(piece)
+                unsaved += len(piece)
+                self.report(self.remote.filename, self.offset, self.size)
+                if unsaved >= self.options.checkpoint:
+                    unsaved = 0
+                    self._save_sidecar()
+                if pos >= end:
+                    break
+        finally:
+            await resp.aclose()
 
     # partial state
 
@@ -206,6 +338,14 @@ class _Download:
             return
         self.etag = state.get("etag")
         self.size = self.size or state.get("size")
+        parts = state.get("parts")
+        if parts is not None:  # parts in place; what they fetched is hashed at the end
+            if self.size is None or self.partial.stat().st_size != self.size:
+                self._truncate()
+                return
+            self.parts = [[int(a), int(b), int(d)] for a, b, d in parts]
+            self.offset = sum(p[2] for p in self.parts)
+            return
         with self.partial.open("rb") as f:  # bytes already there: hash them again
             while chunk := f.read(CHUNK):
                 self.hasher.update(chunk)
@@ -215,7 +355,7 @@ class _Download:
 
     def _truncate(self) -> None:
         self.partial.write_bytes(b"")
-        self.hasher, self.offset, self.etag = hashlib.sha256(), 0, None
+        self.hasher, self.offset, self.etag, self.parts = hashlib.sha256(), 0, None, None
         self._save_sidecar()
 
     def _save_sidecar(self) -> None:
@@ -227,6 +367,7 @@ class _Download:
                     "size": self.size,
                     "sha256": self.expected,
                     "etag": self.etag,
+                    "parts": self.parts,
                 }
             ),
         )
@@ -244,12 +385,14 @@ class _Download:
 
     # one request
 
-    async def _open(self, client: httpx2.AsyncClient) -> httpx2.Response:
+    async def _open(self, client: httpx2.AsyncClient, rng: str | None = None) -> httpx2.Response:
         url, headers = self.remote.url, dict(self.remote.headers)
+        if rng is None and self.offset:
+            rng = f"bytes={self.offset}-"
         for _ in range(self.options.max_redirects + 1):
             send = {**headers, "Accept-Encoding": "identity"}
-            if self.offset:
-                send["Range"] = f"bytes={self.offset}-"
+            if rng:
+                send["Range"] = rng
                 if self.etag and not self.etag.startswith("W/"):  # If-Range: strong only
                     send["If-Range"] = self.etag
             resp = await client.send(client.build_request("GET", url, headers=send), stream=True)
@@ -269,20 +412,19 @@ class _Download:
         """One request; True when the whole file is on disk."""
         resp = await self._open(client)
         try:
-            status = resp.status_code
-            if status in (429, 503, 408) or status >= 500:
-                raise _Retry(
-                    f"HTTP {status}",
-                    _retry_after(resp.headers.get("retry-after"), self.options.max_retry_after),
-                )
-            if status == 416 and self.size is not None and self.offset == self.size:
+            if resp.status_code == 416 and self.size is not None and self.offset == self.size:
                 return True
-            if status in (404, 410):
-                raise ModelNotFound(f"{where(self.remote.url)}: HTTP {status}")
-            if status not in (200, 206):
-                raise ModelSourceError(f"{where(self.remote.url)}: HTTP {status}")
+            self._check_status(resp)
             total = self._accept(resp)
             self.etag = resp.headers.get("etag") or self.etag
+            if (
+                resp.status_code == 200
+                and self.offset == 0
+                and self._large(total)
+                and resp.headers.get("accept-ranges", "").lower() == "bytes"
+            ):
+                self.size = total
+                raise _GoParallel
             if total is not None and self.size is None:
                 self.size = total
             elif total is not None and total != self.size:
@@ -300,6 +442,18 @@ class _Download:
         finally:
             await resp.aclose()
 
+    def _check_status(self, resp: httpx2.Response) -> None:
+        status = resp.status_code
+        if status in (429, 503, 408) or status >= 500:
+            raise _Retry(
+                f"HTTP {status}",
+                _retry_after(resp.headers.get("retry-after"), self.options.max_retry_after),
+            )
+        if status in (404, 410):
+            raise ModelNotFound(f"{where(self.remote.url)}: HTTP {status}")
+        if status not in (200, 206):
+            raise ModelSourceError(f"{where(self.remote.url)}: HTTP {status}")
+
     def _accept(self, resp: httpx2.Response) -> int | None:
         """Check the answer continues where we stopped; return the file's whole size."""
         if resp.status_code == 200:
@@ -316,8 +470,7 @@ class _Download:
 
     # the end
 
-    def _finish(self) -> Layer:
-        digest = self.hasher.hexdigest()
+    def _finish(self, digest: str) -> Layer:
         promised = self.remote.size
         if (self.expected and digest != self.expected) or (
             promised is not None and self.offset != promised
