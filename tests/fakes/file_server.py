@@ -80,8 +80,8 @@ class FileServer:
             seen = Seen(path, headers)
             self.requests.append(seen)
             await self._answer(seen, writer)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            pass
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, asyncio.CancelledError):
+            pass  # cancelled: the server stopped during a stall
         finally:
             writer.close()
             with contextlib.suppress(Exception):
