@@ -183,11 +183,12 @@ def resume(tmp: Path, port: int, size: int) -> dict[str, object]:
 
 
 async def faulty(tmp: Path, n: int, seed: int = 1) -> dict[str, object]:
+    from tests.fakes.file_server import FileServer
+
     from inferno.core.errors import InfernoError
     from inferno.models.download import FetchOptions, fetch
     from inferno.models.remote import Remote
     from inferno.models.store import ModelStore, hash_file
-    from tests.fakes.file_server import FileServer
 
     rng = random.Random(seed)
     srv = await FileServer().start()
