@@ -172,7 +172,7 @@ def models_show(
             "layers": [asdict(x) for x in m.layers],
         }
         if m.format == "gguf":
-            info = read_gguf(store.blob_path(m.layers[0].digest))
+            info = read_gguf(store.weights_blob(m))
             kv = info.kv_bytes(ctx, parallel)
             out["gguf"] = asdict(info)
             out["memory"] = {

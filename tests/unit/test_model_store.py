@@ -114,3 +114,21 @@ def test_import_copies_across_filesystems(
     assert blob.stat().st_ino != model.stat().st_ino
     assert blob.read_bytes() == model.read_bytes()
     assert not os.access(blob, os.W_OK) or os.geteuid() == 0
+
+
+def test_weights_blob_is_the_gguf_layer_in_any_position(model: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    store = ModelStore(tmp_path / "store")
+    template = tmp_path / "template"
+    template.write_bytes(b"{{ .Prompt }}")
+    first = store.import_blob(template)  # an Ollama model may list its template first
+    weights = store.import_file(model, "m", "t")
+    mixed = replace(weights, tag="mixed", layers=(first, *weights.layers))
+    store.put_manifest(mixed)
+    got = store.weights_blob(store.get_manifest("m:mixed"))
+    assert got == store.blob_path(weights.layers[0].digest)
+    assert got.read_bytes()[:4] == b"GGUF"
+    only_template = replace(weights, tag="none", layers=(first,))
+    with pytest.raises(ConfigError, match="no GGUF layer"):
+        store.weights_blob(only_template)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from inferno.core.errors import ConfigError, ModelNotFound
 from inferno.core.paths import data_dir
-from inferno.models.store import Manifest, ModelStore, parse_ref, sniff_format
+from inferno.models.store import ModelStore, parse_ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +101,10 @@ def _stored(ref: str, store_root: Path | None) -> Path | None:
         manifest = store.get_manifest(f"{name}:{tag}")
     except ModelNotFound:
         return None
-    return _model_blob(store, manifest)
+    return store.weights_blob(manifest)
 
 
-def _model_blob(store: ModelStore, manifest: Manifest) -> Path:
-    for layer in manifest.layers:
-        blob = store.blob_path(layer.digest)
-        if not blob.is_file():
-            raise ConfigError(
-                f"model '{manifest.ref}': blob sha256:{layer.digest} is missing from "
-                f"{store.root}; pull it again (inferno models pull {manifest.source})"
-            )
-        if sniff_format(blob, layer.filename) == "gguf":
-            return blob
-    raise ConfigError(
-        f"model '{manifest.ref}' in {store.root} has no GGUF layer (format {manifest.format}); "
-        f"serve a model directory by its path instead"
-    )
+
 
 
 def _package_file(entry: CatalogEntry) -> Path:

@@ -159,6 +159,23 @@ class ModelStore:
             raise ConfigError(f"invalid sha256 digest {digest!r}")
         return self.blobs / f"sha256-{digest}"
 
+    def weights_blob(self, manifest: Manifest) -> Path:
+        """The blob of the manifest's weights: its first GGUF layer (an Ollama model lists
+        its template and parameters beside it, in any order)."""
+        for layer in manifest.layers:
+            blob = self.blob_path(layer.digest)
+            if not blob.is_file():
+                raise ConfigError(
+                    f"model '{manifest.ref}': blob sha256:{layer.digest} is missing from "
+                    f"{self.root}; pull it again (inferno models pull {manifest.source})"
+                )
+            if sniff_format(blob, layer.filename) == "gguf":
+                return blob
+        raise ConfigError(
+            f"model '{manifest.ref}' in {self.root} has no GGUF layer (format "
+            f"{manifest.format}); serve a model directory by its path instead"
+        )
+
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
