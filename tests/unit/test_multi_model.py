@@ -343,3 +343,99 @@ async def test_the_proxy_pool_follows_loads_and_unloads(
         )
     finally:
         await node.drain()
+
+
+async def test_the_proxy_forwards_load_and_unload_with_an_admin_key(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    from inferno.proxy.security.keys import create_key
+    from tests.conftest import start_gateway
+
+    gw = await start_gateway(tmp_path / "proxy", node_tokens=["node-secret"])
+    store = gw.security.store
+    assert store is not None
+    admin, _ = await create_key(store, name="ops", scope="admin", models=None, rpm=None, tpm=None)
+    user, _ = await create_key(store, name="app", scope="user", models=None, rpm=None, tpm=None)
+    await gw.security.keys.refresh()
+    await eventually(lambda: gw.security.auth.enabled, what="auth on once keys exist")
+    lb = f"127.0.0.1:{gw.ops.port}"
+    n1, loads1 = await start_node(
+        tmp_path,
+        start=["alpha"],
+        available=["beta"],
+        discovery_lb=lb,
+        node_id="n1",
+        node_token="node-secret",
+    )
+    n2, loads2 = await start_node(
+        tmp_path, start=["alpha"], discovery_lb=lb, node_id="n2", node_token="node-secret"
+    )
+    base = f"http://127.0.0.1:{gw.server.port}/v1/models"
+    as_admin = {"authorization": f"Bearer {admin}"}
+    try:
+        await eventually(
+            lambda: {n.id for n in gw.pool.nodes()} == {"n1", "n2"}, what="both nodes registered"
+        )
+        r = await http.post(f"{base}/load", json={"model": "beta"})
+        assert r.status_code == 401
+        r = await http.post(
+            f"{base}/load", json={"model": "beta"}, headers={"authorization": f"Bearer {user}"}
+        )
+        assert r.status_code == 403
+        assert loads1 == ["alpha"]  # refused: nothing loaded
+
+        r = await http.post(
+            f"{base}/load", json={"model": "beta", "keep_alive": "10m"}, headers=as_admin
+        )
+        assert r.status_code == 200, r.text
+        [result] = r.json()["data"]
+        assert result["node"] == "n1" and result["status"] == 200
+        assert result["result"]["keep_alive"] == 600
+        assert loads1 == ["alpha", "beta"] and loads2 == ["alpha"]
+        n1_pool = gw.pool.get("n1")
+        assert n1_pool is not None
+        await eventually(lambda: "beta" in n1_pool.loaded, what="the pool to see beta")
+
+        r = await http.get(f"{base}/ps", headers=as_admin)
+        assert r.status_code == 200
+        assert sorted((p["node"], p["name"]) for p in r.json()["data"]) == [
+            ("n1", "alpha"),
+            ("n1", "beta"),
+            ("n2", "alpha"),
+        ]
+
+        r = await http.post(
+            f"{base}/unload", json={"model": "alpha", "node": "n2"}, headers=as_admin
+        )
+        assert r.status_code == 200, r.text
+        assert [(d["node"], d["result"]["unloaded"]) for d in r.json()["data"]] == [("n2", True)]
+        r = await http.post(f"{base}/unload", json={"model": "beta"}, headers=as_admin)
+        assert [d["node"] for d in r.json()["data"]] == ["n1"]
+        await eventually(lambda: "beta" not in n1_pool.loaded, what="the pool to drop beta")
+        r = await http.post(f"{base}/unload", json={"model": "beta"}, headers=as_admin)
+        assert r.status_code == 404  # no node has it loaded any more
+
+        # The CLI, over the same admin API (in a thread: it runs its own event loop).
+        from typer.testing import CliRunner
+
+        from inferno.cli import app
+
+        def cli(*args: str) -> Any:
+            return CliRunner().invoke(
+                app,
+                ["models", *args, "--url", f"http://127.0.0.1:{gw.server.port}", "--json"],
+                env={"INFERNO_API_KEY": admin},
+            )
+
+        out = await asyncio.to_thread(cli, "load", "beta", "--node", "n1", "--keep-alive", "-1")
+        assert out.exit_code == 0, out.output
+        assert loads1.count("beta") == 2
+        out = await asyncio.to_thread(cli, "ps")
+        assert out.exit_code == 0 and '"beta"' in out.output, out.output
+        out = await asyncio.to_thread(cli, "unload", "beta")
+        assert out.exit_code == 0, out.output
+        assert n1.models.find("beta").state == "unloaded"
+    finally:
+        await n1.drain()
+        await n2.drain()
+        await gw.drain()
