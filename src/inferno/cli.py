@@ -53,8 +53,18 @@ def _cli(values: dict[str, Any], cls: type[ComponentSettings]) -> dict[str, Any]
 
 @app.command()
 def backend(
-    model: Annotated[str | None, typer.Option(help="Catalog id or GGUF path. "
-                                              "[default: smollm2-135m]")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="Catalog id or GGUF path, loaded at start; repeat it (or a,b) to serve several. "
+             "[default: smollm2-135m]")] = None,
+    models_available: Annotated[list[str] | None, typer.Option(
+        "--models-available", help="Models this node may load on demand (repeatable).")
+    ] = None,
+    keep_alive: Annotated[str | None, typer.Option(
+        help="How long a model loaded at run time stays idle before unloading: 300, 5m, "
+             "-1 (forever), 0 (after each request). [default: 5m]")] = None,
+    memory_budget: Annotated[int | None, typer.Option(
+        help="Bytes the loaded models may take; LRU idle models are evicted. 0: no limit.")
+    ] = None,
     engine: Annotated[str | None, typer.Option(
         help="llamacpp | onnx | openai | gemini | fake")] = None,
     host: HostOpt = None,
@@ -113,11 +123,11 @@ def backend(
     configure_logging(log_level)
     try:
         _prebuild_weights(settings)
-        model_engine = build_engine(settings)
+        node = BackendNode(settings, build_engine=lambda ref: build_engine(settings, ref))
     except (ConfigError, EngineError) as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
-    run_service(lambda: BackendNode(settings, model_engine))
+    run_service(lambda: node)
 
 
 def _prebuild_weights(settings: BackendSettings) -> None:
@@ -133,16 +143,17 @@ def _prebuild_weights(settings: BackendSettings) -> None:
     from inferno.models.catalog import resolve_model
     from inferno.models.quantize import default_data_dir, ensure_quantized
 
-    source = resolve_model(settings.model).path
     console = Console(stderr=True)
-    with console.status(f"[bold]{settings.quantize}[/] weights for {source.name}") as status:
-        def show(msg: str) -> None:
-            status.update(f"[bold]{settings.quantize}[/] {msg}")
+    for ref in settings.model:
+        source = resolve_model(ref).path
+        with console.status(f"[bold]{settings.quantize}[/] weights for {source.name}") as st:
+            def show(msg: str, st: Any = st) -> None:
+                st.update(f"[bold]{settings.quantize}[/] {msg}")
 
-        path = ensure_quantized(source, settings.quantize,
-                                settings.data_dir or default_data_dir(),
-                                threads=settings.threads, status=show)
-    console.print(f"[green]✓[/] {settings.quantize} weights: {path}")
+            path = ensure_quantized(source, settings.quantize,
+                                    settings.data_dir or default_data_dir(),
+                                    threads=settings.threads, status=show)
+        console.print(f"[green]✓[/] {settings.quantize} weights: {path}")
 
 
 @app.command()

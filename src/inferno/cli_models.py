@@ -289,3 +289,140 @@ def models_import(
     except InfernoError as exc:
         raise _fail(exc) from exc
     typer.echo(f"imported {m.ref} ({_mb(m.size)}, {m.format})")
+
+
+# -- models loaded on nodes, through the proxy's admin API (load, unload, ps) -------------
+
+UrlOpt = Annotated[
+    str,
+    typer.Option("--url", envvar="INFERNO_URL", help="The proxy's base URL."),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="INFERNO_API_KEY", help="An admin-scope API key."),
+]
+
+
+def _proxy_call(url: str, key: str | None, method: str, path: str,
+                body: dict[str, Any] | None = None) -> Any:
+    """One call to the proxy's admin API; exits with its error message on failure."""
+    from urllib.parse import urlsplit
+
+    import orjson
+
+    from inferno.net import HttpClient
+
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise _fail(ConfigError(f"--url must be http://host:port, got {url!r}"))
+    host, port = parts.hostname, parts.port or 80
+    target = parts.path.rstrip("/").removesuffix("/v1") + path
+    headers = [(b"content-type", b"application/json")]
+    if key:
+        headers.append((b"authorization", f"Bearer {key}".encode()))
+
+    async def call() -> tuple[int, bytes]:
+        client = HttpClient()
+        try:
+            async with await client.request(
+                host, port, method, target, headers=headers,
+                body=orjson.dumps(body) if body is not None else b"",
+                connect_timeout=5.0, header_timeout=900.0,
+            ) as resp:
+                return resp.status, await resp.read()
+        finally:
+            await client.aclose()
+
+    try:
+        status, raw = asyncio.run(call())
+    except InfernoError as exc:
+        raise _fail(exc) from exc
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
+    if status != 200:
+        message = data.get("error", {}).get("message", "") if isinstance(data, dict) else ""
+        typer.secho(f"error: {status} {message}", err=True, fg="red")
+        raise typer.Exit(1)
+    return data
+
+
+def _print_results(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    failed = False
+    for row in data.get("data", []):
+        if row.get("status") == 200:
+            typer.echo(f"{row['node']}: ok {json.dumps(row.get('result'))}")
+        else:
+            failed = True
+            err = row.get("error")
+            msg = err.get("message", err) if isinstance(err, dict) else err
+            typer.secho(f"{row['node']}: {row.get('status')} {msg}", fg="red")
+    if failed:
+        raise typer.Exit(1)
+
+
+@models_app.command("load")
+def models_load(
+    model: Annotated[str, typer.Argument(help="The model's served name.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node id.")] = None,
+    keep_alive: Annotated[str | None, typer.Option(
+        "--keep-alive", help="Idle time before unloading: 300, 5m, -1 (pinned), 0.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The proxy's answer as JSON.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Load a model on the nodes that can serve it (through the proxy; admin key)."""
+    body: dict[str, Any] = {"model": model}
+    if node is not None:
+        body["node"] = node
+    if keep_alive is not None:
+        body["keep_alive"] = keep_alive
+    _print_results(_proxy_call(url, key, "POST", "/v1/models/load", body), as_json)
+
+
+@models_app.command("unload")
+def models_unload(
+    model: Annotated[str, typer.Argument(help="The model's served name.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The proxy's answer as JSON.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Unload a model from every node that has it loaded (through the proxy; admin key)."""
+    body: dict[str, Any] = {"model": model}
+    if node is not None:
+        body["node"] = node
+    _print_results(_proxy_call(url, key, "POST", "/v1/models/unload", body), as_json)
+
+
+@models_app.command("ps")
+def models_ps(
+    as_json: Annotated[bool, typer.Option("--json", help="The proxy's answer as JSON.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """The models loaded on every node: size, keep_alive, expiry, requests in flight."""
+    from rich.console import Console
+    from rich.table import Table
+
+    data = _proxy_call(url, key, "GET", "/v1/models/ps")
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    now = time.time()
+    table = Table("node", "model", "size", "keep alive", "expires", "in flight", "last used")
+    for r in data.get("data", []):
+        expires = r.get("expires_at")
+        last = r.get("last_used")
+        table.add_row(
+            r["node"], r["name"], _mb(int(r.get("size") or 0)),
+            "forever" if r.get("pinned") else f"{r.get('keep_alive')}s",
+            "-" if expires is None else f"in {max(0.0, expires - now):.0f}s",
+            str(r.get("in_flight", 0)),
+            "-" if last is None else f"{max(0.0, now - last):.0f}s ago",
+        )
+    Console().print(table)

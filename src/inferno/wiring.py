@@ -22,37 +22,38 @@ from inferno.core.errors import ConfigError
 log = logging.getLogger("inferno")
 
 
-def _fake(s: BackendSettings) -> Engine:
+def _fake(s: BackendSettings, ref: str, served: str | None) -> Engine:
     from inferno.backend.engines.fake import FakeEngine
 
-    return FakeEngine(model_id=s.served_name or s.model, n_ctx=s.n_ctx, parallel=s.parallel,
+    return FakeEngine(model_id=served or ref, n_ctx=s.n_ctx, parallel=s.parallel,
                       token_delay=s.fake_token_delay)
 
 
-def _llamacpp(s: BackendSettings) -> Engine:
+def _llamacpp(s: BackendSettings, ref: str, served: str | None) -> Engine:
     from inferno.backend.engines.llamacpp import LlamaCppEngine
     from inferno.models.catalog import resolve_model
 
-    model = resolve_model(s.model)
-    return LlamaCppEngine(str(model.path), model_id=s.served_name or model.id, n_ctx=s.n_ctx,
+    model = resolve_model(ref)
+    return LlamaCppEngine(str(model.path), model_id=served or model.id, n_ctx=s.n_ctx,
                           n_threads=s.threads, n_parallel=s.parallel,
-                          aliases=() if s.served_name else model.aliases,
+                          aliases=() if served else model.aliases,
                           quantize=s.quantize, data_dir=s.data_dir,
                           prefix_cache=s.prefix_cache,
                           prefill_hold_ms=s.prefill_hold_ms)
 
 
-def _onnx(s: BackendSettings) -> AnyEngine:
+def _onnx(s: BackendSettings, ref: str, served: str | None) -> AnyEngine:
     from inferno.backend.engines.onnx import OnnxEngine
     from inferno.models.catalog import resolve_model
 
-    model = resolve_model(s.model)
-    return OnnxEngine(model.path, model_id=s.served_name or model.id, threads=s.threads,
+    model = resolve_model(ref)
+    return OnnxEngine(model.path, model_id=served or model.id, threads=s.threads,
                       batch_size=s.embed_batch_size, batch_wait=s.embed_batch_wait,
-                      data_dir=s.data_dir, aliases=() if s.served_name else model.aliases)
+                      data_dir=s.data_dir, aliases=() if served else model.aliases)
 
 
-def _remote_args(s: BackendSettings, default_url: str) -> dict[str, Any]:
+def _remote_args(s: BackendSettings, ref: str, served: str | None,
+                 default_url: str) -> dict[str, Any]:
     """What both remote engines take; the API key is resolved here, never logged."""
     key: str | None = None
     if s.api_key_env:
@@ -62,26 +63,29 @@ def _remote_args(s: BackendSettings, default_url: str) -> dict[str, Any]:
                               "api_key_env is not set")
     elif s.api_key is not None:
         key = s.api_key.get_secret_value()
-    return {"base_url": s.remote_url or default_url, "model_id": s.served_name or s.model,
-            "remote_model": s.remote_model or s.model, "api_key": key, "parallel": s.parallel,
+    # remote_model names the provider's model for the first ref; the others are their own.
+    remote = (s.remote_model or ref) if ref == s.model[0] else ref
+    return {"base_url": s.remote_url or default_url, "model_id": served or ref,
+            "remote_model": remote, "api_key": key, "parallel": s.parallel,
             "timeout": s.remote_timeout, "context_length": s.n_ctx,
             "price_per_mtok_input": s.price_per_mtok_input,
             "price_per_mtok_output": s.price_per_mtok_output}
 
 
-def _openai(s: BackendSettings) -> AnyEngine:
+def _openai(s: BackendSettings, ref: str, served: str | None) -> AnyEngine:
     from inferno.backend.engines.remote_openai import RemoteOpenAIEngine
 
-    return RemoteOpenAIEngine(**_remote_args(s, "https://api.openai.com/v1"))
+    return RemoteOpenAIEngine(**_remote_args(s, ref, served, "https://api.openai.com/v1"))
 
 
-def _gemini(s: BackendSettings) -> AnyEngine:
+def _gemini(s: BackendSettings, ref: str, served: str | None) -> AnyEngine:
     from inferno.backend.engines.gemini import GeminiEngine
 
-    return GeminiEngine(**_remote_args(s, "https://generativelanguage.googleapis.com/v1beta"))
+    return GeminiEngine(**_remote_args(
+        s, ref, served, "https://generativelanguage.googleapis.com/v1beta"))
 
 
-ENGINES: dict[str, Callable[[BackendSettings], AnyEngine]] = {
+ENGINES: dict[str, Callable[[BackendSettings, str, str | None], AnyEngine]] = {
     "fake": _fake,
     "llamacpp": _llamacpp,
     "onnx": _onnx,
@@ -90,8 +94,13 @@ ENGINES: dict[str, Callable[[BackendSettings], AnyEngine]] = {
 }
 
 
-def build_engine(settings: BackendSettings) -> AnyEngine:
-    return ENGINES[settings.engine](settings)
+def build_engine(settings: BackendSettings, ref: str | None = None) -> AnyEngine:
+    """The engine (not yet loaded) for one model ref of the node; the first model's by
+    default. ``served_name`` names the first model only."""
+    first = settings.model[0]
+    ref = first if ref is None else ref
+    return ENGINES[settings.engine](settings, ref,
+                                    settings.served_name if ref == first else None)
 
 
 class Service(Protocol):

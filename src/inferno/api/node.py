@@ -3,7 +3,8 @@
 ``POST /registration`` on the proxy's ops port takes a :class:`Registration`; sending the
 same registration again renews the node's lease (that is the heartbeat), and
 ``DELETE /registration/{id}`` (or ``{"id": ..., "state": "draining"}``) removes it from
-rotation before the node stops. ``GET /telemetry`` on any node returns :class:`Vitals`.
+rotation before the node stops. A node whose loaded models change registers again at
+once. ``GET /telemetry`` on any node returns :class:`Vitals`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ class Registration(BaseModel):
     models: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
                       Field(min_length=1, max_length=64)]
     capacity: Annotated[int, Field(ge=1, le=4096)] = 1
+    # Nodes that load models at run time: of ``models`` (every name the node serves, loading
+    # it on demand when needed), those loaded now and those it may load.
+    loaded: Annotated[list[Annotated[str, Field(max_length=256)]], Field(max_length=64)] = []
+    available: Annotated[list[Annotated[str, Field(max_length=256)]],
+                         Field(max_length=64)] = []
     state: NodeState = "ready"
     # Seconds the registration stays valid without a renewal.
     lease_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None

@@ -1,4 +1,9 @@
-"""The node's OpenAI-compatible API over one engine.
+"""The node's OpenAI-compatible API over the models it serves (:mod:`.models`).
+
+Each request goes to the engine of the model it names: an unknown name is a 404, a known
+model that is not loaded is loaded first (the request waits, up to ``load_wait``), and the
+request holds its model until it ends, so an unload waits for it. ``/v1/models/load``,
+``/unload`` and ``/ps`` are the node's model management (:mod:`.model_admin`).
 
 Everything engine-independent lives here: validation, model-name checks, chat templating,
 stop strings, SSE framing, usage, and metrics. A streaming request pulls the engine's
@@ -28,12 +33,13 @@ from inferno.backend.engines.base import (
     SamplingParams,
 )
 from inferno.backend.metrics import BackendMetrics
+from inferno.backend.model_admin import ADMIN_ROUTES, ModelAdmin
+from inferno.backend.models import LoadedModels, ModelEntry
 from inferno.backend.stops import StopMatcher
 from inferno.core.errors import (
     InfernoError,
     InvalidRequest,
     MethodNotAllowed,
-    ModelNotFound,
     NotFound,
     NotReady,
     UnsupportedParameter,
@@ -43,7 +49,7 @@ from inferno.net import Request, Response, StreamingResponse
 from inferno.net.sse import SSE_DONE, sse_event
 
 _ROUTES = {"/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET",
-           "/v1/embeddings": "POST"}
+           "/v1/embeddings": "POST", **ADMIN_ROUTES}
 _ENDPOINTS: dict[str, tuple[str, Capability]] = {
     "/v1/chat/completions": ("chat", "chat"),
     "/v1/completions": ("completions", "completions"),
@@ -52,17 +58,16 @@ _ENDPOINTS: dict[str, tuple[str, Capability]] = {
 
 
 class BackendAPI:
-    def __init__(self, engine: AnyEngine, metrics: BackendMetrics,
-                 state: Callable[[], str]) -> None:
-        self._engine = engine
+    def __init__(self, models: LoadedModels, metrics: BackendMetrics,
+                 state: Callable[[], str], *, admin: ModelAdmin | None = None,
+                 load_wait: float = 300.0) -> None:
+        self.models = models
         self._metrics = metrics
         self._state = state
+        self._admin = admin or ModelAdmin(models, token=None)
+        self._load_wait = load_wait
         self.in_flight = 0
         self.requests_total = 0
-
-    def _names(self) -> set[str]:
-        info = self._engine.info
-        return {info.id, *info.aliases}
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path.rstrip("/") or "/"
@@ -73,6 +78,8 @@ class BackendAPI:
             raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use {method}.")
         if path == "/v1/models":
             return self._models()
+        if path in ADMIN_ROUTES:
+            return await self._admin.handle(req, path)
         endpoint = _ENDPOINTS[path][0]
         started = time.perf_counter()
         self.in_flight += 1
@@ -80,11 +87,12 @@ class BackendAPI:
         self._metrics.in_flight.inc()
         status = 500
         streaming = False
+        held: list[ModelEntry] = []  # the model this request holds, released at its end
         try:
             if endpoint == "embeddings":
-                resp: Response | StreamingResponse = await self._embeddings(req)
+                resp: Response | StreamingResponse = await self._embeddings(req, held)
             else:
-                resp = await self._completion(req, endpoint, started)
+                resp = await self._completion(req, endpoint, started, held)
             status = resp.status
             if isinstance(resp, StreamingResponse):
                 streaming = True  # the stream's own finally settles the books
@@ -94,28 +102,47 @@ class BackendAPI:
             raise
         finally:
             if not streaming:
-                self._finish(endpoint, status, started)
+                self._finish(endpoint, status, started, held)
 
-    def _finish(self, endpoint: str, status: int, started: float) -> None:
+    def _finish(self, endpoint: str, status: int, started: float,
+                held: list[ModelEntry]) -> None:
+        for entry in held:
+            self.models.release(entry)
+        held.clear()
         self.in_flight -= 1
         self._metrics.in_flight.dec()
         self._metrics.requests.labels(endpoint, str(status)).inc()
         self._metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
     def _models(self) -> Response:
-        info = self._engine.info
-        card = oa.model_card(info.id, info.owned_by, context_length=info.context_length,
-                             aliases=list(info.aliases), capabilities=sorted(info.capabilities))
-        if info.dimensions is not None:
-            card["dimensions"] = info.dimensions
-        return Response.json(oa.model_list([card]))
+        cards = []
+        for entry in self.models.entries:
+            info = entry.info
+            card = oa.model_card(info.id, info.owned_by, context_length=info.context_length,
+                                 aliases=list(info.aliases),
+                                 capabilities=sorted(info.capabilities))
+            if info.dimensions is not None:
+                card["dimensions"] = info.dimensions
+            # Beyond OpenAI's fields: "loaded", or "unloaded" (loads on first request).
+            card["status"] = "loaded" if entry.state == "loaded" else "unloaded"
+            cards.append(card)
+        return Response.json(oa.model_list(cards))
 
-    def _check_model(self, model: str, endpoint: str) -> None:
-        """The model is served here and can do what the endpoint asks (else a clear 4xx)."""
-        if model not in self._names():
-            raise ModelNotFound(f"The model '{model}' does not exist on this node.",
-                                param="model")
-        caps = self._engine.info.capabilities
+    async def _acquire(self, model: str, endpoint: str,
+                       held: list[ModelEntry]) -> AnyEngine:
+        """The loaded engine of ``model`` if it can serve the endpoint (else a clear 4xx),
+        held by this request."""
+        entry = self.models.find(model)
+        self._check_model(entry, model, endpoint)
+        entry = await self.models.acquire(model, wait=self._load_wait)
+        held.append(entry)
+        if entry.engine is None:  # loaded entries have one
+            raise NotReady(f"The model '{model}' is not loaded; retry.")
+        return entry.engine
+
+    def _check_model(self, entry: ModelEntry, model: str, endpoint: str) -> None:
+        """The model can do what the endpoint asks (else a clear 4xx)."""
+        caps = entry.info.capabilities
         needed = _ENDPOINTS[f"/v1/{'chat/completions' if endpoint == 'chat' else endpoint}"][1]
         if needed not in caps:
             can = ", ".join(f"/v1/{'chat/completions' if c == 'chat' else c}"
@@ -125,16 +152,16 @@ class BackendAPI:
                 f"{'chat/completions' if endpoint == 'chat' else endpoint}; it serves {can}.",
                 param="model")
 
-    async def _embeddings(self, req: Request) -> Response:
+    async def _embeddings(self, req: Request, held: list[ModelEntry]) -> Response:
         if self._state() != "ready":
             raise NotReady(f"This node is {self._state()}; try another node.")
         ereq = parse_request(oa.EmbeddingRequest, req.body)
-        self._check_model(ereq.model, "embeddings")
-        engine: EmbeddingEngine = self._engine  # type: ignore[assignment]  # checked above
+        engine: EmbeddingEngine = await self._acquire(  # type: ignore[assignment]
+            ereq.model, "embeddings", held)  # capability checked there
         return Response(200, await embeddings_body(engine, ereq))
 
-    async def _completion(self, req: Request, endpoint: str,
-                          started: float) -> Response | StreamingResponse:
+    async def _completion(self, req: Request, endpoint: str, started: float,
+                          held: list[ModelEntry]) -> Response | StreamingResponse:
         if self._state() != "ready":
             raise NotReady(f"This node is {self._state()}; try another node.")
         if endpoint == "chat":
@@ -142,8 +169,8 @@ class BackendAPI:
                 oa.ChatCompletionRequest, req.body)
         else:
             creq = parse_request(oa.CompletionRequest, req.body)
-        self._check_model(creq.model, endpoint)
-        engine: Engine = self._engine  # type: ignore[assignment]  # capability checked above
+        engine: Engine = await self._acquire(  # type: ignore[assignment]
+            creq.model, endpoint, held)  # capability checked there
         params = SamplingParams(
             max_tokens=creq.token_limit(), temperature=creq.temperature, top_p=creq.top_p,
             seed=creq.seed, presence_penalty=creq.presence_penalty,
@@ -172,14 +199,15 @@ class BackendAPI:
         self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
         turn = _Turn(endpoint, creq, gen, first)
         if creq.stream:
-            return StreamingResponse(self._stream(turn, started))
+            return StreamingResponse(self._stream(turn, started, held))
         try:
             body = await turn.collect()
         finally:
             self._metrics.tokens.inc(turn.completion_tokens)
         return Response(200, orjson.dumps(body))
 
-    async def _stream(self, turn: _Turn, started: float) -> AsyncIterator[bytes]:
+    async def _stream(self, turn: _Turn, started: float,
+                      held: list[ModelEntry]) -> AsyncIterator[bytes]:
         status = 200
         try:
             async for event in turn.events():
@@ -193,7 +221,7 @@ class BackendAPI:
             raise
         finally:
             self._metrics.tokens.inc(turn.completion_tokens)
-            self._finish(turn.endpoint, status, started)
+            self._finish(turn.endpoint, status, started, held)
 
 
 class _Turn:

@@ -1,7 +1,9 @@
 """Registers a node with the proxy and keeps its lease alive.
 
-Registration is idempotent: the heartbeat is the same ``POST /registration`` sent every
-``interval`` seconds, which renews the lease on the proxy. A proxy that restarts (and
+Registration is idempotent: the heartbeat is a ``POST /registration`` sent every
+``interval`` seconds, which renews the lease on the proxy. Each one is built fresh from
+the node (``registration`` may be a callable), and :meth:`RegistrationClient.notify`
+sends one at once, e.g. when the node's loaded models change. A proxy that restarts (and
 forgot us) therefore learns about the node again within one interval. ``deregister()``
 tells the proxy to stop routing here before the node drains.
 """
@@ -9,7 +11,9 @@ tells the proxy to stop routing here before the node drains.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 
 import orjson
 
@@ -28,10 +32,13 @@ def split_host_port(value: str, default_port: int) -> tuple[str, int]:
 
 
 class RegistrationClient:
-    def __init__(self, discovery_lb: str, registration: Registration, *,
+    def __init__(self, discovery_lb: str,
+                 registration: Registration | Callable[[], Registration], *,
                  interval: float, client: HttpClient, token: str | None = None) -> None:
         self._host, self._port = split_host_port(discovery_lb, 6100)
-        self._registration = registration
+        self._registration = (registration if callable(registration)
+                              else lambda: registration)
+        self._changed = asyncio.Event()
         self._interval = interval
         self._client = client
         # The proxy's node token, sent as a bearer credential (never logged).
@@ -44,10 +51,18 @@ class RegistrationClient:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="registration-heartbeat")
 
+    def notify(self) -> None:
+        """Register again now (the registration changed), not at the next heartbeat."""
+        self._changed.set()
+
     async def _run(self) -> None:
         while True:
-            await self._send("POST", "/registration", self._registration.model_dump_json().encode())
-            await asyncio.sleep(self._interval)
+            self._changed.clear()
+            await self._send("POST", "/registration",
+                             self._registration().model_dump_json().encode())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._changed.wait()
 
     async def _send(self, method: str, path: str, body: bytes = b"") -> bool:
         try:
@@ -81,7 +96,7 @@ class RegistrationClient:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._send("DELETE", f"/registration/{self._registration.id}")
+        await self._send("DELETE", f"/registration/{self._registration().id}")
 
 
 def _error_message(payload: bytes) -> str:

@@ -9,6 +9,7 @@ whose message names the field and where the value came from.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -79,7 +80,33 @@ class ComponentSettings(BaseSettings):
 def _split_csv(v: Any) -> Any:
     if isinstance(v, str):
         return [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+        return [p for x in v for p in _split_csv(x)]  # --model a,b --model c
     return v
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(v: Any) -> float:
+    """Seconds from ``300``, ``"300"``, ``"5m"``, ``"1h30m"``; any negative is -1 (forever)."""
+    if isinstance(v, bool):
+        raise ValueError("expected a duration such as 300, 5m or -1")
+    if isinstance(v, (int, float)):
+        return -1.0 if v < 0 else float(v)
+    if isinstance(v, str):
+        text = v.strip().lower()
+        try:
+            return parse_duration(float(text))
+        except ValueError:
+            pass
+        if text.startswith("-"):
+            return -1.0
+        parts = _DURATION.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return sum(float(n) * _UNIT[u] for n, u in parts)
+    raise ValueError(f"expected a duration such as 300, 5m or -1, got {v!r}")
 
 
 class BackendSettings(ComponentSettings):
@@ -89,10 +116,20 @@ class BackendSettings(ComponentSettings):
     host: str = "127.0.0.1"
     port: Port = 8000
     ops_port: Port = 6100
-    # A catalog id (e.g. smollm2-135m) or a path to a GGUF file.
-    model: str = "smollm2-135m"
-    # The name clients use; defaults to the catalog id or the file's stem.
+    # Catalog ids (e.g. smollm2-135m) or paths to GGUF files, loaded at start and kept
+    # (pinned) until unloaded through the API; "a,b" from the environment or YAML.
+    model: Annotated[list[str], NoDecode, Field(min_length=1, max_length=32)] = [
+        "smollm2-135m"]
+    # The name clients use for the first model; defaults to the catalog id or the stem.
     served_name: str | None = None
+    # Refs the node may load on demand (a request names it, or POST /v1/models/load).
+    models_available: Annotated[list[str], NoDecode, Field(max_length=64)] = []
+    # How long a model loaded at run time stays after its last request (Ollama's meaning):
+    # seconds or a duration ("300", "5m", "1h"), -1 forever, 0 unload after each request.
+    keep_alive: float = 300.0
+    # Bytes the loaded models may take (their files' sizes); 0 means unlimited. Loading
+    # beyond it first evicts the least recently used idle model that is not pinned.
+    memory_budget: Annotated[int, Field(ge=0)] = 0
     engine: Literal["llamacpp", "onnx", "openai", "gemini", "fake"] = "llamacpp"
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     threads: Annotated[int, Field(ge=1, le=256)] = 1
@@ -139,6 +176,13 @@ class BackendSettings(ComponentSettings):
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Fake engine only: seconds per generated token (for tests and demos).
     fake_token_delay: Annotated[float, Field(ge=0, le=10)] = 0.0
+
+    _csv = field_validator("model", "models_available", mode="before")(_split_csv)
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _keep_alive(cls, v: Any) -> float:
+        return parse_duration(v)
 
 
 class _Frozen(BaseModel):

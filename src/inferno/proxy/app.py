@@ -31,6 +31,7 @@ from inferno.proxy.pool import Pool
 from inferno.proxy.router import Router
 
 if TYPE_CHECKING:
+    from inferno.proxy.models_admin import ModelsAdmin
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
 
@@ -40,11 +41,13 @@ _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddin
 class ProxyAPI:
     def __init__(self, pool: Pool, router: Router, forwarder: Forwarder, admission: Admission,
                  metrics: ProxyMetrics, *, request_timeout: float,
-                 guard: RequestGuard | None = None, admin: AdminAPI | None = None) -> None:
+                 guard: RequestGuard | None = None, admin: AdminAPI | None = None,
+                 models_admin: ModelsAdmin | None = None) -> None:
         # guard: auth, limits, cache and the request log around each inference request
         # (inferno.proxy.security); None serves every request unauthenticated, unrecorded.
         self._guard = guard
         self._admin = admin
+        self._models_admin = models_admin
         self._pool = pool
         self._router = router
         self._forwarder = forwarder
@@ -78,6 +81,8 @@ class ProxyAPI:
             if req.method != "GET":
                 raise MethodNotAllowed(f"{req.method} is not allowed on /v1/models; use GET.")
             return self._models()
+        if self._models_admin is not None and self._models_admin.owns(path):
+            return await self._models_admin.handle(req)
         if path.startswith("/v1/models/") and req.method == "GET":
             return self._model(path.removeprefix("/v1/models/"))
         if self._admin is not None and self._admin.owns(path):

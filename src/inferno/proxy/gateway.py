@@ -24,6 +24,7 @@ from inferno.proxy.health.active import ActiveHealth
 from inferno.proxy.health.breaker import BreakerPolicy
 from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.metrics import ProxyMetrics
+from inferno.proxy.models_admin import ModelsAdmin
 from inferno.proxy.pool import Pool
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
@@ -65,7 +66,10 @@ class Gateway:
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
-                            admin=self.security.admin)
+                            admin=self.security.admin,
+                            models_admin=ModelsAdmin(
+                                self.security.auth, self.pool, self.client,
+                                node_tokens=[t.get_secret_value() for t in s.node_tokens]))
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,

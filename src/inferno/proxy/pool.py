@@ -35,6 +35,9 @@ class Node:
     expires_at: float = float("inf")
     price_per_hour: float = 0.0
     price_per_mtok: float = 0.0  # input and output averaged, for ranking
+    # Nodes that load models at run time: which of ``models`` are loaded, which loadable.
+    loaded: frozenset[str] = frozenset()
+    available: frozenset[str] = frozenset()
     # Live state, shared by every snapshot that holds this node.
     outstanding: int = 0
     requests: int = 0
@@ -102,6 +105,7 @@ class Pool:
                 and node.models == models):
             node.expires_at = expires
             node.capacity = reg.capacity
+            node.loaded, node.available = frozenset(reg.loaded), frozenset(reg.available)
             if node.state != reg.state:
                 node.state = reg.state
                 self._publish()
@@ -110,6 +114,7 @@ class Pool:
                     models=models, capacity=reg.capacity, source=source, state=reg.state,
                     expires_at=expires, price_per_hour=reg.price_per_hour,
                     price_per_mtok=(reg.price_per_mtok_input + reg.price_per_mtok_output) / 2,
+                    loaded=frozenset(reg.loaded), available=frozenset(reg.available),
                     breaker=Breaker(self._breaker))
         self._nodes[reg.id] = node
         self._publish()

@@ -28,8 +28,9 @@ _WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "Paris
 class FakeEngine:
     def __init__(self, *, model_id: str = "fake-model", n_ctx: int = 2048, parallel: int = 4,
                  token_delay: float = 0.0, eos_after: int | None = None,
-                 aliases: tuple[str, ...] = ()) -> None:
-        self._info = ModelInfo(id=model_id, path="(fake)", context_length=n_ctx, aliases=aliases)
+                 aliases: tuple[str, ...] = (), path: str = "(fake)") -> None:
+        # path: a file whose size stands for the model's memory (memory-budget tests).
+        self._info = ModelInfo(id=model_id, path=path, context_length=n_ctx, aliases=aliases)
         self._delay = token_delay
         self._eos_after = eos_after
         self._slots = Slots(parallel)
