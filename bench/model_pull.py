@@ -144,6 +144,59 @@ def throughput(tmp: Path, url: str, size: int, rounds: int) -> dict[str, object]
     }
 
 
+def limits(url: str, size: int, rounds: int) -> dict[str, object]:
+    """What bounds a pull on this machine: sha256 speed, and bare receive loops."""
+    import httpx2
+
+    from inferno.net.client import HttpClient
+
+    block = os.urandom(1 << 20)
+    sha = []
+    for _ in range(rounds):
+        h, t = hashlib.sha256(), time.perf_counter()
+        for _ in range(256):
+            h.update(block)
+        sha.append(256 / (time.perf_counter() - t))
+
+    async def httpx_raw(chunk_size: int | None) -> float:
+        async with httpx2.AsyncClient() as c:
+            t = time.perf_counter()
+            async with c.stream("GET", url) as r:
+                async for _ in r.aiter_raw(chunk_size=chunk_size):
+                    pass
+            return size / (1 << 20) / (time.perf_counter() - t)
+
+    async def own() -> float:
+        u = url.split("/", 3)
+        host, port = u[2].rsplit(":", 1)
+        c = HttpClient()
+        t = time.perf_counter()
+        r = await c.request(host, int(port), "GET", "/" + u[3])
+        while await r.next_chunk(30.0) is not None:
+            pass
+        rate = size / (1 << 20) / (time.perf_counter() - t)
+        await c.aclose()
+        return rate
+
+    def med(xs: list[float]) -> int:
+        return round(statistics.median(xs))
+
+    return {
+        "sha256_1mib_updates_mib_s": med(sha),
+        "httpx2_aiter_raw_mib_s": med([asyncio.run(httpx_raw(None)) for _ in range(rounds)]),
+        "httpx2_aiter_raw_1mib_mib_s": med(
+            [asyncio.run(httpx_raw(1 << 20)) for _ in range(rounds)]
+        ),
+        "inferno_net_client_mib_s": med([asyncio.run(own()) for _ in range(rounds)]),
+        "curl_to_dev_null_mib_s": med(
+            [
+                size / (1 << 20) / timed(["curl", "-sS", "-o", "/dev/null", url])
+                for _ in range(rounds)
+            ]
+        ),
+    }
+
+
 def resume(tmp: Path, port: int, size: int) -> dict[str, object]:
     path = "/slow/file.gguf"
     url = f"http://127.0.0.1:{port}{path}"
@@ -302,7 +355,13 @@ def main() -> None:
     ap.add_argument("--faulty", type=int, default=100)
     ap.add_argument("--show-gib", type=float, default=1.5)
     ap.add_argument("--tensors", type=int, default=2000)
+    ap.add_argument(
+        "--only",
+        default="labcd",
+        help="parts to run: l (limits), a (throughput), b (resume), c (faults), d (show)",
+    )
     args = ap.parse_args()
+    only = set(args.only)
     for tool in ("nginx", "curl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: bash scripts/system-deps.sh bench")
@@ -323,17 +382,24 @@ def main() -> None:
         }
         try:
             url = f"http://127.0.0.1:{port}/file.gguf"
-            results["a_throughput"] = throughput(tmp, url, size, args.rounds)
-            print(json.dumps({"a_throughput": results["a_throughput"]}), flush=True)
-            results["b_resume"] = resume(tmp, port, size)
-            print(json.dumps({"b_resume": results["b_resume"]}), flush=True)
+            if "l" in only:
+                results["limits"] = limits(url, size, args.rounds)
+                print(json.dumps({"limits": results["limits"]}), flush=True)
+            if "a" in only:
+                results["a_throughput"] = throughput(tmp, url, size, args.rounds)
+                print(json.dumps({"a_throughput": results["a_throughput"]}), flush=True)
+            if "b" in only:
+                results["b_resume"] = resume(tmp, port, size)
+                print(json.dumps({"b_resume": results["b_resume"]}), flush=True)
         finally:
             nginx.send_signal(signal.SIGQUIT)
             nginx.wait(10)
-        results["c_faults"] = asyncio.run(faulty(tmp, args.faulty))
-        print(json.dumps({"c_faults": results["c_faults"]}), flush=True)
-        results["d_show"] = show(tmp, args.show_gib, args.tensors)
-        print(json.dumps({"d_show": results["d_show"]}), flush=True)
+        if "c" in only:
+            results["c_faults"] = asyncio.run(faulty(tmp, args.faulty))
+            print(json.dumps({"c_faults": results["c_faults"]}), flush=True)
+        if "d" in only:
+            results["d_show"] = show(tmp, args.show_gib, args.tensors)
+            print(json.dumps({"d_show": results["d_show"]}), flush=True)
 
 
 if __name__ == "__main__":

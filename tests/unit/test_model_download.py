@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from tests.fakes.file_server import FileServer
 from tests.fakes.tiny_gguf import write_tiny_gguf
 from tests.polling import eventually
 
+# http:// through inferno.net.client (the default) and through httpx2 (as https:// goes)
+BOTH_CLIENTS = pytest.mark.parametrize("own_http", [True, False], ids=["own", "httpx2"])
 FAST = FetchOptions(backoff=0.01, max_backoff=0.05, stall_timeout=0.5, connect_timeout=2)
 
 
@@ -44,12 +47,15 @@ def remote(srv: FileServer, *, digest: bool = True, **kw: object) -> Remote:
     )  # type: ignore[arg-type]
 
 
-async def test_a_cut_download_resumes_at_the_right_byte(server: FileServer, tmp_path: Path) -> None:
+@BOTH_CLIENTS
+async def test_a_cut_download_resumes_at_the_right_byte(
+    server: FileServer, tmp_path: Path, own_http: bool
+) -> None:
     body = server.files["/m/tiny.gguf"]
     half = len(body) // 2
     server.faults.cut_at = half
     store = ModelStore(tmp_path / "store")
-    layer = await fetch(remote(server), store, options=FAST)
+    layer = await fetch(remote(server), store, options=replace(FAST, own_http=own_http))
     assert [r.range_start for r in server.requests] == [None, half]
     assert server.requests[1].headers["if-range"] == server.etag
     assert server.bytes_sent == len(body)
@@ -57,12 +63,15 @@ async def test_a_cut_download_resumes_at_the_right_byte(server: FileServer, tmp_
     assert not list(store.blobs.glob("*.partial*"))
 
 
-async def test_a_flipped_byte_is_quarantined_and_named(server: FileServer, tmp_path: Path) -> None:
+@BOTH_CLIENTS
+async def test_a_flipped_byte_is_quarantined_and_named(
+    server: FileServer, tmp_path: Path, own_http: bool
+) -> None:
     server.faults.flip_at = 1000
     store = ModelStore(tmp_path / "store")
     r = remote(server, headers={"Authorization": "Bearer s3cret"})
     with pytest.raises(ModelIntegrityError) as info:
-        await fetch(r, store, options=FAST)
+        await fetch(r, store, options=replace(FAST, own_http=own_http))
     bad = bytearray(server.files["/m/tiny.gguf"])
     bad[1000] ^= 0xFF
     received = hashlib.sha256(bad).hexdigest()
@@ -82,10 +91,15 @@ async def test_retry_after_is_honoured_then_the_file_arrives(
     assert layer.size == len(server.files["/m/tiny.gguf"])
 
 
-async def test_a_stall_reconnects_and_resumes(server: FileServer, tmp_path: Path) -> None:
+@BOTH_CLIENTS
+async def test_a_stall_reconnects_and_resumes(
+    server: FileServer, tmp_path: Path, own_http: bool
+) -> None:
     server.faults.stall_at = 5000
     server.faults.stall_for = 5
-    await fetch(remote(server), ModelStore(tmp_path / "s"), options=FAST)
+    await fetch(
+        remote(server), ModelStore(tmp_path / "s"), options=replace(FAST, own_http=own_http)
+    )
     assert [r.range_start for r in server.requests] == [None, 5000]
 
 

@@ -18,6 +18,8 @@ from inferno.models.store import ModelStore, hash_file
 from tests.fakes.file_server import FileServer
 from tests.fakes.tiny_gguf import write_tiny_gguf
 
+# http:// through inferno.net.client (the default) and through httpx2 (as https:// goes)
+BOTH_CLIENTS = pytest.mark.parametrize("own_http", [True, False], ids=["own", "httpx2"])
 PARTS = FetchOptions(
     backoff=0.01,
     max_backoff=0.05,
@@ -75,12 +77,13 @@ async def test_four_ranged_parts_cover_the_file(server: FileServer, tmp_path: Pa
     assert_blob(store, body(server))
 
 
-async def test_a_cut_part_resumes_alone(server: FileServer, tmp_path: Path) -> None:
+@BOTH_CLIENTS
+async def test_a_cut_part_resumes_alone(server: FileServer, tmp_path: Path, own_http: bool) -> None:
     step = part_size(server)
     cut = 2 * step + step // 2  # in the middle of the third part
     server.faults.cut_at = cut
     store = ModelStore(tmp_path / "s")
-    await fetch(remote(server), store, options=PARTS)
+    await fetch(remote(server), store, options=replace(PARTS, own_http=own_http))
     assert len(server.requests) == 5
     assert server.requests[-1].range_start == cut
     assert server.bytes_sent - len(body(server)) <= step
@@ -109,11 +112,14 @@ async def test_a_new_pull_resumes_each_part_from_the_sidecar(
     assert_blob(store, body(server))
 
 
-async def test_a_stalled_part_reconnects(server: FileServer, tmp_path: Path) -> None:
+@BOTH_CLIENTS
+async def test_a_stalled_part_reconnects(
+    server: FileServer, tmp_path: Path, own_http: bool
+) -> None:
     server.faults.stall_at = part_size(server) + 4096
     server.faults.stall_for = 5
     store = ModelStore(tmp_path / "s")
-    await fetch(remote(server), store, options=PARTS)
+    await fetch(remote(server), store, options=replace(PARTS, own_http=own_http))
     assert server.requests[-1].range_start == part_size(server) + 4096
     assert_blob(store, body(server))
 

@@ -115,9 +115,8 @@ def test_llamacpp_serves_a_blob_from_the_store(
     assert source is not None
     store.import_file(source, "hf.co/org/smollm2", "Q4_1")  # a hard link: no copy
     monkeypatch.setenv("INFERNO_MODELS_DIR", str(store.root))
-    engine = _llamacpp(
-        BackendSettings(model="hf.co/org/smollm2:Q4_1", n_ctx=256, threads=1, parallel=1)
-    )
+    ref = "hf.co/org/smollm2:Q4_1"
+    engine = _llamacpp(BackendSettings(model=ref, n_ctx=256, threads=1, parallel=1), ref, None)
     assert isinstance(engine, LlamaCppEngine)
     engine.load()
     try:
