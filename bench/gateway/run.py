@@ -54,6 +54,16 @@ def start_stack(
     tmp: Path, workers: int, targets: list[str]
 ) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
     stack = up.Stack(tmp)
+    try:
+        return _start_targets(stack, tmp, workers, targets)
+    except BaseException:  # sys.exit included: never leave nginx or a proxy running
+        stack.close()
+        raise
+
+
+def _start_targets(
+    stack: up.Stack, tmp: Path, workers: int, targets: list[str]
+) -> tuple[up.Stack, dict[str, dict[str, int]], str, dict[str, int], int]:
     ports = {t: {m: up.free_port() for m in up.MODELS} for t in (*TARGETS, "inferno-base")}
     u = stack.nginx("upstream", up.upstream_conf(tmp, ports["direct"]))
     stack.upstream_ports = ports["direct"]
