@@ -270,7 +270,7 @@ def measure(a: argparse.Namespace) -> Run:
     native, path = model_paths(a.quantize, a.data_dir)
     logs = RESULTS / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    run.meta = {"model": str(path), "native_model": str(native), "threads": a.threads,
+    run.meta = {"model": _shown(path), "native_model": _shown(native), "threads": a.threads,
                 "quantize": a.quantize, "max_tokens": a.max_tokens, "clients": CLIENTS,
                 "n_ctx": a.n_ctx, "cpus": os.cpu_count(), "pressure_start": cpu_pressure()}
     same = InProcess(path, a.threads, a.n_ctx)
@@ -508,5 +508,15 @@ def main() -> None:
     report(measure(a))
 
 
+def _shown(path: Path) -> str:
+    """A path as results record it: relative to the checkout, never this machine's layout."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return Path(path).name
+
+
 if __name__ == "__main__":
     main()
+

@@ -199,3 +199,25 @@ def postgres() -> str:
 def redis() -> str:
     """The URL of the test Redis (see :func:`require_redis`)."""
     return require_redis()
+
+
+@pytest_asyncio.fixture
+async def hub() -> AsyncIterator[Any]:
+    """A fake Hugging Face hub on 127.0.0.1 (tests/fakes/hf_hub.py)."""
+    from tests.fakes.hf_hub import FakeHub
+
+    fake = FakeHub()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest_asyncio.fixture
+async def registry() -> AsyncIterator[Any]:
+    """A fake OCI / Ollama registry on 127.0.0.1 (tests/fakes/oci_registry.py)."""
+    from tests.fakes.oci_registry import FakeRegistry
+
+    fake = FakeRegistry()
+    await fake.start()
+    yield fake
+    await fake.close()

@@ -280,6 +280,8 @@ def _profile(
     rec = _spy(pid, seconds, svg)
     run = load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)
     rec.wait(seconds + 30)
+    # The graph's title is py-spy's command line: keep the checkout's location out of it.
+    svg.write_text(svg.read_text().replace(f"{ROOT}/", ""))
     print(f"{run.rps:.0f} req/s, {run.cpu_ms_per_req:.3f} ms CPU/req; flame graph: {svg}")
     rec = _spy(pid, seconds, raw, "-f", "raw", "--threads")
     load.wrk(_url(ports, "inferno", model), lua, 16, seconds + 1, body, key, pid)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from inferno.models.pull import pull
 from inferno.models.sources.hf import HfSource
@@ -25,22 +23,6 @@ TOKEN = "hf_SECRETtoken0123456789"
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest_asyncio.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    fake = FakeHub()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest_asyncio.fixture
-async def registry() -> AsyncIterator[FakeRegistry]:
-    fake = FakeRegistry()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 def blobs(store: ModelStore) -> set[str]:

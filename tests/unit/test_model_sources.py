@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
 import pytest
-import pytest_asyncio
 
 from inferno.core.errors import ModelNotFound, ModelSourceError
 from inferno.models.remote import Remote
@@ -41,14 +39,6 @@ def tiny_gguf(path: Path, name: str) -> bytes:
     writer.write_tensors_to_file()
     writer.close()
     return path.read_bytes()
-
-
-@pytest_asyncio.fixture
-async def hub() -> AsyncIterator[FakeHub]:
-    fake = FakeHub()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture
@@ -327,14 +317,6 @@ async def test_huggingface_hub_downloads_from_the_fake(
 # --- ollama:// -------------------------------------------------------------------------
 
 OLLAMA = "application/vnd.ollama.image."
-
-
-@pytest_asyncio.fixture
-async def registry() -> AsyncIterator[FakeRegistry]:
-    fake = FakeRegistry()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 def ollama_layers(weights: bytes) -> list[tuple[str, bytes]]:
