@@ -68,20 +68,20 @@ async def fake_node() -> AsyncIterator[BackendNode]:
     await node.drain()
 
 
+async def start_plain_gateway(**overrides: Any) -> Gateway:
+    """A proxy on free loopback ports with short timeouts and the process's defaults
+    otherwise (its data directory is this test session's)."""
+    settings: dict[str, Any] = {
+        "port": 0, "ops_port": 0, "connect_timeout": 0.5, "response_timeout": 10,
+        "stream_idle_timeout": 2, "drain_timeout": 2, "default_lease": 1.0}
+    gw = Gateway(ProxySettings(**{**settings, **overrides}))
+    await gw.start()
+    return gw
+
+
 @pytest_asyncio.fixture
 async def gateway() -> AsyncIterator[Gateway]:
-    gw = Gateway(
-        ProxySettings(
-            port=0,
-            ops_port=0,
-            connect_timeout=0.5,
-            response_timeout=10,
-            stream_idle_timeout=2,
-            drain_timeout=2,
-            default_lease=1.0,
-        )
-    )
-    await gw.start()
+    gw = await start_plain_gateway()
     yield gw
     await gw.drain()
 

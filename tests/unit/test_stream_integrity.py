@@ -25,7 +25,7 @@ from inferno.api.node import Registration
 from inferno.core.config import ProxySettings
 from inferno.core.errors import UpstreamProtocolError
 from inferno.proxy.gateway import Gateway
-from tests.conftest import free_port, start_gateway
+from tests.conftest import free_port, start_gateway, start_plain_gateway
 from tests.polling import eventually
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -234,18 +234,7 @@ async def stream_through(
 
 @pytest_asyncio.fixture
 async def gw() -> AsyncIterator[Gateway]:
-    g = Gateway(
-        ProxySettings(
-            port=0,
-            ops_port=0,
-            connect_timeout=0.5,
-            response_timeout=5,
-            stream_idle_timeout=0.3,
-            drain_timeout=1,
-            default_lease=1.0,
-        )
-    )
-    await g.start()
+    g = await start_plain_gateway(response_timeout=5, stream_idle_timeout=0.3, drain_timeout=1)
     yield g
     await g.drain()
 
