@@ -33,7 +33,8 @@ async def test_burst_scales_up_fast_and_returns_to_minimum(tmp_path: Path) -> No
           f"min {report.back_to_min_after_s}s after the burst; attainment "
           f"{report.attainment:.0%}; node-s {report.node_seconds:.0f} vs static "
           f"{report.static_node_seconds:.0f} (ratio {report.node_seconds_ratio:.2f}); TTFT p95 "
-          f"{report.ttft_p95_s}s, {report.failed}/{report.requests} failed", file=sys.stderr)
+          f"{report.ttft_p95_s}s, {report.failed}/{report.requests} failed "
+          f"(by status: {report.failures})", file=sys.stderr)
     assert report.scale_up_after_s is not None and report.scale_up_after_s <= 10
     assert report.new_ready_after_s is not None
     assert report.back_to_min_after_s is not None  # the fleet returned to its minimum
