@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from typing import Any
-
-import orjson
 
 from inferno.backend.models import LoadedModels
 from inferno.core.config import parse_duration
 from inferno.core.errors import AuthenticationError, InvalidRequest, PermissionDenied
+from inferno.core.validation import json_object
 from inferno.net import Request, Response
 
 ADMIN_ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET"}
@@ -63,7 +61,7 @@ class ModelAdmin:
         if path == "/v1/models/ps":
             rows = [e.row() for e in self._models.entries if e.state != "unloaded"]
             return Response.json({"object": "list", "data": rows})
-        data = _body(req.body)
+        data = json_object(req.body, empty=True)
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a model name.", param="model")
@@ -82,12 +80,3 @@ class ModelAdmin:
             {"name": entry.name, "model": entry.ref, "unloaded": was_loaded, "status": entry.state}
         )
 
-
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("The body must be a JSON object.") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return data

@@ -8,8 +8,9 @@ registrations). Settings files use :func:`field_errors` to name fields the same 
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from inferno.core.errors import InvalidRequest
@@ -25,6 +26,22 @@ def parse_request(model: type[_M], body: bytes) -> _M:
         return model.model_validate_json(body)
     except ValidationError as exc:
         raise invalid_request(exc) from exc
+
+
+_NOT_JSON = "We could not parse the JSON body of your request. The body must be a JSON object."
+_NOT_OBJECT = "The request body must be a JSON object."
+
+
+def json_object(body: bytes, *, empty: bool = False) -> dict[str, Any]:
+    """A JSON object body, read without a model (the proxy's hot path, admin routes);
+    ``empty=True`` takes no body as ``{}``."""
+    try:
+        data: Any = orjson.loads(body or (b"{}" if empty else body))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(_NOT_JSON) from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(_NOT_OBJECT)
+    return data
 
 
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none"})
@@ -50,11 +67,9 @@ def invalid_request(exc: ValidationError) -> InvalidRequest:
     """A 400 naming the first offending ``param`` (its location joined with '.')."""
     first = exc.errors(include_url=False)[0]
     if first["type"] == "json_invalid":
-        return InvalidRequest(
-            "We could not parse the JSON body of your request. The body must be a JSON object."
-        )
+        return InvalidRequest(_NOT_JSON)
     if first["type"] == "model_type" and not first["loc"]:
-        return InvalidRequest("The request body must be a JSON object.")
+        return InvalidRequest(_NOT_OBJECT)
     param = _param(first["loc"])
     # Union errors name each branch; the message of the first branch is the useful one.
     msg = first["msg"]

@@ -23,6 +23,7 @@ from inferno.core.errors import (
     NotFound,
     NotReady,
 )
+from inferno.core.validation import json_object
 from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy.admission import Admission
 from inferno.proxy.forward import Forwarder
@@ -187,15 +188,7 @@ class _InFlightChunks:
             await aclose()
 
 
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        data: Any = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("We could not parse the JSON body of your request. "
-                             "The body must be a JSON object.") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    return data
+_parse = json_object  # the body parsed once, only for what routing needs
 
 
 def _routing_fields(data: dict[str, Any]) -> tuple[str, bool, str | None]:

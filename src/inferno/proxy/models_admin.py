@@ -25,6 +25,7 @@ from inferno.core.errors import (
     ModelNotFound,
     NotFound,
 )
+from inferno.core.validation import json_object
 from inferno.net import HttpClient, Request, Response
 from inferno.proxy.pool import Node, Pool
 from inferno.proxy.security.auth import Authenticator, require_admin
@@ -66,7 +67,7 @@ class ModelsAdmin:
                 for row in body.get("data", [])
             ]
             return Response.json({"object": "list", "data": rows})
-        data = _body(req.body)
+        data = json_object(req.body, empty=True)
         model, node_id = data.get("model"), data.get("node")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a model name.", param="model")
@@ -138,12 +139,3 @@ class ModelsAdmin:
                 break
         return status, answer
 
-
-def _body(raw: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest("The body must be a JSON object.") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest("The body must be a JSON object.")
-    return data

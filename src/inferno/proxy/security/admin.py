@@ -15,8 +15,6 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from inferno.core.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -24,6 +22,7 @@ from inferno.core.errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
+from inferno.core.validation import json_object
 from inferno.net import Request, Response
 from inferno.proxy.security.auth import Authenticator, require_admin
 from inferno.proxy.security.keys import SCOPES, KeyCache, create_key, display
@@ -85,12 +84,7 @@ class AdminAPI:
         raise NotFound(f"Unknown route {req.method} {req.path}.")
 
     async def _create(self, req: Request, store: Store) -> Response:
-        try:
-            data: Any = orjson.loads(req.body or b"{}")
-        except orjson.JSONDecodeError as exc:
-            raise InvalidRequest("The body must be a JSON object.") from exc
-        if not isinstance(data, dict):
-            raise InvalidRequest("The body must be a JSON object.")
+        data = json_object(req.body, empty=True)
         name = data.get("name")
         scope = data.get("scope", "user")
         models = data.get("models")
