@@ -278,17 +278,64 @@ def models_prune(models_dir: DirOpt = None) -> None:
 
 @models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="A local model file.")],
-    ref: Annotated[str, typer.Argument(help="NAME[:TAG]")],
+    path: Annotated[Path | None, typer.Argument(help="A local model file.")] = None,
+    ref: Annotated[str | None, typer.Argument(help="NAME[:TAG] for PATH.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option("--from", help="Import every model of another tool's store: "
+                     "'ollama' or 'hf-cache'."),
+    ] = None,
+    source_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="That store's directory (default: where the tool keeps it)."),
+    ] = None,
     models_dir: DirOpt = None,
 ) -> None:
-    """Add a local file to the store (a hard link when possible; the file is not changed)."""
+    """Add local files to the store: hard links when possible, the originals unchanged.
+
+    `inferno models import FILE NAME[:TAG]` imports one file; `inferno models import --from
+    ollama` (or `--from hf-cache`) imports every model an Ollama store (or the Hugging Face
+    cache) holds, under the names `ollama://` (or `hf://`) pulls would give them.
+    """
+    store = _store(models_dir)
     try:
-        name, tag = parse_ref(ref)
-        m = _store(models_dir).import_file(path, name, tag)
+        if source is None:
+            if path is None or ref is None:
+                raise ConfigError("give FILE and NAME[:TAG], or --from ollama|hf-cache")
+            name, tag = parse_ref(ref)
+            m = store.import_file(path, name, tag)
+            typer.echo(f"imported {m.ref} ({_mb(m.size)}, {m.format})")
+            return
+        _import_store(store, source, source_dir)
     except InfernoError as exc:
         raise _fail(exc) from exc
-    typer.echo(f"imported {m.ref} ({_mb(m.size)}, {m.format})")
+
+
+def _import_store(store: ModelStore, source: str, root: Path | None) -> None:
+    from inferno.models import importers
+
+    if source == "ollama":
+        found = importers.find_ollama(root or importers.ollama_root())
+    elif source == "hf-cache":
+        found = importers.find_hf_cache(root or importers.hf_cache_root())
+    else:
+        raise ConfigError(f"--from {source!r}: expected 'ollama' or 'hf-cache'")
+    if not found:
+        typer.echo("no models found")
+        return
+    failed = 0
+    for item in found:
+        try:
+            # Hashing is the slow part (every byte is checked against the other store's digest).
+            m = importers.import_found(
+                store, item, lambda f: typer.echo(f"  hashing {f.filename}", err=True))
+        except InfernoError as exc:
+            failed += 1
+            typer.echo(f"skipped {item.ref}: {exc}", err=True)
+            continue
+        typer.echo(f"imported {m.ref} ({_mb(m.size)}, {m.format})")
+    if failed:
+        raise typer.Exit(1)
 
 
 # -- models loaded on nodes, through the proxy's admin API (load, unload, ps) -------------
