@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from inferno.core.errors import ModelNotFound, ModelSourceError
+from inferno.core.errors import ModelIntegrityError, ModelNotFound, ModelSourceError
 from inferno.models.remote import Remote
 from inferno.models.sources.hf import HfSource
 from inferno.models.sources.hf import parse as parse_hf
@@ -353,6 +353,16 @@ def ollama_layers(weights: bytes) -> list[tuple[str, bytes]]:
             OllamaRef("reg.example:5000", "me", "tiny", "latest"),
             id="host",
         ),
+        pytest.param(
+            "ollama://tiny:q4@sha256:" + "AB" * 32,
+            OllamaRef("registry.ollama.ai", "library", "tiny", "q4", "ab" * 32),
+            id="pinned",
+        ),
+        pytest.param(
+            "ollama://tiny@sha256:" + "ab" * 32,
+            OllamaRef("registry.ollama.ai", "library", "tiny", "sha256-" + "ab" * 6, "ab" * 32),
+            id="pinned-no-tag",
+        ),
     ],
 )
 def test_ollama_parse(ref: str, want: OllamaRef) -> None:
@@ -360,7 +370,8 @@ def test_ollama_parse(ref: str, want: OllamaRef) -> None:
 
 
 @pytest.mark.parametrize(
-    "ref", ["ollama://", "ollama://a/b/c/d", "ollama://me//x", "ollama://me/:tag"]
+    "ref", ["ollama://", "ollama://a/b/c/d", "ollama://me//x", "ollama://me/:tag",
+            "ollama://me/x@sha256:abc", "ollama://me/x@latest"]
 )
 def test_ollama_parse_refuses_malformed(ref: str) -> None:
     with pytest.raises(ModelSourceError, match="ollama://"):
@@ -419,6 +430,24 @@ async def test_ollama_default_namespace_and_tag_reach_the_registry(
     resolved = await source.resolve(f"ollama://{registry.host}/me/tiny:q8")
     assert resolved.files[1].sha256 == sha(b"GGUF-ish")
     assert (resolved.name, resolved.tag) == (f"{registry.host}/me/tiny", "q8")
+
+
+async def test_a_pinned_digest_fetches_that_manifest_and_refuses_another(
+    registry: FakeRegistry
+) -> None:
+    registry.auth = False
+    old = registry.add_model("library/tiny", "v1", ollama_layers(b"old weights"))
+    registry.add_model("library/tiny", "v1", ollama_layers(b"new weights"))  # the tag moved
+    source = OllamaSource(insecure_hosts=[registry.host])
+    pinned = f"ollama://{registry.host}/library/tiny:v1@{digest_of(old)}"
+    resolved = await source.resolve(pinned)
+    assert registry.requests[-1].path.endswith(f"/manifests/{digest_of(old)}")
+    assert resolved.files[1].sha256 == sha(b"old weights") and resolved.tag == "v1"
+    # A registry answering a digest with other bytes is caught, not trusted.
+    registry.manifests[("library/tiny", digest_of(old))] = registry.manifests[
+        ("library/tiny", "v1")]
+    with pytest.raises(ModelIntegrityError, match="pinned"):
+        await source.resolve(pinned)
 
 
 async def test_ollama_oci_manifest_without_auth(registry: FakeRegistry) -> None:

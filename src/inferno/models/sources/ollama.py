@@ -1,4 +1,4 @@
-"""``ollama://[HOST/]NS/NAME[:TAG]``: models on an Ollama (OCI distribution) registry.
+"""``ollama://[HOST/]NS/NAME[:TAG][@sha256:HEX]``: models on an Ollama (OCI) registry.
 
 Names parse as Ollama parses them: three parts are host, namespace and name; two are
 namespace and name; one is a name. Defaults: host ``registry.ollama.ai``, namespace
@@ -7,7 +7,9 @@ OCI manifest); a ``401`` with ``WWW-Authenticate: Bearer realm=...,service=...,s
 is answered by fetching an anonymous token from the realm and asking once more. Each layer
 becomes a :class:`Remote` at ``/v2/NS/NAME/blobs/<digest>`` with the layer's digest and size
 and the bearer token in its headers; the config blob comes along as ``config.json``. The
-revision is the manifest's own digest (sha256 of its bytes).
+revision is the manifest's own digest (sha256 of its bytes). ``@sha256:HEX`` pins it: the
+manifest is fetched by that digest and refused unless its bytes hash to it, so a moved tag
+cannot change what is pulled (the tag, when given, only names the model in the store).
 
 Registries are reached over HTTPS. ``INFERNO_OLLAMA_INSECURE_HOSTS`` (comma-separated
 ``host[:port]``, read when the source is built; e.g. ``127.0.0.1:5000``) names hosts spoken
@@ -18,10 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from inferno.core.errors import ModelNotFound, ModelSourceError
+from inferno.core.errors import ModelIntegrityError, ModelNotFound, ModelSourceError
 from inferno.models.remote import Remote, Resolved
 from inferno.models.sources import _registry as reg
 from inferno.models.sources._oci import AuthChallenge, layer_remotes, parse_manifest
@@ -41,14 +44,28 @@ class OllamaRef:
     namespace: str
     name: str
     tag: str
+    digest: str | None = None  # a pinned manifest digest, lowercase hex
+
+    @property
+    def reference(self) -> str:
+        """What the manifest is fetched by: the pinned digest, else the tag."""
+        return f"sha256:{self.digest}" if self.digest else self.tag
 
     @property
     def repository(self) -> str:
         return f"{self.namespace}/{self.name}"
 
 
+_PIN = re.compile(r"@sha256:([0-9a-fA-F]{64})$")
+
+
 def parse(ref: str) -> OllamaRef:
     body = ref.removeprefix("ollama://")
+    pin = _PIN.search(body)
+    if pin is not None:
+        body = body[: pin.start()]
+    elif "@" in body:
+        raise ModelSourceError(f"{ref}: a pin is written @sha256:<64 hex digits>")
     parts = body.split("/")
     if not 1 <= len(parts) <= 3 or not all(parts):
         raise ModelSourceError(f"{ref}: expected ollama://[HOST/]NS/NAME[:TAG]")
@@ -57,7 +74,9 @@ def parse(ref: str) -> OllamaRef:
     namespace = parts[-2] if len(parts) >= 2 else DEFAULT_NAMESPACE
     if not name:
         raise ModelSourceError(f"{ref}: the model name is empty")
-    return OllamaRef(host.lower(), namespace, name, tag or DEFAULT_TAG)
+    digest = pin.group(1).lower() if pin is not None else None
+    default = f"sha256-{digest[:12]}" if digest else DEFAULT_TAG
+    return OllamaRef(host.lower(), namespace, name, tag or default, digest)
 
 
 class OllamaSource:
@@ -81,7 +100,7 @@ class OllamaSource:
     async def resolve(self, ref: str) -> Resolved:
         r = parse(ref)
         what = f"{r.host}/{r.repository}:{r.tag}"
-        url = f"{self.base_url(r.host)}/{r.repository}/manifests/{r.tag}"
+        url = f"{self.base_url(r.host)}/{r.repository}/manifests/{r.reference}"
         headers = {"Accept": ", ".join(MANIFEST_TYPES)}
         async with reg.client(ref, self.timeout) as http:
             resp = await reg.send(http, ref, "GET", url, headers=headers)
@@ -105,6 +124,11 @@ class OllamaSource:
                 retry_after=reg.retry_after(resp),
             )
         digest = hashlib.sha256(resp.content).hexdigest()
+        if r.digest is not None and digest != r.digest:
+            raise ModelIntegrityError(
+                f"{ref}: the registry's manifest hashes to sha256:{digest}, not the pinned "
+                f"sha256:{r.digest}"
+            )
         stated = resp.headers.get("docker-content-digest")
         if stated and stated.lower() != f"sha256:{digest}":
             raise ModelSourceError(
