@@ -446,6 +446,33 @@ def models_unload(
     _print_results(_proxy_call(url, key, "POST", "/v1/models/unload", body), as_json)
 
 
+@models_app.command("deploy")
+def models_deploy(
+    model: Annotated[str, typer.Argument(help="The new version, e.g. NAME:NEW.")],
+    replace: Annotated[str, typer.Option("--replace", help="The version it replaces.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The proxy's answer as JSON.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Hot swap on every node serving --replace: load MODEL beside it, move its names to
+    MODEL, unload it once its requests finish. Roll back by deploying the old one again."""
+    body: dict[str, Any] = {"model": model, "replace": replace}
+    if node is not None:
+        body["node"] = node
+    data = _proxy_call(url, key, "POST", "/v1/models/deploy", body)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    ok = [r for r in data.get("data", []) if r.get("status") == 200]
+    for row in ok:
+        result = row["result"]
+        names = ", ".join(result["model"].get("aliases") or []) or "its own name"
+        typer.echo(f"{row['node']}: {result['model']['name']} serves {names}; "
+                   f"{result['replaced']['name']} {result['replaced']['status']}")
+    _print_results({"data": [r for r in data.get("data", []) if r not in ok]}, False)
+
+
 @models_app.command("ps")
 def models_ps(
     as_json: Annotated[bool, typer.Option("--json", help="The proxy's answer as JSON.")] = False,

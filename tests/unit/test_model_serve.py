@@ -26,7 +26,7 @@ def test_a_pulled_ref_resolves_to_its_gguf_blob(store: ModelStore, tmp_path: Pat
     found = resolve_model("hf.co/org/repo:Q4_K_M", store.root)
     assert found.path == store.blob_path(m.layers[0].digest)
     assert found.path.suffix == ""  # a blob: no .gguf extension
-    assert (found.id, found.aliases) == ("hf.co/org/repo:Q4_K_M", ())
+    assert (found.id, found.aliases) == ("hf.co/org/repo:Q4_K_M", ("hf.co/org/repo",))
 
 
 def test_the_store_comes_from_inferno_models_dir(

@@ -15,6 +15,7 @@ import pytest
 from inferno.backend.engines.fake import FakeEngine
 from inferno.backend.node import BackendNode
 from inferno.core.config import BackendSettings
+from inferno.core.errors import ConfigError
 from inferno.proxy.gateway import Gateway
 from tests.polling import eventually
 
@@ -42,6 +43,8 @@ async def start_node(
     sizes = sizes or {}
 
     def build(ref: str) -> FakeEngine:
+        if ref.startswith("nope"):  # as resolve_model refuses a model it cannot find
+            raise ConfigError(f"model '{ref}' is not in the store")
         path = "(fake)"
         if ref in sizes:
             f = tmp_path / f"{ref}.gguf"

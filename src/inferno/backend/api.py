@@ -119,7 +119,7 @@ class BackendAPI:
         for entry in self.models.entries:
             info = entry.info
             card = oa.model_card(info.id, info.owned_by, context_length=info.context_length,
-                                 aliases=list(info.aliases),
+                                 aliases=list(entry.aliases),
                                  capabilities=sorted(info.capabilities))
             if info.dimensions is not None:
                 card["dimensions"] = info.dimensions

@@ -5,6 +5,9 @@
 ``POST /v1/models/unload`` ``{"model": "..."}``: unload after its requests finish
 ``GET /v1/models/ps``      the loaded models: name, size, keep_alive, expires_at,
                            in_flight, last_used
+``POST /v1/models/deploy`` ``{"model": "NAME:NEW", "replace": "NAME:OLD"}``: hot swap; loads
+                           the new version, moves the old one's names to it, unloads the
+                           old one once its requests have finished; answers both ``ps`` rows
 
 Who may call: with a node token configured (``node_token``, the credential the node and
 the proxy share), only ``Authorization: Bearer <node token>``; without one, only clients
@@ -22,7 +25,8 @@ from inferno.core.errors import AuthenticationError, InvalidRequest, PermissionD
 from inferno.core.validation import json_object
 from inferno.net import Request, Response
 
-ADMIN_ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET"}
+ADMIN_ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET",
+                "/v1/models/deploy": "POST"}
 
 
 def _loopback(client: tuple[str, int] | None) -> bool:
@@ -65,6 +69,13 @@ class ModelAdmin:
         model = data.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' must be a model name.", param="model")
+        if path == "/v1/models/deploy":
+            replace = data.get("replace")
+            if not isinstance(replace, str) or not replace:
+                raise InvalidRequest("'replace' must name the model being replaced.",
+                                     param="replace")
+            new, old = await self._models.deploy(model, replace)
+            return Response.json({"model": new.row(), "replaced": old.row()})
         if path == "/v1/models/load":
             keep_alive = None
             if data.get("keep_alive") is not None:
@@ -72,6 +83,7 @@ class ModelAdmin:
                     keep_alive = parse_duration(data["keep_alive"])
                 except ValueError as exc:
                     raise InvalidRequest(str(exc), param="keep_alive") from exc
+            self._models.add(model)  # one pulled after the node started needs no restart
             entry = await self._models.load(model, keep_alive=keep_alive)
             return Response.json(entry.row())
         was_loaded = await self._models.unload(model)

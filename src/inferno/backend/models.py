@@ -15,6 +15,10 @@ one and hold it (``in_flight``) until they finish, streams included.
 - Unloading marks the entry first (no new request starts on it), waits for the requests
   in flight to finish, then ``await engine.close()``. An engine is built anew by the
   factory for each load: the contract allows one ``load`` per engine.
+- Each alias belongs to one entry at a time (the first that claims it). :meth:`deploy` is
+  the hot swap: it loads a new version beside the old one, moves the old one's aliases to
+  it in one step (the requests after that land on the new version; those in flight finish
+  on the old one), then unloads the old one.
 
 The factory is given by whoever builds the node (``wiring``): the backend never names
 concrete engines or the model store.
@@ -31,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from inferno.backend.engines.base import AnyEngine, EngineStats, ModelInfo
-from inferno.core.errors import EngineError, InfernoError, ModelNotFound, NotReady, Overloaded
+from inferno.core.errors import (
+    EngineError,
+    InfernoError,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+)
 
 log = logging.getLogger("inferno.backend.models")
 
@@ -55,6 +66,7 @@ class ModelEntry:
     loads: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None  # the load or unload under way
+    aliases: list[str] = field(default_factory=list)  # the names this entry owns now
 
     @property
     def name(self) -> str:
@@ -62,7 +74,7 @@ class ModelEntry:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (self.info.id, *self.info.aliases)
+        return (self.info.id, *self.aliases)
 
     @property
     def pinned(self) -> bool:
@@ -78,7 +90,7 @@ class ModelEntry:
         return {
             "name": self.name,
             "model": self.ref,
-            "aliases": list(self.info.aliases),
+            "aliases": list(self.aliases),
             "status": self.state,
             "size": self.size,
             "keep_alive": None if self.pinned else self.keep_alive,
@@ -126,18 +138,33 @@ class LoadedModels:
                 continue
             seen.add(ref)
             engine = first if i == 0 and first is not None else factory(ref)
-            entry = ModelEntry(
-                ref,
-                engine.info,
-                engine,
-                keep_alive=PINNED if i < len(start) else keep_alive,
-                size=file_size(engine.info.path),
-            )
-            entry.idle.set()
-            self.entries.append(entry)
-            for name in (ref, *entry.names):
-                self._by_name.setdefault(name, entry)
+            self._add(ref, engine, PINNED if i < len(start) else keep_alive)
         self._start = [e for e in self.entries if e.ref in start]
+
+    def _add(self, ref: str, engine: AnyEngine, keep_alive: float) -> ModelEntry:
+        entry = ModelEntry(ref, engine.info, engine, keep_alive=keep_alive,
+                           size=file_size(engine.info.path))
+        entry.aliases = [a for a in engine.info.aliases if a not in self._by_name]
+        entry.idle.set()
+        self.entries.append(entry)
+        for name in (ref, *entry.names):
+            self._by_name.setdefault(name, entry)
+        return entry
+
+    def add(self, ref: str) -> ModelEntry:
+        """The entry of ``ref``, made known (not loaded) when it was not: a model pulled
+        into the store after the node started can be loaded without a restart."""
+        entry = self._by_name.get(ref)
+        if entry is not None:
+            return entry
+        try:
+            engine = self._factory(ref)
+        except InfernoError as exc:
+            raise ModelNotFound(f"This node cannot serve '{ref}': {exc.message}",
+                                param="model") from exc
+        entry = self._add(ref, engine, self._keep_alive)
+        self._on_change()
+        return entry
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -337,6 +364,34 @@ class LoadedModels:
             return False
         await self._unload(entry)
         return True
+
+    async def deploy(self, new_ref: str, replace: str) -> tuple[ModelEntry, ModelEntry]:
+        """Hot swap: serve ``new_ref`` under ``replace``'s names, then unload ``replace``.
+
+        No request fails on the way: the old version keeps serving until the new one is
+        loaded; the names move in one synchronous step (nothing can run between the removal
+        and the addition); the old version unloads only once its last request has ended.
+        """
+        old = self.find(replace, refs=True)
+        new = self.add(new_ref)
+        if new is old:
+            raise InvalidRequest("'model' and 'replace' name the same model.", param="replace")
+        new.keep_alive = old.keep_alive
+        await self.load(new_ref)
+        moved = [a for a in old.aliases if a not in new.names]
+        old.aliases = []
+        new.aliases.extend(moved)
+        for name in moved:
+            self._by_name[name] = new
+        # Pinned at start means "serve this": the replaced version may now go (and only
+        # load again when asked for by its own name).
+        old.keep_alive = self._keep_alive
+        log.info("deployed %s in place of %s (names moved: %s)", new.ref, old.ref,
+                 ", ".join(moved) or "none")
+        self._on_change()
+        if old.state == "loaded":
+            await self._unload(old)
+        return new, old
 
     def _begin_unload(self, entry: ModelEntry) -> None:
         entry.state = "unloading"

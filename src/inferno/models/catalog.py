@@ -68,8 +68,11 @@ def resolve_model(ref: str, store_root: Path | None = None) -> ResolvedModel:
         if ref == entry.id or ref in entry.aliases:
             return ResolvedModel(entry.id, _package_file(entry), entry.aliases)
     stored = _stored(ref, store_root)
-    if stored is not None:  # served under the reference as the user typed it
-        return ResolvedModel(ref, stored, ())
+    if stored is not None:
+        # Served under the reference as the user typed it and, when that names a tag, under
+        # the bare name too: clients that ask for NAME follow `inferno models deploy`.
+        name = parse_ref(ref)[0]
+        return ResolvedModel(ref, stored, (name,) if name != ref else ())
     path = Path(ref).expanduser()
     if path.exists():  # a model file, or a model directory (onnx engine)
         return ResolvedModel(path.stem, path.resolve(), ())

@@ -5,6 +5,11 @@
                            on the one ``node`` names
 ``POST /v1/models/unload`` ``{"model": "...", "node": "id"?}``: on every node that has it loaded
 ``GET /v1/models/ps``      every node's loaded models, each row with its ``node``
+``POST /v1/models/deploy`` ``{"model": "NAME:NEW", "replace": "NAME:OLD", "node": "id"?}``:
+                           a hot swap on every node that has ``replace`` loaded (or on the one
+                           ``node`` names): each loads the new version beside the old one,
+                           moves the old one's names to it, and unloads the old one once
+                           its requests have finished. Rollback: deploy the old tag again.
 
 Each answer is a list with one result per node: its HTTP status and the node's answer
 (or error). The calls to the nodes carry the proxy's node token, the credential nodes
@@ -30,7 +35,8 @@ from inferno.net import HttpClient, Request, Response
 from inferno.proxy.pool import Node, Pool
 from inferno.proxy.security.auth import Authenticator, require_admin
 
-ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET"}
+ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET",
+          "/v1/models/deploy": "POST"}
 
 
 class ModelsAdmin:
@@ -75,8 +81,19 @@ class ModelsAdmin:
             nodes = [n for n in nodes if n.id == node_id]
             if not nodes:
                 raise NotFound(f"No registered node has the id '{node_id}'.", param="node")
-        if path == "/v1/models/load":
+        if path == "/v1/models/deploy":
+            replace = data.get("replace")
+            if not isinstance(replace, str) or not replace:
+                raise InvalidRequest("'replace' must name the model being replaced.",
+                                     param="replace")
+            targets = [n for n in nodes if replace in n.loaded]
+            if not targets:
+                raise ModelNotFound(f"No registered node has '{replace}' loaded.",
+                                    param="replace")
+        elif path == "/v1/models/load":
             targets = [n for n in nodes if model in n.loaded or model in n.available]
+            if not targets and node_id is not None:
+                targets = nodes  # a model that node does not list yet (pulled since)
         else:
             targets = [n for n in nodes if model in n.loaded]
         if not targets:
