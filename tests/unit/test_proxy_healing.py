@@ -59,7 +59,8 @@ async def test_route_headers_and_router_state(gateway: Gateway) -> None:
             assert {"ewma_ttft_ms", "queue_depth", "ejections", "last_error"} <= set(n)
         assert sum(n["requests"] for n in nodes.values()) == 1
         scorers = state["profiles"]["least-outstanding"]["scorers"]
-        assert [s["name"] for s in scorers] == ["least-outstanding", "queue-depth", "latency"]
+        assert [s["name"] for s in scorers] == [
+        "model-loaded", "least-outstanding", "queue-depth", "latency"]
         assert all(s["calls"] == 1 for s in scorers)
         assert state["retry_budget"]["requests"] == 1
     finally:

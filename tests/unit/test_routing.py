@@ -42,6 +42,9 @@ def node(i: int, **kw: object) -> Node:
         pytest.param("cost", [node(0, price_per_mtok=2.0), node(1, price_per_mtok=0.5)], "n1",
                      id="cost-per-token"),
         pytest.param("cost", [node(0, price_per_hour=1.0), node(1)], "n1", id="free-is-best"),
+        pytest.param("model-loaded", [node(0, available=frozenset({"m"})),
+                                      node(1, loaded=frozenset({"m"}))], "n1",
+                     id="model-loaded"),
     ],
 )
 def test_scorers_prefer_the_right_node(scorer: str, nodes: list[Node], best: str) -> None:
@@ -210,6 +213,16 @@ def test_router_config_errors(config: dict[str, object], needle: str | None) -> 
         return
     with pytest.raises(ConfigError, match=needle):
         build_router(cfg)
+
+
+def test_the_default_preset_sends_a_loaded_node_its_requests_despite_its_load() -> None:
+    profile = build_router(ROUTING_PRESETS["least-outstanding"])["least-outstanding"]
+    cold = node(0, available=frozenset({"m"}))  # would load the model first: seconds
+    busy = node(1, loaded=frozenset({"m"}), outstanding=3)
+    static = node(2, outstanding=3)  # reports no load state: counts as loaded
+    for _ in range(20):
+        assert profile.route([cold, busy], CTX).order[0] is busy
+    assert SCORERS["model-loaded"]().score([static, cold], CTX) == [1.0, 0.0]
 
 
 def test_presets_build_and_unknown_preset_is_named() -> None:

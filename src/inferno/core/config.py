@@ -223,17 +223,22 @@ def _preset(name: str, scorers: list[tuple[str, float]], picker: str = "max-scor
     return RoutingConfig(profiles={name: spec}, default_profile=name)
 
 
+# "model-loaded" (weight 4) first: a node that must load the model first answers seconds
+# to minutes later, which no amount of load balancing makes up for.
 ROUTING_PRESETS: dict[str, RoutingConfig] = {
     "least-outstanding": _preset("least-outstanding", [
-        ("least-outstanding", 1.0), ("queue-depth", 0.5), ("latency", 0.25)]),
+        ("model-loaded", 4.0), ("least-outstanding", 1.0), ("queue-depth", 0.5),
+        ("latency", 0.25)]),
     "round-robin": _preset("round-robin", [], picker="round-robin"),
     "prefix-affinity": _preset("prefix-affinity", [
-        ("prefix-affinity", 2.0), ("least-outstanding", 1.0)]),
+        ("model-loaded", 4.0), ("prefix-affinity", 2.0), ("least-outstanding", 1.0)]),
     "power-of-two": _preset("power-of-two", [
-        ("least-outstanding", 1.0), ("queue-depth", 0.5)], picker="weighted-random"),
-    "cost": _preset("cost", [("cost", 2.0), ("least-outstanding", 1.0)]),
+        ("model-loaded", 4.0), ("least-outstanding", 1.0), ("queue-depth", 0.5)],
+        picker="weighted-random"),
+    "cost": _preset("cost", [("model-loaded", 4.0), ("cost", 2.0), ("least-outstanding", 1.0)]),
     # Local first; the cloud takes the excess while local queue wait is over 2 s.
-    "hybrid": _preset("hybrid", [("offload", 3.0), ("least-outstanding", 1.0)]),
+    "hybrid": _preset("hybrid", [
+        ("model-loaded", 4.0), ("offload", 3.0), ("least-outstanding", 1.0)]),
 }
 
 

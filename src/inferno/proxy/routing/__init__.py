@@ -21,6 +21,7 @@ from inferno.proxy.routing.profile import Decision, Profile
 from inferno.proxy.routing.scorers.cost import Cost
 from inferno.proxy.routing.scorers.latency import Latency
 from inferno.proxy.routing.scorers.least_outstanding import LeastOutstanding
+from inferno.proxy.routing.scorers.model_loaded import ModelLoaded
 from inferno.proxy.routing.scorers.offload import Offload
 from inferno.proxy.routing.scorers.prefix_affinity import PrefixAffinity
 from inferno.proxy.routing.scorers.queue_depth import QueueDepth
@@ -38,6 +39,7 @@ SCORERS: dict[str, Callable[..., Scorer]] = {
     SessionAffinity.name: SessionAffinity,
     PrefixAffinity.name: PrefixAffinity,
     Offload.name: Offload,
+    ModelLoaded.name: ModelLoaded,
 }
 PICKERS: dict[str, Callable[..., Picker]] = {
     MaxScore.name: MaxScore,
