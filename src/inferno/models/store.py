@@ -8,6 +8,8 @@ move it)::
     blobs/sha256-<hex>.partial    a download in progress (download.py), with a .json sidecar
     manifests/<name>/<tag>.json   the layers of one model, where it came from, its format
     quarantine/                   bytes that failed verification, kept for a post-mortem
+    splits/<sha256 of part 1>/    a split GGUF's parts as links under their own file names,
+                                  which is how llama.cpp finds parts 2..N beside part 1
 
 Every write is atomic (a temporary name, fsync, rename), so a crash leaves either the old
 file or the new one, never half of one.
@@ -20,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +35,7 @@ from inferno.core.errors import ConfigError, ModelIntegrityError, ModelNotFound
 from inferno.core.paths import data_dir
 
 CHUNK = 1 << 20
+_SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 DEFAULT_TAG = "latest"
 
 
@@ -176,6 +180,30 @@ class ModelStore:
             f"{manifest.format}); serve a model directory by its path instead"
         )
 
+    def weights_path(self, manifest: Manifest) -> Path:
+        """The file an engine loads: the weights blob, or for a split GGUF (``NAME-00001-of-
+        0000N.gguf`` and its siblings) part 1 in a directory of links that carry every part's
+        own name. Links are made again whenever one is missing or points elsewhere."""
+        first = self.weights_blob(manifest)
+        parts = [layer for layer in manifest.layers if _SPLIT.search(layer.filename)]
+        if len(parts) < 2:
+            return first
+        home = self.root / "splits" / parts[0].digest
+        home.mkdir(parents=True, exist_ok=True)
+        for layer in parts:
+            link = home / Path(layer.filename).name
+            target = self.blob_path(layer.digest)
+            if not target.is_file():
+                raise ConfigError(f"model '{manifest.ref}': part {layer.filename} "
+                                  f"(sha256:{layer.digest}) is missing from {self.root}")
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
+            tmp = home / f".{link.name}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)  # atomic: a concurrent loader sees the old link or the new
+        return home / Path(parts[0].filename).name
+
     def has_blob(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
@@ -286,6 +314,9 @@ class ModelStore:
                 continue
             path.unlink()
             removed.append(digest)
+        for home in sorted((self.root / "splits").glob("*")):  # links to parts now gone
+            if home.name not in named:
+                shutil.rmtree(home, ignore_errors=True)
         return removed
 
     def import_blob(self, path: Path, expected: str | None = None) -> Layer:
