@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
 from dataclasses import dataclass, field
 
 
@@ -39,8 +40,9 @@ class Seen:
 
 
 class FileServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", ssl: ssl_module.SSLContext | None = None) -> None:
         self.host = host
+        self.ssl = ssl  # serve https:// with this context
         self.files: dict[str, bytes] = {}
         self.faults = Faults()
         self.etag = '"v1"'
@@ -50,14 +52,14 @@ class FileServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}"
 
     @property
     def bytes_sent(self) -> int:
         return sum(r.sent for r in self.requests)
 
     async def start(self) -> FileServer:
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -6,6 +6,7 @@ both."""
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -111,3 +112,16 @@ def _transport_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (UpstreamError,)
     return (UpstreamError, httpx2.TransportError)
+
+
+def tls_refusal(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check a connection failed, if that is why it failed: no retry fixes
+    it (only trusting the server's CA, e.g. with ``SSL_CERT_FILE``)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx2 wraps the ssl error once or twice
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

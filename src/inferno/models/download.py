@@ -51,7 +51,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from inferno.core.errors import ModelSourceError
-from inferno.models._fetch_http import _Clients, _transport_errors
+from inferno.models._fetch_http import _Clients, _transport_errors, tls_refusal
 from inferno.models._fetch_options import FetchOptions, ProgressFn
 from inferno.models._fetch_parts import _Parts
 from inferno.models._fetch_policy import _GoParallel, _NoRanges, _Restart, _Retry, where
@@ -146,6 +146,12 @@ class _Download(_Parts):
                     self._truncate()
                     continue
                 except self.retryable as exc:
+                    if (refused := tls_refusal(exc)) is not None:
+                        raise ModelSourceError(
+                            f"{self.remote.url}: the server's TLS certificate is not trusted "
+                            f"({refused.verify_message}); to trust a private CA, point "
+                            "SSL_CERT_FILE at its certificate"
+                        ) from exc
                     failures = 1 if self.offset > before else failures + 1
                     await asyncio.sleep(self._delay(exc, failures, total_attempts))
         finally:
