@@ -29,6 +29,7 @@ from rich.panel import Panel
 from inferno.core.config import GovernatorSettings, ServeSettings
 from inferno.core.errors import ConfigError
 from inferno.net import HttpClient, get_json
+from inferno.ops import lifeline
 
 if TYPE_CHECKING:
     from inferno.governator.loop import Governator
@@ -46,8 +47,9 @@ class Child:
     next_start: float = 0.0
 
     def start(self) -> None:
-        # Own process group: Ctrl-C reaches serve only, which then stops children in order.
-        self.proc = subprocess.Popen(self.argv, start_new_session=True)
+        # Own process group: Ctrl-C reaches serve only, which then stops children in order;
+        # the lifeline ends the child should serve itself end without stopping it.
+        self.proc = subprocess.Popen(self.argv, start_new_session=True, env=lifeline.child_env())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -89,6 +91,11 @@ def run_serve(s: ServeSettings, gs: GovernatorSettings, config: Path | None) -> 
     governator = build_governator(gs, policy, prices, template=template,
                                   port_base=s.node_port_base,
                                   ops_port_base=s.node_ops_port_base, config=config)
+    stale = lifeline.stale_children()
+    if stale:  # an earlier serve was killed before its children noticed: end them first
+        console.print(f"[yellow]Ending {len(stale)} process(es) left by an earlier "
+                      f"inferno serve: {', '.join(map(str, stale))}[/yellow]")
+        lifeline.end(stale)
     proxy = proxy_child(s, config)
     return uvloop.run(_main(s, gs, governator, proxy))
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from inferno.backend.engines.base import AnyEngine, Engine
 from inferno.core.config import BackendSettings
 from inferno.core.errors import ConfigError
+from inferno.ops import lifeline
 
 log = logging.getLogger("inferno")
 
@@ -124,6 +125,9 @@ def run_service(factory: Callable[[], Service]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Started by `inferno serve` (or the local provider): end when it ends, even by
+        # SIGKILL, instead of living on as an orphan that holds ports and a registration.
+        lifeline.hold(lambda: loop.call_soon_threadsafe(stop.set))
         started: Awaitable[None] = service.start()
         start_task = asyncio.ensure_future(started)
         stop_task = asyncio.create_task(stop.wait())

@@ -28,6 +28,7 @@ from inferno.governator.signals import percentile
 from inferno.governator.spec import DEFAULT_PRICES, Policy, PoolSpec, Targets
 from inferno.governator.store import MemoryStore
 from inferno.net import HttpClient
+from inferno.ops import lifeline
 
 MODEL = "smollm2-135m"
 
@@ -73,7 +74,7 @@ def _start_proxy(tmp: Path, port: int, ops: int) -> subprocess.Popen[bytes]:
     # experiment measures how fast the fleet catches up with a backlog, and refusing
     # requests at 10 s would cap the very queue wait the governator is meant to cure (and
     # turn a slower machine's longer wait into failures).
-    env = {**os.environ, "INFERNO_PROXY_QUEUE_WAIT": "60"}
+    env = lifeline.child_env({**os.environ, "INFERNO_PROXY_QUEUE_WAIT": "60"})
     with (tmp / "proxy.log").open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "inferno", "proxy", "--port", str(port),
                                  "--ops-port", str(ops)], stdout=out, stderr=subprocess.STDOUT,

@@ -29,6 +29,7 @@ from inferno.core.errors import InfernoError, ProviderError
 from inferno.governator.providers.base import NodeTemplate, ProxyDrainer
 from inferno.governator.signals import Endpoint
 from inferno.net import HttpClient
+from inferno.ops import lifeline
 
 log = logging.getLogger("inferno.governator.local")
 
@@ -115,8 +116,10 @@ class LocalProvider:
         else:
             out = sys.stderr.fileno()  # never stdout: serve prints its URL there
         try:
+            # The node ends with this process however it ends (ops.lifeline).
             node.proc = subprocess.Popen(self._argv(node, t), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env=lifeline.child_env())
         except OSError as exc:
             raise ProviderError(f"cannot start node {node.id}: {exc.strerror or exc}") from exc
         finally:
