@@ -13,7 +13,7 @@ export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(WHEELS))
 endif
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test test-unit lint bench bench-gateway bench-engine clean
+.PHONY: setup serve test test-unit lint wheel bench bench-gateway bench-engine clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,10 @@ test: setup
 
 test-unit: setup
 	$(BIN)/pytest -q tests/unit
+
+# A wheel for installing without the repository (README: "Install without the repository").
+wheel: setup
+	$(BIN)/pip wheel --no-deps --no-build-isolation -q . -w dist
 
 lint: setup
 	$(BIN)/ruff check src tests
