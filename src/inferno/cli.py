@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from inferno import __version__
+from inferno.cli_audit import audit_app
 from inferno.cli_models import models_app
 from inferno.core.config import (
     BackendSettings,
@@ -32,6 +33,7 @@ governator_app = typer.Typer(help="Keep the fleet just big enough for its target
 app.add_typer(governator_app, name="governator")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the proxy (stored hashed).")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
 HostOpt = Annotated[str | None, typer.Option(help="Interface to bind. [default: 127.0.0.1]")]

@@ -357,7 +357,8 @@ async def test_the_proxy_forwards_load_and_unload_with_an_admin_key(
     gw = await start_gateway(tmp_path / "proxy", node_tokens=["node-secret"])
     store = gw.security.store
     assert store is not None
-    admin, _ = await create_key(store, name="ops", scope="admin", models=None, rpm=None, tpm=None)
+    admin, admin_row = await create_key(store, name="ops", scope="admin", models=None, rpm=None,
+                                        tpm=None)
     user, _ = await create_key(store, name="app", scope="user", models=None, rpm=None, tpm=None)
     await gw.security.keys.refresh()
     await eventually(lambda: gw.security.auth.enabled, what="auth on once keys exist")
@@ -438,6 +439,16 @@ async def test_the_proxy_forwards_load_and_unload_with_an_admin_key(
         out = await asyncio.to_thread(cli, "unload", "beta")
         assert out.exit_code == 0, out.output
         assert n1.models.find("beta").state == "unloaded"
+
+        # Every change went to the audit trail, with the admin key as the actor.
+        async def trail() -> list[dict[str, Any]]:
+            rows = await store.audit.find(action="model")
+            return rows if len(rows) >= 5 else []  # 2 loads, 3 unloads (one a 404)
+
+        rows = await eventually(trail, what="model actions audited")
+        assert [(r["action"], r["target"]) for r in rows[:2]] == [
+            ("model.unload", "beta"), ("model.load", "beta")]
+        assert {r["actor"] for r in rows} == {admin_row.id}
     finally:
         await n1.drain()
         await n2.drain()

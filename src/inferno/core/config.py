@@ -85,12 +85,13 @@ def _split_csv(v: Any) -> Any:
     return v
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(v: Any) -> float:
-    """Seconds from ``300``, ``"300"``, ``"5m"``, ``"1h30m"``; any negative is -1 (forever)."""
+    """Seconds from ``300``, ``"300"``, ``"5m"``, ``"1h30m"``, ``"7d"``; any negative is -1
+    (forever)."""
     if isinstance(v, bool):
         raise ValueError("expected a duration such as 300, 5m or -1")
     if isinstance(v, (int, float)):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from inferno.core.errors import ConfigError
 from inferno.governator.policy import Decision
 from inferno.store import Store, StoreUnavailable, default_sqlite_url
+from inferno.store.audit import AuditEvent
 from inferno.store.governator import rollup, sample_row
 from inferno.store.writer import BatchWriter
 
@@ -123,6 +125,14 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+def _audit_event(d: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        f"scale.{d['action']}", str(d["pool"])[:512], "system", str(d["outcome"])[:512],
+        detail={"from": d["current"], "to": d["desired"], "node_type": d["node_type"],
+                "reason": str(d["reason"])[:500], "decision_id": d["id"]},
+        ts=float(d["at"]), id=str(uuid.uuid5(uuid.NAMESPACE_OID, f"inferno-decision-{d['id']}")))
 
 
 def _minute(t: float) -> float:
@@ -228,6 +238,10 @@ class SqlStore:
         await self._migrate()
         decisions = [d for d in batch if isinstance(d, dict)]
         await self._repo.write((), decisions, [o for o in batch if isinstance(o, tuple)])
+        # Starts and stops are administrative actions: the audit trail has them too (its
+        # ids come from the decision's, so a retried batch is not recorded twice).
+        await self.store.audit.append([_audit_event(d) for d in decisions
+                                       if d["action"] != "hold"])
         self._stats["decisions_written"] += len(decisions)
 
     async def flush(self, within: float = 5.0) -> bool:

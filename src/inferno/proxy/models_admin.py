@@ -12,13 +12,16 @@
                            its requests have finished. Rollback: deploy the old tag again.
 
 Each answer is a list with one result per node: its HTTP status and the node's answer
-(or error). The calls to the nodes carry the proxy's node token, the credential nodes
-share with it; a node that refuses the first token is tried with the others.
+(or error). Every load, unload and deploy is recorded in the audit trail with the admin
+key that asked and each node's outcome. The calls to the nodes carry the proxy's node
+token, the credential nodes share with it; a node that refuses the first token is tried
+with the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -34,6 +37,7 @@ from inferno.core.validation import json_object
 from inferno.net import HttpClient, Request, Response
 from inferno.proxy.pool import Node, Pool
 from inferno.proxy.security.auth import Authenticator, require_admin
+from inferno.store.audit import AuditEvent
 
 ROUTES = {"/v1/models/load": "POST", "/v1/models/unload": "POST", "/v1/models/ps": "GET",
           "/v1/models/deploy": "POST"}
@@ -48,18 +52,21 @@ class ModelsAdmin:
         *,
         node_tokens: list[str],
         timeout: float = 600.0,
+        audit: Callable[[AuditEvent], None] = lambda event: None,
     ) -> None:
         self._auth = auth
         self._pool = pool
         self._client = client
         self._tokens = node_tokens
         self._timeout = timeout  # a load may take minutes (a large model from disk)
+        self._audit = audit
 
     def owns(self, path: str) -> bool:
         return path.rstrip("/") in ROUTES
 
     async def handle(self, req: Request) -> Response:
-        require_admin(self._auth.authenticate(req))
+        principal = self._auth.authenticate(req)
+        require_admin(principal)
         path = req.path.rstrip("/")
         if req.method != ROUTES[path]:
             raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use {ROUTES[path]}.")
@@ -101,6 +108,13 @@ class ModelsAdmin:
             raise ModelNotFound(f"No registered node {where}: '{model}'.", param="model")
         body = orjson.dumps({k: v for k, v in data.items() if k != "node"})
         results = await asyncio.gather(*(self._call(n, "POST", path, body) for n in targets))
+        failed = [n.id for n, (status, _) in zip(targets, results, strict=True) if status != 200]
+        self._audit(AuditEvent(
+            f"model.{path.rsplit('/', 1)[-1]}", model[:256], principal.key_id or "local",
+            f"failed on {', '.join(failed)}"[:500] if failed else "ok",
+            req.header("x-request-id"),
+            {"nodes": [n.id for n in targets], **({"replace": data["replace"]}
+                                                   if "replace" in data else {})}))
         return Response.json(
             {
                 "object": "list",

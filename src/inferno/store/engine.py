@@ -70,6 +70,7 @@ def redact(url: str) -> str:
 class Store:
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 5) -> None:
         """``schema`` (PostgreSQL only) puts every table in its own schema (tests use it)."""
+        from inferno.store.audit import AuditRepo
         from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
 
@@ -92,6 +93,7 @@ class Store:
         self.keys = KeyRepo(self.engine)
         self.requests = RequestRepo(self.engine)
         self.governator = GovernatorRepo(self.engine)
+        self.audit = AuditRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -9,6 +11,7 @@ from inferno.core.config import ProxySettings
 from inferno.core.errors import ConfigError
 from inferno.proxy.security.keys import create_key
 from inferno.store import ApiKeyRow, Store, UsageRow, default_sqlite_url
+from inferno.store.audit import AuditEvent
 
 T = TypeVar("T")
 
@@ -35,10 +38,23 @@ def run(settings: ProxySettings, job: Callable[[Store], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
+def cli_actor() -> str:
+    """The audit trail's actor for a CLI command: the operating-system user who ran it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid-{os.getuid()}"
+
+
 def create(settings: ProxySettings, *, name: str, scope: str, models: list[str] | None,
            rpm: int | None, tpm: int | None) -> tuple[str, ApiKeyRow]:
-    return run(settings, lambda s: create_key(s, name=name, scope=scope, models=models,
-                                              rpm=rpm, tpm=tpm))
+    async def job(s: Store) -> tuple[str, ApiKeyRow]:
+        key, row = await create_key(s, name=name, scope=scope, models=models, rpm=rpm, tpm=tpm)
+        await s.audit.append([AuditEvent("key.create", row.id, cli_actor(), detail={
+            "name": name, "scope": scope, "models": models, "rpm": rpm, "tpm": tpm})])
+        return key, row
+
+    return run(settings, job)
 
 
 def list_keys(settings: ProxySettings) -> list[ApiKeyRow]:
@@ -46,7 +62,15 @@ def list_keys(settings: ProxySettings) -> list[ApiKeyRow]:
 
 
 def revoke(settings: ProxySettings, key_id: str) -> bool:
-    return run(settings, lambda s: s.keys.revoke(key_id.removeprefix("inf_").split("_")[0]))
+    key_id = key_id.removeprefix("inf_").split("_")[0]
+
+    async def job(s: Store) -> bool:
+        revoked = await s.keys.revoke(key_id)
+        await s.audit.append([AuditEvent("key.revoke", key_id[:64], cli_actor(),
+                                         "ok" if revoked else "not found")])
+        return revoked
+
+    return run(settings, job)
 
 
 def usage(settings: ProxySettings, *, since: str | None, until: str | None,

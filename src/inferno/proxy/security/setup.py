@@ -32,6 +32,7 @@ from inferno.proxy.security.metrics import SecurityMetrics
 from inferno.proxy.security.ratelimit import Limits, LocalLimiter, RedisLimiter
 from inferno.proxy.security.registration_guard import RegistrationGuard
 from inferno.store import Store, default_sqlite_url
+from inferno.store.audit import AuditTrail
 
 log = logging.getLogger("inferno.proxy.security")
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
@@ -85,7 +86,9 @@ class Security:
                                   prices=Prices({name: {str(k): x for k, x in v.items()}
                                                  for name, v in s.prices.items()}),
                                   cache=self.cache, default_reserve=s.default_reserve_tokens)
-        self.admin = AdminAPI(self.auth, self.store, self.keys)
+        # Who changed what (keys, models, ...): appended off the action's path.
+        self.audit = AuditTrail(self.store)
+        self.admin = AdminAPI(self.auth, self.store, self.keys, self.audit)
         self.registration = RegistrationGuard(
             [t.get_secret_value() for t in s.node_tokens], list(s.registration_allowlist))
         self._tasks: list[asyncio.Task[Any]] = []
@@ -107,6 +110,7 @@ class Security:
         if self.store is not None:
             self._tasks.append(asyncio.create_task(self._refresh_keys(loopback)))
             self._tasks.append(asyncio.create_task(self.log.run()))
+            self.audit.start()
 
     def _decide_auth(self, loopback: bool) -> None:
         mode = self.settings.auth
@@ -145,6 +149,8 @@ class Security:
         if self.log.enabled:
             with contextlib.suppress(Exception):
                 await self.log.flush(within=5.0)
+        with contextlib.suppress(Exception):
+            await self.audit.close(within=5.0)
         if isinstance(self.limiter, RedisLimiter):
             await self.limiter.close()
         if self.cache is not None:
