@@ -9,13 +9,20 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from inferno.core.errors import ConfigError, InfernoError
 from inferno.models.store import Manifest, ModelStore, parse_ref
+
+if TYPE_CHECKING:
+    from inferno.client import Client, NodeResult
+
+T = TypeVar("T")
 
 models_app = typer.Typer(
     no_args_is_help=True, help="The model store: pull, import, inspect and remove models."
@@ -350,64 +357,31 @@ KeyOpt = Annotated[
 ]
 
 
-def _proxy_call(url: str, key: str | None, method: str, path: str,
-                body: dict[str, Any] | None = None) -> Any:
-    """One call to the proxy's admin API; exits with its error message on failure."""
-    from urllib.parse import urlsplit
-
-    import orjson
-
-    from inferno.net import HttpClient
-
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise _fail(ConfigError(f"--url must be http://host:port, got {url!r}"))
-    host, port = parts.hostname, parts.port or 80
-    target = parts.path.rstrip("/").removesuffix("/v1") + path
-    headers = [(b"content-type", b"application/json")]
-    if key:
-        headers.append((b"authorization", f"Bearer {key}".encode()))
-
-    async def call() -> tuple[int, bytes]:
-        client = HttpClient()
-        try:
-            async with await client.request(
-                host, port, method, target, headers=headers,
-                body=orjson.dumps(body) if body is not None else b"",
-                connect_timeout=5.0, header_timeout=900.0,
-            ) as resp:
-                return resp.status, await resp.read()
-        finally:
-            await client.aclose()
+def _admin(url: str, key: str | None, call: Callable[[Client], T]) -> T:
+    """One call through the admin SDK; exits with the proxy's error message on failure."""
+    from inferno.client import Client
 
     try:
-        status, raw = asyncio.run(call())
+        with Client(url, api_key=key) as client:
+            return call(client)
     except InfernoError as exc:
-        raise _fail(exc) from exc
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = {"error": {"message": raw[:200].decode("utf-8", "replace")}}
-    if status != 200:
-        message = data.get("error", {}).get("message", "") if isinstance(data, dict) else ""
-        typer.secho(f"error: {status} {message}", err=True, fg="red")
-        raise typer.Exit(1)
-    return data
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from exc
 
 
-def _print_results(data: dict[str, Any], as_json: bool) -> None:
+def _print_results(results: list[NodeResult], as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps({"data": [asdict(r) for r in results]}, indent=2))
         return
     failed = False
-    for row in data.get("data", []):
-        if row.get("status") == 200:
-            typer.echo(f"{row['node']}: ok {json.dumps(row.get('result'))}")
+    for row in results:
+        if row.ok:
+            typer.echo(f"{row.node}: ok {json.dumps(row.result)}")
         else:
             failed = True
-            err = row.get("error")
+            err = row.error
             msg = err.get("message", err) if isinstance(err, dict) else err
-            typer.secho(f"{row['node']}: {row.get('status')} {msg}", fg="red")
+            typer.secho(f"{row.node}: {row.status} {msg}", fg="red")
     if failed:
         raise typer.Exit(1)
 
@@ -423,12 +397,8 @@ def models_load(
     key: KeyOpt = None,
 ) -> None:
     """Load a model on the nodes that can serve it (through the proxy; admin key)."""
-    body: dict[str, Any] = {"model": model}
-    if node is not None:
-        body["node"] = node
-    if keep_alive is not None:
-        body["keep_alive"] = keep_alive
-    _print_results(_proxy_call(url, key, "POST", "/v1/models/load", body), as_json)
+    results = _admin(url, key, lambda c: c.load_model(model, node=node, keep_alive=keep_alive))
+    _print_results(results, as_json)
 
 
 @models_app.command("unload")
@@ -440,10 +410,7 @@ def models_unload(
     key: KeyOpt = None,
 ) -> None:
     """Unload a model from every node that has it loaded (through the proxy; admin key)."""
-    body: dict[str, Any] = {"model": model}
-    if node is not None:
-        body["node"] = node
-    _print_results(_proxy_call(url, key, "POST", "/v1/models/unload", body), as_json)
+    _print_results(_admin(url, key, lambda c: c.unload_model(model, node=node)), as_json)
 
 
 @models_app.command("deploy")
@@ -457,20 +424,17 @@ def models_deploy(
 ) -> None:
     """Hot swap on every node serving --replace: load MODEL beside it, move its names to
     MODEL, unload it once its requests finish. Roll back by deploying the old one again."""
-    body: dict[str, Any] = {"model": model, "replace": replace}
-    if node is not None:
-        body["node"] = node
-    data = _proxy_call(url, key, "POST", "/v1/models/deploy", body)
+    results = _admin(url, key, lambda c: c.deploy_model(model, replace=replace, node=node))
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        _print_results(results, True)
         return
-    ok = [r for r in data.get("data", []) if r.get("status") == 200]
-    for row in ok:
-        result = row["result"]
-        names = ", ".join(result["model"].get("aliases") or []) or "its own name"
-        typer.echo(f"{row['node']}: {result['model']['name']} serves {names}; "
-                   f"{result['replaced']['name']} {result['replaced']['status']}")
-    _print_results({"data": [r for r in data.get("data", []) if r not in ok]}, False)
+    for row in results:
+        if row.ok and row.result is not None:
+            new, old = row.result["model"], row.result["replaced"]
+            names = ", ".join(new.get("aliases") or []) or "its own name"
+            typer.echo(f"{row.node}: {new['name']} serves {names}; {old['name']} "
+                       f"{old['status']}")
+    _print_results([r for r in results if not r.ok], False)
 
 
 @models_app.command("ps")
@@ -483,13 +447,13 @@ def models_ps(
     from rich.console import Console
     from rich.table import Table
 
-    data = _proxy_call(url, key, "GET", "/v1/models/ps")
+    rows = _admin(url, key, lambda c: c.loaded_models())
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        typer.echo(json.dumps({"object": "list", "data": rows}, indent=2))
         return
     now = time.time()
     table = Table("node", "model", "size", "keep alive", "expires", "in flight", "last used")
-    for r in data.get("data", []):
+    for r in rows:
         expires = r.get("expires_at")
         last = r.get("last_used")
         table.add_row(
