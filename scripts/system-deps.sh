@@ -14,6 +14,15 @@ if [ "${1:-}" = bench ]; then
   [ -e /usr/lib/nginx/modules/ngx_http_echo_module.so ] || need+=(libnginx-mod-http-echo)
   command -v wrk >/dev/null || need+=(wrk)
 fi
+# `system-deps.sh cuda` / `vulkan` (make setup GPU=...): the GPU toolchain for llama.cpp.
+# CUDA comes from Debian's non-free nvidia-cuda-toolkit (the NVIDIA driver is the host's).
+if [ "${1:-}" = cuda ]; then
+  command -v nvcc >/dev/null || need+=(nvidia-cuda-toolkit)
+fi
+if [ "${1:-}" = vulkan ]; then
+  [ -e /usr/include/vulkan/vulkan.h ] || need+=(libvulkan-dev)
+  command -v glslc >/dev/null || need+=(glslc)
+fi
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
