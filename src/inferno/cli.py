@@ -80,6 +80,9 @@ def backend(
         help="llamacpp: serve a converted copy of the GGUF, built once and cached: native | "
              "q8_0 (batches better, near-lossless) | q5_0 | q4_0 | iq4_nl | f16. "
              "[default: native]")] = None,
+    gpu_layers: Annotated[int | None, typer.Option(
+        help="llamacpp on a GPU build: layers offloaded to the GPU (-1: all). "
+             "[default: 0]")] = None,
     prefix_cache: Annotated[bool | None, typer.Option(
         "--prefix-cache/--no-prefix-cache",
         help="llamacpp: reuse the KV of shared prompt prefixes across requests. "

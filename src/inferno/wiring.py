@@ -40,7 +40,7 @@ def _llamacpp(s: BackendSettings, ref: str, served: str | None) -> Engine:
                           aliases=() if served else model.aliases,
                           quantize=s.quantize, data_dir=s.data_dir,
                           prefix_cache=s.prefix_cache,
-                          prefill_hold_ms=s.prefill_hold_ms)
+                          prefill_hold_ms=s.prefill_hold_ms, gpu_layers=s.gpu_layers)
 
 
 def _onnx(s: BackendSettings, ref: str, served: str | None) -> AnyEngine:

@@ -140,6 +140,9 @@ class BackendSettings(ComponentSettings):
     # data_dir/gguf). q8_0 batches far better than the shipped Q4_1 on CPU and is
     # near-lossless; q4_0/iq4_nl/q5_0 are faster but lossy. See bench/README.md.
     quantize: Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "native"
+    # llama.cpp engine: layers offloaded to the GPU of a GPU build (make setup GPU=cuda|vulkan);
+    # 0 keeps everything on the CPU, -1 offloads every layer.
+    gpu_layers: Annotated[int, Field(ge=-1, le=100_000)] = 0
     # llama.cpp engine: reuse the KV of a shared prompt prefix (system prompt, earlier
     # turns) across requests instead of recomputing it. Output is identical either way.
     prefix_cache: bool = True

@@ -193,6 +193,7 @@ class Governator:
                 "pool": spec.name, "model": spec.model, "node_type": choice.name,
                 "usd_per_1m_tokens": round(choice.usd_per_1m, 4),
                 "usd_per_hour": choice.node_type.usd_per_hour,
+                "gpu": choice.node_type.gpu, "gpus": choice.node_type.gpus,
                 "min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
                 "targets": spec.targets.model_dump(),
                 "signals": sig.to_dict() if sig else None,

@@ -31,6 +31,10 @@ class NodeType(_Strict):
     # Hints until measured: completion tokens/s per node at full capacity, and prefill speed.
     tokens_per_second: Pos = 50.0
     prefill_tokens_per_second: Pos = 2000.0
+    # The accelerator a node of this type has, if any: which GPU and how many (shown in
+    # /governator/state; such nodes run a GPU build, make setup GPU=..., with --gpu-layers).
+    gpu: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
 
 
 class ApiModel(_Strict):

@@ -107,6 +107,7 @@ class LlamaCppEngine:
         status: Callable[[str], None] | None = None,
         prefix_cache: bool = True,
         prefill_hold_ms: float = 200.0,
+        gpu_layers: int = 0,
     ) -> None:
         for name, value in (("n_ctx", n_ctx), ("n_threads", n_threads),
                             ("n_parallel", n_parallel), ("n_batch", n_batch)):
@@ -124,6 +125,7 @@ class LlamaCppEngine:
         self._status = status
         self._prefix_cache = prefix_cache
         self._prefill_hold_s = max(0.0, prefill_hold_ms) / 1000
+        self._gpu_layers = gpu_layers
         self._lib: Any = None
         self._model: Any = None
         self._ctx: Any = None
@@ -163,6 +165,12 @@ class LlamaCppEngine:
         lib.llama_backend_init()
         path = self._weights_path()
         mparams = lib.llama_model_default_params()
+        # -1: every layer (llama.cpp clamps a count above the model's to "all").
+        mparams.n_gpu_layers = 1_000_000 if self._gpu_layers < 0 else self._gpu_layers
+        if self._gpu_layers and not lib.llama_supports_gpu_offload():
+            raise ConfigError(
+                f"gpu_layers={self._gpu_layers}, but this llama.cpp build has no GPU "
+                "support: rebuild it with make setup GPU=cuda (or GPU=vulkan)")
         model = lib.llama_model_load_from_file(str(path).encode(), mparams)
         if not model:
             raise EngineError(f"llama.cpp could not load the model at {str(path)!r}")
