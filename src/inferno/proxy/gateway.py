@@ -69,7 +69,8 @@ class Gateway:
                             admin=self.security.admin,
                             models_admin=ModelsAdmin(
                                 self.security.auth, self.pool, self.client,
-                                node_tokens=[t.get_secret_value() for t in s.node_tokens]))
+                                node_tokens=[t.get_secret_value() for t in s.node_tokens]),
+                            store=self.security.store)
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,

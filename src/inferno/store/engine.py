@@ -72,6 +72,7 @@ class Store:
         """``schema`` (PostgreSQL only) puts every table in its own schema (tests use it)."""
         from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
+        from inferno.store.responses import ResponseRepo
 
         self.url = normalise_url(url)
         self.dialect = make_url(self.url).get_backend_name()
@@ -92,6 +93,7 @@ class Store:
         self.keys = KeyRepo(self.engine)
         self.requests = RequestRepo(self.engine)
         self.governator = GovernatorRepo(self.engine)
+        self.responses = ResponseRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"
