@@ -93,6 +93,7 @@ class MessagesRequest(_Strict):
     metadata: Metadata | None = None
     stream: bool = False
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
 
 
 class CountTokensRequest(_Strict):

@@ -7,7 +7,9 @@ routing, request log under ``/v1/messages``); the answer comes back as a ``messa
 Anthropic's stream events (:mod:`inferno.proxy.anthropic_stream`).
 
 Refused with a 400 naming the parameter rather than ignored: image/document/thinking
-content, server tools, ``top_k`` (the nodes sample without it), extended ``thinking``.
+content, server tools, ``top_k`` (the nodes sample without it), extended ``thinking``,
+``output_config.effort``. ``output_config.format`` (structured outputs) becomes a
+``json_schema`` response format.
 ``stop_reason: stop_sequence`` is reported when the node names the matched stop string in
 the choice's ``stop_reason`` (as vLLM does); otherwise a stop ends as ``end_turn``.
 ``count_tokens`` asks a node for one token of the translated request and returns its
@@ -22,7 +24,13 @@ from typing import Any
 import orjson
 
 from inferno.api import anthropic as an
-from inferno.core.errors import InfernoError, MethodNotAllowed, NotFound, UnsupportedParameter
+from inferno.core.errors import (
+    InfernoError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedParameter,
+)
 from inferno.core.validation import parse_request
 from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy.anthropic_stream import AnthropicStream, new_id, stop_reason
@@ -58,6 +66,7 @@ class AnthropicAPI:
                 chat[name] = value
         if mreq.stop_sequences:
             chat["stop"] = mreq.stop_sequences
+        _output_config(mreq.output_config or {}, chat)
         if mreq.metadata is not None and mreq.metadata.user_id:
             chat["user"] = mreq.metadata.user_id
         if mreq.stream:
@@ -84,9 +93,29 @@ class AnthropicAPI:
                              headers=resp.headers)
 
 
+def _output_config(config: dict[str, Any], chat: dict[str, Any]) -> None:
+    """Structured outputs (``output_config.format``) as a json_schema response_format."""
+    if config.get("effort") is not None:
+        raise UnsupportedParameter("'output_config.effort' is not supported.",
+                                   param="output_config.effort")
+    fmt = config.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" \
+            or not isinstance(fmt.get("schema"), dict):
+        raise InvalidRequest("Invalid value for 'output_config.format': expected "
+                             "{\"type\": \"json_schema\", \"schema\": {...}}.",
+                             param="output_config.format")
+    chat["response_format"] = {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": fmt["schema"], "strict": True}}
+
+
 def shape(exc: InfernoError) -> InfernoError:
     """Render ``exc`` as Anthropic's error body wherever it is answered."""
-    exc.body_override = orjson.dumps(an.error_body(exc.status_code, exc.message))
+    message = exc.message
+    if exc.param and exc.param not in message:  # Anthropic's shape has no param field
+        message = f"{exc.param}: {message}"
+    exc.body_override = orjson.dumps(an.error_body(exc.status_code, message))
     return exc
 
 
