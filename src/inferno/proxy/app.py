@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from inferno.proxy.models_admin import ModelsAdmin
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
-    from inferno.store import Store
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 # Other APIs, served by translating to chat completions (proxy.anthropic, proxy.responses).
@@ -52,8 +51,8 @@ class ProxyAPI:
     def __init__(self, pool: Pool, router: Router, forwarder: Forwarder, admission: Admission,
                  metrics: ProxyMetrics, *, request_timeout: float,
                  guard: RequestGuard | None = None, admin: AdminAPI | None = None,
-                 models_admin: ModelsAdmin | None = None, store: Store | None = None
-                 ) -> None:
+                 models_admin: ModelsAdmin | None = None,
+                 stored: ResponseStore | None = None) -> None:
         # guard: auth, limits, cache and the request log around each inference request
         # (inferno.proxy.security); None serves every request unauthenticated, unrecorded.
         self._guard = guard
@@ -73,7 +72,8 @@ class ProxyAPI:
         # the in-flight gauge reads the counter above when scraped instead of inc/dec.
         self._latency = {p: metrics.latency.labels(p) for p in _ROUTES}
         self._anthropic = AnthropicAPI(self.chat)
-        self._responses = ResponsesAPI(self.chat, self.owner, ResponseStore(store))
+        # Stored Responses API responses (in memory when no store is given).
+        self._responses = ResponsesAPI(self.chat, self.owner, stored or ResponseStore(None))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     def check_head(self, req: Request) -> None:

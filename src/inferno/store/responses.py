@@ -1,16 +1,22 @@
 """Stored Responses API responses: one row each, always looked up with its owner.
 
-Database failures surface as :class:`StoreUnavailable` (translated here, at the store's
-boundary).
+Single reads, writes and deletes surface database failures as :class:`StoreUnavailable`
+(translated here, at the store's boundary); :meth:`ResponseRepo.put_many` is the
+:class:`~inferno.store.writer.BatchWriter`'s write and leaves SQLAlchemy's errors to it (it
+tells outages from refused rows by them). Rows already stored are skipped, never doubled,
+so a batch retried after an ambiguous failure is harmless.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,12 +40,21 @@ class ResponseRepo:
 
     async def put(self, row: StoredResponse) -> None:
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(responses).values(
-                    id=row.id, owner=row.owner, created_at=row.created_at or time.time(),
-                    body=row.body, input_items=row.input_items, messages=row.messages))
+            await self.put_many([row])
         except SQLAlchemyError as exc:
             raise StoreUnavailable(f"storing response failed: {type(exc).__name__}") from exc
+
+    async def put_many(self, rows: Sequence[StoredResponse]) -> None:
+        if not rows:
+            return
+        dialect = self._engine.dialect.name
+        stmt = (pg_insert(responses) if dialect == "postgresql" else sqlite_insert(responses)
+                ).on_conflict_do_nothing(index_elements=["id"])
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt, [
+                {"id": r.id, "owner": r.owner, "created_at": r.created_at or time.time(),
+                 "body": r.body, "input_items": r.input_items, "messages": r.messages}
+                for r in rows])
 
     async def get(self, owner: str, response_id: str) -> StoredResponse | None:
         c = responses.c
