@@ -10,10 +10,11 @@ medians over rounds of the proxy's CPU per request (from /proc) and of p50 laten
 each API's ratio to chat completions.
 
 With ``--baseline-src PATH`` (another checkout's ``src/``) a second proxy from that tree
-joins the rounds for chat completions only: the A/B of the chat hot path between the two.
+joins the rounds for chat completions only (the two proxies take turns going first): the
+A/B of the chat hot path between the two trees; ``--only chat`` leaves the other APIs out.
 
     .venv/bin/python bench/api_translation.py [--rounds 5] [--requests 2000]
-        [--concurrency 8] [--baseline-src /tmp/base/src]
+        [--concurrency 8] [--baseline-src /tmp/base/src] [--only chat,messages,...]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from security_overhead import cpu_seconds, fake_node, free_port  # noqa: E402
+from security_overhead import cpu_seconds, fake_node, free_port
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -109,11 +110,13 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--baseline-src", type=Path, default=None)
+    ap.add_argument("--only", default=",".join(APIS),
+                    help="the APIs to measure on this tree (comma-separated)")
     a = ap.parse_args()
     node_port, node_ops = free_port(), free_port()
     servers = await fake_node(node_port, node_ops)
     node = f"127.0.0.1:{node_port}/{node_ops}"
-    targets = [("this", SRC, list(APIS))]
+    targets = [("this", SRC, [x for x in a.only.split(",") if x in APIS])]
     if a.baseline_src is not None:
         targets.append(("base", a.baseline_src.resolve(), ["chat"]))
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -126,8 +129,11 @@ async def main() -> None:
             for (_, _, apis), (proc, port, auth) in zip(targets, procs, strict=True):
                 for api in apis:  # warm up
                     await measure(proc.pid, port, auth, api, 400, a.concurrency)
-            for _ in range(a.rounds):
-                for (name, _, apis), (proc, port, auth) in zip(targets, procs, strict=True):
+            for i in range(a.rounds):
+                pairs = list(zip(targets, procs, strict=True))
+                if i % 2:  # alternate which proxy goes first: no order bias
+                    pairs.reverse()
+                for (name, _, apis), (proc, port, auth) in pairs:
                     for api in apis:
                         results.setdefault((name, api), []).append(await measure(
                             proc.pid, port, auth, api, a.requests, a.concurrency))
@@ -135,18 +141,26 @@ async def main() -> None:
             for proc, _, _ in procs:
                 proc.terminate()
                 proc.wait(30)
-    del servers
+    for server in servers:
+        server.close()
+    # The fake node's handlers see the proxies' connections close and finish.
+    await asyncio.sleep(0.5)
     chat_cpu = statistics.median(c for c, _ in results[("this", "chat")])
     chat_lat = statistics.median(lt for _, lt in results[("this", "chat")])
-    print(f"{a.rounds} rounds x {a.requests} requests, concurrency {a.concurrency}, "
-          "medians over rounds")
-    print(f"{'proxy':6s} {'api':16s} {'CPU ms/req':>10s} {'x chat':>7s} {'p50 ms':>8s} "
-          f"{'x chat':>7s}")
+    lines = [f"{a.rounds} rounds x {a.requests} requests, concurrency {a.concurrency}, "
+             "medians over rounds",
+             f"{'proxy':6s} {'api':16s} {'CPU ms/req':>10s} {'x chat':>7s} {'p50 ms':>8s} "
+             f"{'x chat':>7s}"]
     for (name, api), rows in results.items():
         cpu = statistics.median(c for c, _ in rows)
         lat = statistics.median(lt for _, lt in rows)
-        print(f"{name:6s} {api:16s} {cpu * 1e3:10.3f} {cpu / chat_cpu:7.2f} "
-              f"{lat * 1e3:8.3f} {lat / chat_lat:7.2f}")
+        lines.append(f"{name:6s} {api:16s} {cpu * 1e3:10.3f} {cpu / chat_cpu:7.2f} "
+                     f"{lat * 1e3:8.3f} {lat / chat_lat:7.2f}")
+    print("\n".join(lines))
+    out = Path(__file__).parent / "results" / time.strftime("api-translation-%Y%m%dT%H%M%SZ.txt",
+                                                            time.gmtime())
+    out.write_text("\n".join(lines) + "\n")
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":
