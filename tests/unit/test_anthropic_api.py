@@ -282,3 +282,31 @@ async def test_request_log_records_the_route(env: Env) -> None:
 
     rows = await eventually(logged, what="a request-log row for /v1/messages")
     assert rows[0]["status"] == 200 and rows[0]["prompt_tokens"] == 7
+
+
+async def test_limits_and_permissions_in_anthropic_shape(keyed: Env) -> None:
+    store = keyed.gw.security.store
+    assert store is not None
+    slow, _ = await create_key(store, name="slow", scope="user", rpm=1)
+    other, _ = await create_key(store, name="other", scope="user", models=["another-model"])
+    await keyed.gw.security.keys.refresh()
+    client = anthropic.AsyncAnthropic(base_url=keyed.url, api_key=slow, max_retries=0)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        for _ in range(10):  # past the key's burst allowance
+            await client.messages.create(model=MODEL, max_tokens=5, messages=USER)
+    assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    client = anthropic.AsyncAnthropic(base_url=keyed.url, api_key=other, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError) as denied:
+        await client.messages.create(model=MODEL, max_tokens=5, messages=USER)
+    assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+    (404, "not_found_error"), (413, "request_too_large"), (429, "rate_limit_error"),
+    (500, "api_error"), (502, "api_error"), (503, "overloaded_error"),
+    (504, "timeout_error"), (529, "overloaded_error")])
+def test_error_types_by_status(status: int, kind: str) -> None:
+    from inferno.api.anthropic import error_body
+
+    assert error_body(status, "m") == {"type": "error", "error": {"type": kind, "message": "m"}}

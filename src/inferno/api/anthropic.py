@@ -109,7 +109,7 @@ class CountTokensRequest(_Strict):
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                 403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
                 408: "timeout_error", 413: "request_too_large", 429: "rate_limit_error",
-                503: "overloaded_error", 529: "overloaded_error"}
+                503: "overloaded_error", 504: "timeout_error", 529: "overloaded_error"}
 
 
 def error_type(status: int) -> str:
