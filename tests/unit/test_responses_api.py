@@ -267,3 +267,54 @@ async def test_request_log_records_the_route(env: Env) -> None:
 
     rows = await eventually(logged, what="a request-log row for /v1/responses")
     assert rows[0]["status"] == 200 and rows[0]["completion_tokens"] == 5
+
+
+@pytest.mark.parametrize("reply", [
+    pytest.param(Reply(text="Checking.", calls=[("call_4", "get_weather", {"city": "Nice"})]),
+                 id="text-and-call"),
+    pytest.param(Reply(text="Hello there, this is long", cut=True), id="cut"),
+])
+async def test_stream_events_validate_strictly(env: Env, reply: Reply) -> None:
+    """The SDK builds stream events without validating them: validate the raw ones."""
+    import json
+
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    env.node.replies.append(reply)
+    async with httpx.AsyncClient() as http, http.stream(
+            "POST", f"{env.url}/v1/responses",
+            json={"model": MODEL, "input": "Weather?", "stream": True,
+                  "tools": [WEATHER]}) as r:
+        assert r.status_code == 200
+        lines = [line async for line in r.aiter_lines() if line.startswith(("data:", "event:"))]
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    names = [line[7:] for line in lines if line.startswith("event: ")]
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert names == [e["type"] for e in events]  # each SSE event is named by its type
+    for e in events:
+        parsed = adapter.validate_python(e)
+        known = {f.alias or n for n, f in type(parsed).model_fields.items()}
+        assert set(e) <= known, (e["type"], set(e) - known)
+        if "response" in e:
+            assert_response(e["response"])
+    last = "response.failed" if reply.cut else "response.completed"
+    assert events[-1]["type"] == last
+
+
+async def test_chained_function_call_round_trip(env: Env) -> None:
+    env.node.replies.append(Reply(text=None, calls=[("call_5", "get_weather",
+                                                     {"city": "Lyon"})]))
+    first = await env.client.responses.create(model=MODEL, input="Weather in Lyon?",
+                                              tools=[WEATHER])  # type: ignore[list-item]
+    call = first.output[0]
+    assert call.type == "function_call"
+    await env.client.responses.create(
+        model=MODEL, previous_response_id=first.id, tools=[WEATHER],  # type: ignore[list-item]
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}])
+    assert env.node.last["messages"] == [
+        {"role": "user", "content": "Weather in Lyon?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_5", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'}}]},
+        {"role": "tool", "tool_call_id": "call_5", "content": "rain"}]

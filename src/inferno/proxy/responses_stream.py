@@ -169,8 +169,7 @@ class ResponsesStream:
                                 output_index=index, content_index=0, part=part),
                     self._event("response.output_item.done", output_index=index, item=item)]
         return [self._event("response.function_call_arguments.done", item_id=item["id"],
-                            output_index=index, arguments=item["arguments"],
-                            name=item["name"]),
+                            output_index=index, arguments=item["arguments"]),
                 self._event("response.output_item.done", output_index=index, item=item)]
 
     async def _complete(self) -> list[bytes]:
