@@ -62,6 +62,22 @@ async def keyed(tmp_path: Path) -> AsyncIterator[Env]:
     await gw.drain()
 
 
+SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "openai" / "openai-schemas.json"
+
+
+def assert_published_error(body: dict[str, Any]) -> None:
+    """The error body against OpenAI's published ErrorResponse schema (when provided)."""
+    if not SCHEMAS.exists():
+        pytest.skip(f"OpenAI's published schemas are not at {SCHEMAS}")
+    import json
+
+    import jsonschema
+
+    schemas = json.loads(SCHEMAS.read_text())["schemas"]
+    root = {"components": {"schemas": schemas}, **schemas["ErrorResponse"]}
+    jsonschema.validate(body, root)
+
+
 def assert_response(body: dict[str, Any]) -> OAIResponse:
     parsed = OAIResponse.model_validate(body)
     # "store" is in OpenAI's live answers though the SDK's type leaves it out.
@@ -252,6 +268,7 @@ async def test_bad_input_is_400(env: Env, body: dict[str, Any], param: str) -> N
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{env.url}/v1/responses", json=body)
     assert r.status_code == 400, r.text
+    assert_published_error(r.json())
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error"
     assert env.node.requests == []
