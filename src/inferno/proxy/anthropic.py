@@ -18,7 +18,6 @@ exact prompt-token count (the model's own template and tokenizer).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -34,8 +33,8 @@ from inferno.core.errors import (
 from inferno.core.validation import parse_request
 from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy.anthropic_stream import AnthropicStream, new_id, stop_reason
+from inferno.proxy.translated import Chat, read_answer
 
-Chat = Callable[[Request, str, dict[str, Any]], Awaitable[Response | StreamingResponse]]
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
 
@@ -78,7 +77,7 @@ class AnthropicAPI:
         if isinstance(resp, StreamingResponse):
             resp.chunks = AnthropicStream(resp.chunks, mreq.model, mreq.stop_sequences or [])
             return resp
-        body = to_message(orjson.loads(resp.body), mreq.model, mreq.stop_sequences or [])
+        body = to_message(read_answer(resp), mreq.model, mreq.stop_sequences or [])
         return Response(200, orjson.dumps(body), headers=resp.headers)
 
     async def _count(self, req: Request) -> Response:
@@ -88,7 +87,7 @@ class AnthropicAPI:
         resp = await self._chat(req, COUNT, chat)
         if resp.status != 200 or isinstance(resp, StreamingResponse):
             return error_response(resp)
-        usage = orjson.loads(resp.body).get("usage") or {}
+        usage = read_answer(resp).get("usage") or {}
         return Response.json({"input_tokens": int(usage.get("prompt_tokens") or 0)},
                              headers=resp.headers)
 

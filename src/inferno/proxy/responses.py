@@ -5,15 +5,16 @@ the stored conversation before it) into one chat-completions request sent throug
 proxy's usual pipeline (auth, limits, routing, request log under ``/v1/responses``), and
 its answer into a response object or Responses stream events
 (:mod:`inferno.proxy.responses_stream`). With ``store`` (default true) the response is
-written before the call answers, kept per API key: retrieve, delete and
-``input_items`` see only the caller's own. ``instructions`` apply to their own request
-only, as OpenAI's do; the chained conversation carries the messages, not the instructions.
+kept per API key (:mod:`inferno.proxy.responses_store`: readable the moment the create
+call answers), and retrieve, delete and ``input_items`` see only the caller's own.
+``instructions`` apply to their own request only, as OpenAI's do: the chained conversation
+carries the messages, not the instructions.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -25,9 +26,9 @@ from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy import responses_translate as tr
 from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.responses_stream import ResponsesStream
+from inferno.proxy.translated import Chat, read_answer
 from inferno.store import StoredResponse
 
-Chat = Callable[[Request, str, dict[str, Any]], Awaitable[Response | StreamingResponse]]
 Owner = Callable[[Request], "str | None"]
 RESPONSES = "/v1/responses"
 _MAX_LIST = 100
@@ -97,8 +98,9 @@ class ResponsesAPI:
         if isinstance(resp, StreamingResponse):
             resp.chunks = ResponsesStream(resp.chunks, base, keep)
             return resp
-        output, reply, finish = tr.output_from_chat(orjson.loads(resp.body))
-        usage = orjson.loads(resp.body).get("usage") or {}
+        answer = read_answer(resp)
+        output, reply, finish = tr.output_from_chat(answer)
+        usage = answer.get("usage") or {}
         body = tr.finished(base, output, finish, int(usage.get("prompt_tokens") or 0),
                         int(usage.get("completion_tokens") or 0))
         await keep(body, reply)
