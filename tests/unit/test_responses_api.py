@@ -43,7 +43,7 @@ class Env:
 
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    gw = await start_gateway(tmp_path)
+    gw = await start_gateway(tmp_path, connect_timeout=5)  # a busy host: no spurious 503
     node = await ChatNode().start(gw)
     yield Env(gw, node, [])
     await node.stop()
@@ -52,7 +52,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 @pytest_asyncio.fixture
 async def keyed(tmp_path: Path) -> AsyncIterator[Env]:
-    gw = await start_gateway(tmp_path, auth="on")
+    gw = await start_gateway(tmp_path, auth="on", connect_timeout=5)
     assert gw.security.store is not None
     keys = [(await create_key(gw.security.store, name=n, scope="user"))[0] for n in "ab"]
     await gw.security.keys.refresh()

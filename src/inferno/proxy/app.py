@@ -3,6 +3,12 @@
 The body is parsed once with orjson to find ``model``, ``stream`` and ``user``; it is
 forwarded as received. Deeper validation happens on the node, whose 4xx is relayed
 unchanged (and never retried).
+
+``/v1/messages`` (Anthropic) and ``/v1/responses`` (OpenAI Responses) are served by
+translation (:mod:`inferno.proxy.anthropic`, :mod:`inferno.proxy.responses`): their
+handlers build a chat-completions body and hand it to :meth:`ProxyAPI.chat`, which runs
+the same guard, routing and forwarding, logged under their own route. The chat path pays
+one ``is None`` check for them.
 """
 
 from __future__ import annotations
