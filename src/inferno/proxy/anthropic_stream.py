@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from inferno.api.anthropic import error_body
-from inferno.net import SSEDecoder
+from inferno.net import SSEDecoder, sse_event
 
 _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
          "function_call": "tool_use", "content_filter": "refusal"}
@@ -38,7 +38,7 @@ def stop_reason(finish: str | None, choice: dict[str, Any],
 
 
 def event(kind: str, obj: dict[str, Any]) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+    return sse_event(orjson.dumps(obj), kind)
 
 
 def error_event(status: int, message: str) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from inferno.core.errors import InfernoError
-from inferno.net import SSEDecoder
+from inferno.net import SSEDecoder, sse_event
 from inferno.proxy import responses_translate as tr
 
 Keep = Callable[[dict[str, Any], dict[str, Any]], Awaitable[None]]
@@ -66,7 +66,7 @@ class ResponsesStream:
     def _event(self, kind: str, **fields: Any) -> bytes:
         obj = {"type": kind, "sequence_number": self._seq, **fields}
         self._seq += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
+        return sse_event(orjson.dumps(obj), kind)
 
     def _snapshot(self, status: str) -> dict[str, Any]:
         return {**self._base, "status": status, "error": None, "incomplete_details": None,
