@@ -27,6 +27,7 @@ class Reply:
     cut: bool = False  # stream: stop after the first content, without [DONE]
     prompt_tokens: int = 7
     extra_choice: dict[str, Any] = field(default_factory=dict)
+    raw: bytes | None = None  # non-streamed: this body, as it is, instead of a completion
 
 
 class ChatNode:
@@ -63,6 +64,8 @@ class ChatNode:
                  for cid, name, args in reply.calls]
         usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": 5,
                  "total_tokens": reply.prompt_tokens + 5}
+        if reply.raw is not None:
+            return Response(200, reply.raw)
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": reply.text}
             if calls:

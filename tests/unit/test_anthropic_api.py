@@ -236,6 +236,14 @@ async def test_bad_input_is_anthropic_error(env: Env, body: dict[str, Any], stat
     assert err["error"]["type"] == kind and needle in err["error"]["message"]
 
 
+async def test_a_broken_node_answer_is_502(env: Env) -> None:
+    env.node.replies.append(Reply(raw=b'{"choices": [ trunc'))
+    with pytest.raises(anthropic.APIStatusError) as info:
+        await env.client.messages.create(model=MODEL, max_tokens=5, messages=USER)
+    assert info.value.status_code == 502
+    assert info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+
 async def test_wrong_method_is_anthropic_error(env: Env) -> None:
     async with httpx.AsyncClient() as http:
         r = await http.get(f"{env.url}/v1/messages")

@@ -274,6 +274,14 @@ async def test_bad_input_is_400(env: Env, body: dict[str, Any], param: str) -> N
     assert env.node.requests == []
 
 
+async def test_a_broken_node_answer_is_502(env: Env) -> None:
+    env.node.replies.append(Reply(raw=b"[1, 2]"))
+    with pytest.raises(openai.APIStatusError) as info:
+        await env.client.responses.create(model=MODEL, input="Hi")
+    assert info.value.status_code == 502
+    assert_published_error(info.value.response.json())
+
+
 async def test_request_log_records_the_route(env: Env) -> None:
     await env.client.responses.create(model=MODEL, input="Hi")
     store = env.gw.security.store
