@@ -171,6 +171,7 @@ async def _poll_ready(s: ServeSettings, proxy: Child, provider: object, stop: as
 def _banner(s: ServeSettings, url: str, gov_host: str, gov_port: int) -> None:
     body = (f"[bold green]Inferno is ready[/bold green]\n\n"
             f"OpenAI API   [bold]{url}[/bold]\n"
+            f"Anthropic    {url.removesuffix('/v1')}  (ANTHROPIC_BASE_URL: /v1/messages)\n"
             f"Model        {s.model}  ({s.nodes} node(s), engine {s.engine})\n"
             f"Operations   http://{s.host}:{s.ops_port}/health  /metrics  /telemetry\n"
             f"Governator   http://{gov_host}:{gov_port}/governator/state  "

@@ -9,6 +9,7 @@ from inferno.net import SSE_DONE, SSEDecoder, sse_event
 
 def test_sse_event_and_done() -> None:
     assert sse_event(b'{"a":1}') == b'data: {"a":1}\n\n'
+    assert sse_event(b'{"a":1}', "ping") == b'event: ping\ndata: {"a":1}\n\n'
     assert SSE_DONE == b"data: [DONE]\n\n"
     assert SSEDecoder().feed(sse_event(b"x") + SSE_DONE) == [b"x", b"[DONE]"]
 

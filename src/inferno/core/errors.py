@@ -50,6 +50,9 @@ class InfernoError(Exception):
     type: ClassVar[str] = "server_error"
     code: ClassVar[str] = "internal_error"
     retryable: ClassVar[bool] = False
+    # Set where a route answers in another API's error shape (Anthropic's on /v1/messages):
+    # the body every renderer then sends instead of OpenAI's.
+    body_override: bytes | None = None
 
     def __init__(
         self,
@@ -71,6 +74,8 @@ class InfernoError(Exception):
         return error_dict(self.message, self.type, self.code, self.param)
 
     def to_json(self) -> bytes:
+        if self.body_override is not None:
+            return self.body_override
         return orjson.dumps(self.to_dict())
 
     def headers(self) -> list[tuple[str, str]]:

@@ -27,8 +27,11 @@ def last_event_end(data: bytes) -> int:
     return split
 
 
-def sse_event(data: bytes) -> bytes:
-    return b"data: " + data + b"\n\n"
+def sse_event(data: bytes, name: str | None = None) -> bytes:
+    """One event; ``name`` adds its ``event:`` line (the Anthropic and Responses streams)."""
+    if name is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
 
 
 class SSEDecoder:

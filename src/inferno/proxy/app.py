@@ -3,12 +3,18 @@
 The body is parsed once with orjson to find ``model``, ``stream`` and ``user``; it is
 forwarded as received. Deeper validation happens on the node, whose 4xx is relayed
 unchanged (and never retried).
+
+``/v1/messages`` (Anthropic) and ``/v1/responses`` (OpenAI Responses) are served by
+translation (:mod:`inferno.proxy.anthropic`, :mod:`inferno.proxy.responses`): their
+handlers build a chat-completions body and hand it to :meth:`ProxyAPI.chat`, which runs
+the same guard, routing and forwarding, logged under their own route. The chat path pays
+one ``is None`` check for them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,9 +32,12 @@ from inferno.core.errors import (
 from inferno.core.validation import json_object
 from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy.admission import Admission
+from inferno.proxy.anthropic import COUNT, MESSAGES, AnthropicAPI, shape
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.pool import Pool
+from inferno.proxy.responses import RESPONSES, ResponsesAPI
+from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.router import Router
 
 if TYPE_CHECKING:
@@ -37,13 +46,19 @@ if TYPE_CHECKING:
     from inferno.proxy.security.guard import RequestGuard
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# Other APIs, served by translating to chat completions (proxy.anthropic, proxy.responses).
+_TRANSLATED = (MESSAGES, RESPONSES)
+_ROUTES = _INFERENCE | {MESSAGES, COUNT, RESPONSES}
+_CHAT = "/v1/chat/completions"
+Api = Callable[[Request, str], Awaitable[Response | StreamingResponse]]
 
 
 class ProxyAPI:
     def __init__(self, pool: Pool, router: Router, forwarder: Forwarder, admission: Admission,
                  metrics: ProxyMetrics, *, request_timeout: float,
                  guard: RequestGuard | None = None, admin: AdminAPI | None = None,
-                 models_admin: ModelsAdmin | None = None) -> None:
+                 models_admin: ModelsAdmin | None = None,
+                 stored: ResponseStore | None = None) -> None:
         # guard: auth, limits, cache and the request log around each inference request
         # (inferno.proxy.security); None serves every request unauthenticated, unrecorded.
         self._guard = guard
@@ -58,17 +73,25 @@ class ProxyAPI:
         self.accepting = True
         self.in_flight = 0
         self.requests_total = 0
-        self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
+        self._count = {p: metrics.requests.labels(p, "200") for p in _ROUTES}
         # Per-request metric work kept to one locked add each: children resolved once, and
         # the in-flight gauge reads the counter above when scraped instead of inc/dec.
-        self._latency = {p: metrics.latency.labels(p) for p in _INFERENCE}
+        self._latency = {p: metrics.latency.labels(p) for p in _ROUTES}
+        self._anthropic = AnthropicAPI(self.chat)
+        # Stored Responses API responses (in memory when no store is given).
+        self._responses = ResponsesAPI(self.chat, self.owner, stored or ResponseStore(None))
         metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     def check_head(self, req: Request) -> None:
         """Authenticate on the headers alone, before the server reads any body byte: an
         unauthenticated client cannot make the proxy hold its upload."""
         if self._guard is not None and req.path.startswith("/v1/"):
-            req.auth = self._guard.auth.authenticate(req)
+            try:
+                req.auth = self._guard.auth.authenticate(req)
+            except InfernoError as exc:
+                if req.path.startswith(MESSAGES):
+                    shape(exc)  # Anthropic clients read Anthropic's error shape
+                raise
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path
@@ -76,6 +99,8 @@ class ProxyAPI:
             if req.method != "POST":
                 raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
             return await self._inference(req, path)
+        if path.startswith(_TRANSLATED):
+            return await self._translated(req, path)
         if self._guard is not None and path.startswith("/v1/models"):
             self._guard.auth.authenticate(req)
         if path.rstrip("/") == "/v1/models":
@@ -90,7 +115,42 @@ class ProxyAPI:
             return await self._admin.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
 
-    async def _inference(self, req: Request, path: str) -> Response | StreamingResponse:
+    async def _translated(self, req: Request, path: str) -> Response | StreamingResponse:
+        anthropic = path.startswith(MESSAGES)
+        try:
+            if anthropic:
+                if req.method == "POST" and path in (MESSAGES, COUNT):
+                    return await self._inference(req, path, self._anthropic.handle)
+                return await self._anthropic.handle(req, path)
+            if req.method == "POST" and path == RESPONSES:
+                return await self._inference(req, path, self._responses.handle)
+            return await self._responses.handle(req, path)
+        except InfernoError as exc:
+            if anthropic:
+                shape(exc)
+            raise
+
+    def owner(self, req: Request) -> str | None:
+        """The API key a request runs as (None: auth off, one anonymous owner)."""
+        return None if self._guard is None else self._guard.auth.authenticate(req).key_id
+
+    async def chat(self, req: Request, route: str, data: dict[str, Any]
+                   ) -> Response | StreamingResponse:
+        """Serve a chat-completions body built by a translating API through the same
+        pipeline as /v1/chat/completions (auth, limits, cache, routing), logged as ``route``."""
+        req.body = body = orjson.dumps(data)
+        if self._guard is not None:
+            return await self._guard.handle(req, route, self._forward_chat)
+        model, stream, user = _routing_fields(data)
+        return await self._route_and_forward(req, _CHAT, data, model, stream, user, body)
+
+    async def _forward_chat(self, req: Request, path: str, data: dict[str, Any], model: str,
+                            stream: bool, user: str | None, body: bytes
+                            ) -> Response | StreamingResponse:
+        return await self._route_and_forward(req, _CHAT, data, model, stream, user, body)
+
+    async def _inference(self, req: Request, path: str, api: Api | None = None
+                         ) -> Response | StreamingResponse:
         started = time.perf_counter()
         self.in_flight += 1
         self.requests_total += 1
@@ -99,7 +159,9 @@ class ProxyAPI:
         try:
             if not self.accepting:
                 raise NotReady("The proxy is shutting down; retry on another replica.")
-            if self._guard is not None:
+            if api is not None:
+                resp = await api(req, path)
+            elif self._guard is not None:
                 resp = await self._guard.handle(req, path, self._route_and_forward)
             else:
                 data = _parse(req.body)

@@ -26,6 +26,7 @@ from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.models_admin import ModelsAdmin
 from inferno.proxy.pool import Pool
+from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
@@ -64,13 +65,15 @@ class Gateway:
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
             max_attempts=s.max_attempts, on_release=self.admission.release)
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
+        self.stored = ResponseStore(self.security.store, flush_interval=s.log_flush_interval)
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin,
                             models_admin=ModelsAdmin(
                                 self.security.auth, self.pool, self.client,
                                 node_tokens=[t.get_secret_value() for t in s.node_tokens],
-                                audit=self.security.audit.record))
+                                audit=self.security.audit.record),
+                            stored=self.stored)
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,
@@ -91,6 +94,7 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         await self.security.start()  # migrations, keys; refuses an unauthenticated public bind
+        self.stored.start()
         await self.ops.start(s.host, s.ops_port)
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
@@ -113,6 +117,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
         await self.ops.stop()
+        await self.stored.close()  # writes the stored responses still queued
         await self.security.close()  # flushes the request log
 
     def vitals(self) -> dict[str, Any]:

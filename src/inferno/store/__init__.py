@@ -2,14 +2,15 @@
 
 ``Store(url)`` opens the engine and applies the Alembic migrations shipped in
 ``inferno.store.migrations`` on :meth:`Store.start`; repositories (``store.keys``,
-``store.requests``, ``store.governator``) hold every query; :class:`BatchWriter` writes rows
-in the background for the request log and the governator. Components import this package,
-never each other.
+``store.requests``, ``store.governator``, ``store.responses``) hold every query;
+:class:`BatchWriter` writes rows in the background for the request log and the governator.
+Components import this package, never each other.
 """
 
 from inferno.store.engine import Store, StoreUnavailable, default_sqlite_url, normalise_url
 from inferno.store.governator import GovernatorRepo
 from inferno.store.repos import ApiKeyRow, KeyRepo, RequestRepo, UsageRow
+from inferno.store.responses import ResponseRepo, StoredResponse
 from inferno.store.writer import BatchWriter
 
 __all__ = [
@@ -18,8 +19,10 @@ __all__ = [
     "GovernatorRepo",
     "KeyRepo",
     "RequestRepo",
+    "ResponseRepo",
     "Store",
     "StoreUnavailable",
+    "StoredResponse",
     "UsageRow",
     "default_sqlite_url",
     "normalise_url",

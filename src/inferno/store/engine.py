@@ -73,6 +73,7 @@ class Store:
         from inferno.store.audit import AuditRepo
         from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
+        from inferno.store.responses import ResponseRepo
 
         self.url = normalise_url(url)
         self.dialect = make_url(self.url).get_backend_name()
@@ -94,6 +95,7 @@ class Store:
         self.requests = RequestRepo(self.engine)
         self.governator = GovernatorRepo(self.engine)
         self.audit = AuditRepo(self.engine)
+        self.responses = ResponseRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"

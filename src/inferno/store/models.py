@@ -58,3 +58,18 @@ request_log = Table(
 )
 Index("ix_inferno_request_log_day_key", request_log.c.day, request_log.c.key_id)
 Index("ix_inferno_request_log_ts", request_log.c.ts)
+
+# One row per stored Responses API response, readable only by the key that created it
+# (``owner`` is the key id; "" when auth is off). ``messages`` is the whole conversation up
+# to and including this response, as chat-completions messages: what a follow-up with
+# ``previous_response_id`` sends before its own input.
+responses = Table(
+    "inferno_responses", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("input_items", JSON, nullable=False),
+    Column("messages", JSON, nullable=False),
+)
+Index("ix_inferno_responses_owner", responses.c.owner, responses.c.created_at)

@@ -1,5 +1,8 @@
 """Authentication: ``Authorization: Bearer <API key | JWT>`` -> :class:`Principal`.
 
+``x-api-key: <key>`` (how Anthropic clients send it) is accepted as the same credential
+when no ``Authorization`` header is present.
+
 Synchronous and in-memory (a dict lookup and one SHA-256, or a cached JWT check): the
 request path never waits on the database. Error messages never echo what was presented.
 """
@@ -32,12 +35,15 @@ class Authenticator:
         if not self.enabled:
             return ANONYMOUS
         value = req.header("authorization")
-        if not value:
-            self._on_failure("missing")
-            raise AuthenticationError(
-                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.")
-        scheme, _, credential = value.strip().partition(" ")
-        credential = credential.strip()
+        if value:
+            scheme, _, credential = value.strip().partition(" ")
+            credential = credential.strip()
+        else:
+            scheme, credential = "bearer", (req.header("x-api-key") or "").strip()
+            if not credential:
+                self._on_failure("missing")
+                raise AuthenticationError("You didn't provide an API key. Send it as "
+                                          "'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
         principal: Principal | None = None
         if scheme.lower() == "bearer" and 0 < len(credential) <= _MAX_CREDENTIAL:
             if credential.startswith("inf_"):
