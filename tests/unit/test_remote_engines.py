@@ -348,3 +348,19 @@ def test_gemini_message_translation(messages: list[dict[str, str]],
     assert to_gemini(messages) == want
 
 
+
+
+async def test_response_format_is_passed_on_or_translated(
+        node: BackendNode, provider: FakeProvider) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema,
+                                                  "strict": True}}
+    await client_for(node).chat.completions.create(
+        model="cloud-model", messages=MSGS, response_format=fmt)  # type: ignore[arg-type]
+    sent = orjson.loads(provider.requests[-1].body)
+    if provider.kind == "openai":
+        assert sent["response_format"] == fmt
+    else:
+        assert sent["generationConfig"]["responseMimeType"] == "application/json"
+        assert sent["generationConfig"]["responseJsonSchema"] == schema

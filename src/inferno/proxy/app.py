@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -85,7 +86,8 @@ class ProxyAPI:
         if self._models_admin is not None and self._models_admin.owns(path):
             return await self._models_admin.handle(req)
         if path.startswith("/v1/models/") and req.method == "GET":
-            return self._model(path.removeprefix("/v1/models/"))
+            # Model ids may contain "/" (org/name): clients send it as %2F.
+            return self._model(unquote(path.removeprefix("/v1/models/")))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")

@@ -7,7 +7,9 @@ no ``[DONE]``). Translation, both ways:
 - OpenAI messages -> ``contents``: ``assistant`` becomes role ``model``, ``user``/``tool``
   stay ``user``; ``system``/``developer`` messages are joined into ``systemInstruction``;
 - sampling -> ``generationConfig`` (``maxOutputTokens``, ``temperature``, ``topP``,
-  ``seed``, ``presencePenalty``, ``frequencyPenalty``);
+  ``seed``, ``presencePenalty``, ``frequencyPenalty``); ``response_format`` ->
+  ``responseMimeType: application/json``, with a ``json_schema``'s schema as
+  ``responseJsonSchema`` (Gemini's JSON Schema field, which takes standard schemas);
 - each event's ``candidates[0].content.parts[*].text`` is one chunk; ``finishReason``
   ``STOP`` -> ``stop``, ``MAX_TOKENS`` -> ``length``, anything else (``SAFETY``, ...) ->
   ``stop``; ``usageMetadata`` gives the token counts; a ``promptFeedback.blockReason``
@@ -23,7 +25,7 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from inferno.backend.engines.base import Chunk, FinishReason, SamplingParams
+from inferno.backend.engines.base import Chunk, Feature, FinishReason, SamplingParams
 from inferno.backend.engines.remote_openai import RemoteEngineBase
 from inferno.core.errors import InvalidRequest, UpstreamProtocolError
 
@@ -50,6 +52,7 @@ def to_gemini(messages: Sequence[dict[str, str]]) -> dict[str, Any]:
 
 class GeminiEngine(RemoteEngineBase):
     provider = "gemini"
+    features: frozenset[Feature] = frozenset({"response_format"})
 
     def _headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self._key} if self._key else {}
@@ -68,6 +71,12 @@ class GeminiEngine(RemoteEngineBase):
             cfg["presencePenalty"] = params.presence_penalty
         if params.frequency_penalty:
             cfg["frequencyPenalty"] = params.frequency_penalty
+        fmt = params.response_format
+        if fmt is not None:
+            cfg["responseMimeType"] = "application/json"
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            if schema is not None:
+                cfg["responseJsonSchema"] = schema
         return cfg
 
     def generate_chat(self, messages: Sequence[dict[str, str]],

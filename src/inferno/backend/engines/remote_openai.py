@@ -37,6 +37,7 @@ from inferno.backend.engines.base import (
     Capability,
     Chunk,
     EngineStats,
+    Feature,
     FinishReason,
     ModelInfo,
     SamplingParams,
@@ -223,6 +224,7 @@ class RemoteEngineBase:
     """What both remote engines share: info, admission (FIFO slots), stats, transport."""
 
     provider = "remote"
+    features: frozenset[Feature] = frozenset()
 
     def __init__(self, *, base_url: str, model_id: str, remote_model: str,
                  api_key: str | None = None, parallel: int = 4, timeout: float = 300.0,
@@ -236,7 +238,7 @@ class RemoteEngineBase:
             id=model_id, path=f"{self._http.base_url} ({self.provider}: {remote_model})",
             context_length=context_length, owned_by=self.provider, capabilities=capabilities,
             price_per_mtok_input=price_per_mtok_input,
-            price_per_mtok_output=price_per_mtok_output)
+            price_per_mtok_output=price_per_mtok_output, features=self.features)
         self._slots = Slots(parallel)
         self._generated = 0
         self._prompted = 0
@@ -340,6 +342,9 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 class RemoteOpenAIEngine(RemoteEngineBase):
     provider = "openai"
+    # Passed on as sent: the provider enforces them (logprobs would need its per-token
+    # entries translated, so they are refused rather than dropped).
+    features: frozenset[Feature] = frozenset({"response_format", "logit_bias"})
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._key}"} if self._key else {}
@@ -356,6 +361,10 @@ class RemoteOpenAIEngine(RemoteEngineBase):
             body["presence_penalty"] = params.presence_penalty
         if params.frequency_penalty:
             body["frequency_penalty"] = params.frequency_penalty
+        if params.response_format is not None:
+            body["response_format"] = params.response_format
+        if params.logit_bias:
+            body["logit_bias"] = {str(tok): bias for tok, bias in params.logit_bias}
         return body
 
     def generate_chat(self, messages: Sequence[dict[str, str]],
