@@ -63,7 +63,14 @@ from typing import Any
 
 from inferno.backend.engines._llama_batch import BatchScheduler, Item, SamplerConfig
 from inferno.backend.engines._llama_batch import Sequence as _Seq
-from inferno.backend.engines.base import Chunk, EngineStats, ModelInfo, SamplingParams
+from inferno.backend.engines._llama_grammar import GrammarCheck, grammar_for
+from inferno.backend.engines.base import (
+    Chunk,
+    EngineStats,
+    Feature,
+    ModelInfo,
+    SamplingParams,
+)
 from inferno.core.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -80,6 +87,7 @@ from inferno.models.quantize import silence_llama_logs
 # n_batch tokens into ubatches itself (and, the streams being separate, into ubatches
 # with the same number of tokens per sequence). Costs about 15% of prefill speed.
 _MAX_UBATCH = 63
+_FEATURES: frozenset[Feature] = frozenset({"response_format", "logit_bias", "logprobs"})
 
 def _import_llama() -> Any:
     try:
@@ -129,10 +137,12 @@ class LlamaCppEngine:
         self._ctx: Any = None
         self._vocab: Any = None
         self._sched: BatchScheduler | None = None
+        self._grammars: GrammarCheck | None = None
         self._template: Any = None  # compiled jinja2 template, None when the GGUF has none
         self._bos_text = ""
         self._eos_text = ""
         self._bos_id = -1
+        self._n_vocab = 0
         self._add_bos = False
         self._closed = False
         # Until load() reads the GGUF, assume the usual case (a chat template).
@@ -145,6 +155,7 @@ class LlamaCppEngine:
             context_length=self._n_ctx,
             has_chat_template=has_chat_template,
             aliases=self._aliases,
+            features=_FEATURES,
         )
 
     @property
@@ -188,6 +199,8 @@ class LlamaCppEngine:
             raise
         self._lib, self._model, self._ctx = lib, model, ctx
         self._vocab = lib.llama_model_get_vocab(model)
+        self._grammars = GrammarCheck(lib, self._vocab)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._bos_id = lib.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab)) and self._bos_id >= 0
         self._bos_text = self._special_text(self._bos_id)
@@ -334,6 +347,15 @@ class LlamaCppEngine:
             raise InvalidRequest("temperature must not be negative", param="temperature")
         if not 0.0 < params.top_p <= 1.0:
             raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        for tok, _ in params.logit_bias:
+            if tok >= self._n_vocab:
+                raise InvalidRequest(f"logit_bias names token {tok}, but the vocabulary has "
+                                     f"{self._n_vocab} tokens.", param="logit_bias")
+        grammar = params.grammar
+        if grammar is None and params.response_format is not None:
+            grammar = await asyncio.to_thread(grammar_for, params.response_format)
+        if grammar is not None and self._grammars is not None:
+            await asyncio.to_thread(self._grammars.require, grammar, "response_format")
         tokens = self.tokenize(prompt)
         n_prompt, n_ctx = len(tokens), self._n_ctx
         if params.max_tokens is None:
@@ -359,6 +381,9 @@ class LlamaCppEngine:
             seed=seed & 0xFFFFFFFF if (seed & 0xFFFFFFFF) != 0xFFFFFFFF else 0,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
+            grammar=grammar,
+            logit_bias=params.logit_bias,
+            logprobs=params.logprobs,
         )
         queue: asyncio.Queue[Item] = asyncio.Queue()
         seq = _Seq(tokens, max_new, config, asyncio.get_running_loop(), queue)
