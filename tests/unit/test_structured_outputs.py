@@ -102,6 +102,12 @@ async def test_json_schema_is_enforced_by_the_grammar() -> None:
             check(chunk, "CreateChatCompletionStreamResponse")
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
         jsonschema.validate(json.loads(text), CITY)
+        # Sampled (temperature 1, two choices): valid as well.
+        r = await raw(base, {"messages": QUESTION, "temperature": 1.0, "seed": 3, "n": 2,
+                             "max_tokens": 40, "response_format": fmt})
+        for choice in r.json()["choices"]:
+            if choice["finish_reason"] == "stop":
+                jsonschema.validate(json.loads(choice["message"]["content"]), CITY)
         # json_object: any JSON object.
         r = await raw(base, {"messages": QUESTION, "temperature": 0, "max_tokens": 40,
                              "response_format": {"type": "json_object"}})

@@ -142,7 +142,8 @@ class BatchScheduler:
         self._stopping = False  # guarded by _cond
         self._active: list[Sequence] = []  # worker-owned; len() read by stats()
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._cands = Candidates(lib, ctx, self._n_vocab)
+        eog = [t for t in (lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)) if t >= 0]
+        self._cands = Candidates(lib, ctx, self._n_vocab, eog)
         # None: every sequence starts from an empty stream (cleared when it ends).
         self._prefix = PrefixCache(n_parallel, min_copy=min_copy) if prefix_cache else None
         self.tokens_generated = 0
