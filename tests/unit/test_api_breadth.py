@@ -71,6 +71,7 @@ async def test_null_model_reads_as_missing(fake_node: BackendNode) -> None:
     pytest.param("response_format", {"type": "json_object"}, id="response-format"),
     pytest.param("logit_bias", {"5": 10}, id="logit-bias"),
     pytest.param("logprobs", True, id="logprobs"),
+    pytest.param("tools", [{"type": "function", "function": {"name": "f"}}], id="tools"),
 ])
 async def test_unsupported_params_are_refused_by_name(fake_node: BackendNode, param: str,
                                                       value: Any) -> None:

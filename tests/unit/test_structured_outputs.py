@@ -182,3 +182,58 @@ async def test_logit_bias_logprobs_and_n() -> None:
         assert [c.index for c in many.choices] == [0, 1, 2]
         assert len({c.message.content for c in many.choices}) > 1
         check(many.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city.",
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                   "properties": {"city": {"type": "string"},
+                                  "unit": {"type": "string", "enum": ["C", "F"]}}}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+async def test_forced_tool_calls_follow_the_schema() -> None:
+    async with stack() as (client, base, _):
+        resp = await client.chat.completions.create(
+            model="smollm2", messages=ASK, tools=[WEATHER, TIME],  # type: ignore[list-item,arg-type]
+            tool_choice="required", temperature=0, max_tokens=60)
+        choice = resp.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        calls = choice.message.tool_calls or []
+        assert len(calls) == 1 and calls[0].id.startswith("call_")
+        check(resp.model_dump(exclude_unset=True), "CreateChatCompletionResponse")
+        call = calls[0].function  # type: ignore[union-attr]
+        params = {"get_weather": WEATHER, "get_time": TIME}[call.name]["function"]
+        jsonschema.validate(json.loads(call.arguments), params["parameters"])  # type: ignore[index]
+        # Named: that function, streamed as tool-call deltas.
+        named = {"type": "function", "function": {"name": "get_time"}}
+        r = await raw(base, {"messages": ASK, "tools": [WEATHER, TIME], "stream": True,
+                             "tool_choice": named, "temperature": 0, "max_tokens": 60})
+        chunks = events(r.text)
+        for chunk in chunks:
+            check(chunk, "CreateChatCompletionStreamResponse")
+        deltas = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+        assert [d["function"]["name"] for d in deltas] == ["get_time"]
+        assert isinstance(json.loads(deltas[0]["function"]["arguments"]), dict)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+        # The call and its result go back in; the model answers in text.
+        follow = await client.chat.completions.create(
+            model="smollm2", temperature=0, max_tokens=20, tools=[WEATHER],  # type: ignore[list-item]
+            messages=[*ASK, {"role": "assistant", "content": None, "tool_calls": [{  # type: ignore[list-item]
+                "id": calls[0].id, "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny, 24 C"}],
+            tool_choice="none")
+        assert follow.choices[0].finish_reason in ("stop", "length")
+        assert follow.choices[0].message.content
+
+
+async def test_tool_choice_errors_name_the_param() -> None:
+    async with stack() as (_, base, _):
+        r = await raw(base, {"messages": ASK, "tools": [WEATHER], "tool_choice": {
+            "type": "function", "function": {"name": "nope"}}})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+        r = await raw(base, {"messages": ASK, "tool_choice": "required"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"

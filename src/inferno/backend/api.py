@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import orjson
 
 from inferno.api import openai as oa
+from inferno.backend import tools as tl
 from inferno.backend.embeddings import embeddings_body
 from inferno.backend.engines.base import (
     AnyEngine,
@@ -186,7 +187,20 @@ class BackendAPI:
         engine: Engine = await self._acquire(  # type: ignore[assignment]
             creq.model, endpoint, held)  # capability checked there
         params = _params(creq, engine.info.features)
-        start = _starter(engine, creq)
+        mode = tl.tool_mode(creq) if isinstance(creq, oa.ChatCompletionRequest) else None
+        names = {t.function.name for t in creq.tools or []} \
+            if isinstance(creq, oa.ChatCompletionRequest) else set()
+        if mode is not None:
+            if "tools" not in engine.info.features:
+                raise UnsupportedParameter(f"The model '{creq.model}' does not support "
+                                           "'tools'.", param="tools")
+            if mode not in ("auto", "required") and mode not in names:
+                raise InvalidRequest(f"tool_choice names the function '{mode}', which is not "
+                                     "in 'tools'.", param="tool_choice")
+            if mode != "auto":  # a grammar makes the answer one valid call
+                params = dataclasses.replace(params, response_format=tl.call_format(
+                    creq, mode))  # type: ignore[arg-type]
+        start = _starter(engine, creq, mode)
         choices: list[Choice] = []
         try:
             for i in range(creq.n):
@@ -200,7 +214,9 @@ class BackendAPI:
                 except BaseException:
                     await gen.aclose()
                     raise
-                choices.append(Choice(gen, first, creq.stop_list()))
+                tools = None if mode is None else tl.ToolOutput(
+                    mode, names, creq.parallel_tool_calls)  # type: ignore[union-attr]
+                choices.append(Choice(gen, first, creq.stop_list(), tools))
         except BaseException:
             for choice in choices:
                 await choice.gen.aclose()
@@ -251,6 +267,10 @@ def _params(creq: oa.ChatCompletionRequest | oa.CompletionRequest,
                                        f"'{param}'.", param=param)
     top = (creq.top_logprobs or 0) if isinstance(creq, oa.ChatCompletionRequest) \
         else (creq.logprobs or 0)
+    if isinstance(creq, oa.ChatCompletionRequest) and creq.tool_choice is not None \
+            and not creq.tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given.",
+                             param="tool_choice")
     if isinstance(creq, oa.ChatCompletionRequest) and creq.top_logprobs and not logprobs:
         raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.",
                              param="top_logprobs")
@@ -261,8 +281,8 @@ def _params(creq: oa.ChatCompletionRequest | oa.CompletionRequest,
         logit_bias=creq.bias_list(), logprobs=top if logprobs else None)
 
 
-def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionRequest
-             ) -> Callable[[SamplingParams], AsyncGenerator[Chunk, None]]:
+def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
+             mode: str | None) -> Callable[[SamplingParams], AsyncGenerator[Chunk, None]]:
     """What starts one generation of this request (one per choice)."""
     if isinstance(creq, oa.CompletionRequest):
         prompt = creq.prompt_text()
@@ -276,5 +296,8 @@ def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionReque
     if not engine.info.has_chat_template:
         raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
                              "use /v1/completions.", param="model")
-    rendered = engine.render_chat(messages)
+    native = engine.info.template_tools
+    turns = tl.messages_for(creq, mode, native)
+    rendered = engine.render_chat(turns, tools=tl.tool_dicts(creq) if native and mode
+                                  else None)
     return lambda p: engine.generate(rendered, p)

@@ -18,6 +18,7 @@ from typing import Any
 from inferno.api import openai as oa
 from inferno.backend.engines.base import Chunk, TokenLogprob
 from inferno.backend.stops import StopMatcher
+from inferno.backend.tools import ToolOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +32,9 @@ class Choice:
     """One generation: the engine's chunks as pieces of text, stop strings applied."""
 
     def __init__(self, gen: AsyncGenerator[Chunk, None], first: Chunk,
-                 stops: tuple[str, ...]) -> None:
+                 stops: tuple[str, ...], tools: ToolOutput | None = None) -> None:
         self.gen = gen
+        self.tools = tools  # reads the text for tool calls (chat with tools only)
         self.first = first
         self.prompt_tokens = first.prompt_tokens
         self.completion_tokens = 0
@@ -126,8 +128,17 @@ class Turn:
             finish[i] = piece.finish or finish[i]
         model = self.creq.model
         if self.endpoint == "chat":
-            choices = [oa.chat_choice(i, "".join(texts[i]), finish[i],
-                                      logprobs=self._chat_lp(lps[i])) for i in range(n)]
+            choices = []
+            for i in range(n):
+                text, calls = "".join(texts[i]), None
+                tools = self.choices[i].tools
+                if tools is not None:
+                    streamed = tools.feed(text)
+                    rest, calls = tools.finish()
+                    text = streamed + rest
+                choices.append(oa.chat_choice(
+                    i, None if calls else text, "tool_calls" if calls else finish[i],
+                    tool_calls=calls, logprobs=self._chat_lp(lps[i])))
             return oa.chat_completion(self.id, model, self.created, choices,
                                       self.prompt_tokens, self.completion_tokens)
         echo = self.creq.prompt_text() if isinstance(self.creq, oa.CompletionRequest) \
@@ -148,9 +159,21 @@ class Turn:
         async for i, piece in self.merged():
             text, finish = piece.text, piece.finish
             if chat:
+                tools = self.choices[i].tools
+                if tools is not None:
+                    text = tools.feed(text)
                 if text or piece.logprobs:
                     yield oa.chat_chunk(rid, model, created, {"content": text}, None,
                                         index=i, logprobs=self._chat_lp(piece.logprobs))
+                if finish and tools is not None:
+                    rest, calls = tools.finish()
+                    if rest:
+                        yield oa.chat_chunk(rid, model, created, {"content": rest}, None,
+                                            index=i)
+                    if calls:
+                        finish = "tool_calls"
+                        delta = {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
+                        yield oa.chat_chunk(rid, model, created, delta, None, index=i)
                 if finish:
                     yield oa.chat_chunk(rid, model, created, {}, finish, index=i)
             elif text or finish or piece.logprobs:

@@ -52,7 +52,7 @@ FinishReason = Literal["stop", "length", "abort"]
 Capability = Literal["chat", "completions", "embeddings", "classifications"]
 GENERATIVE: frozenset[Capability] = frozenset({"chat", "completions"})
 # Request features beyond plain sampling, named as the OpenAI parameter that asks for them.
-Feature = Literal["response_format", "logit_bias", "logprobs"]
+Feature = Literal["response_format", "logit_bias", "logprobs", "tools"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,7 @@ class ModelInfo:
     price_per_mtok_output: float = 0.0
     dimensions: int | None = None  # embedding models: the vector length
     features: frozenset[Feature] = frozenset()  # see the module docstring
+    template_tools: bool = False  # the chat template renders tools and tool messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +129,10 @@ class Engine(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from."""
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from;
+        ``tools`` (OpenAI's function tools) only when ``info.template_tools``."""
         ...
 
     def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...

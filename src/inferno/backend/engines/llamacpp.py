@@ -87,7 +87,8 @@ from inferno.models.quantize import silence_llama_logs
 # n_batch tokens into ubatches itself (and, the streams being separate, into ubatches
 # with the same number of tokens per sequence). Costs about 15% of prefill speed.
 _MAX_UBATCH = 63
-_FEATURES: frozenset[Feature] = frozenset({"response_format", "logit_bias", "logprobs"})
+_FEATURES: frozenset[Feature] = frozenset(
+    {"response_format", "logit_bias", "logprobs", "tools"})
 
 def _import_llama() -> Any:
     try:
@@ -148,7 +149,8 @@ class LlamaCppEngine:
         # Until load() reads the GGUF, assume the usual case (a chat template).
         self._info = self._make_info(has_chat_template=True)
 
-    def _make_info(self, *, has_chat_template: bool) -> ModelInfo:
+    def _make_info(self, *, has_chat_template: bool, template_tools: bool = False
+                   ) -> ModelInfo:
         return ModelInfo(
             id=self._model_id,
             path=self._path,
@@ -156,6 +158,7 @@ class LlamaCppEngine:
             has_chat_template=has_chat_template,
             aliases=self._aliases,
             features=_FEATURES,
+            template_tools=template_tools,
         )
 
     @property
@@ -205,8 +208,11 @@ class LlamaCppEngine:
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab)) and self._bos_id >= 0
         self._bos_text = self._special_text(self._bos_id)
         self._eos_text = self._special_text(lib.llama_vocab_eos(self._vocab))
-        self._template = self._compile_template(lib.llama_model_chat_template(model, None))
-        self._info = self._make_info(has_chat_template=self._template is not None)
+        source = lib.llama_model_chat_template(model, None)
+        self._template = self._compile_template(source)
+        # A template that mentions tools renders them itself (see backend/tools.py).
+        self._info = self._make_info(has_chat_template=self._template is not None,
+                                     template_tools=bool(source) and b"tools" in source)
         self._sched = BatchScheduler(
             lib, ctx, self._vocab,
             n_batch=self._n_batch, n_parallel=self._n_parallel,
@@ -315,7 +321,8 @@ class LlamaCppEngine:
         except jinja2.TemplateError as exc:
             raise EngineError(f"the model's chat template does not compile: {exc}") from exc
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._require()
         if self._template is None:
             raise InvalidRequest("model has no chat template; use /v1/completions")
@@ -325,6 +332,7 @@ class LlamaCppEngine:
             rendered: str = self._template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=True,
+                tools=list(tools) if tools else None,
                 bos_token=self._bos_text,
                 eos_token=self._eos_text,
             )

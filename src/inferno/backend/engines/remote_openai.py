@@ -262,7 +262,8 @@ class RemoteEngineBase:
         """An estimate (about 4 characters per token): the provider's tokenizer is remote."""
         return [0] * max(1, len(text) // 4)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         # Only used when the node has no generate_chat path; kept for the Engine contract.
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
