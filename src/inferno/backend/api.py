@@ -187,19 +187,11 @@ class BackendAPI:
         engine: Engine = await self._acquire(  # type: ignore[assignment]
             creq.model, endpoint, held)  # capability checked there
         params = _params(creq, engine.info.features)
-        mode = tl.tool_mode(creq) if isinstance(creq, oa.ChatCompletionRequest) else None
-        names = {t.function.name for t in creq.tools or []} \
-            if isinstance(creq, oa.ChatCompletionRequest) else set()
-        if mode is not None:
-            if "tools" not in engine.info.features:
-                raise UnsupportedParameter(f"The model '{creq.model}' does not support "
-                                           "'tools'.", param="tools")
-            if mode not in ("auto", "required") and mode not in names:
-                raise InvalidRequest(f"tool_choice names the function '{mode}', which is not "
-                                     "in 'tools'.", param="tool_choice")
-            if mode != "auto":  # a grammar makes the answer one valid call
-                params = dataclasses.replace(params, response_format=tl.call_format(
-                    creq, mode))  # type: ignore[arg-type]
+        mode: str | None = None
+        make_tools: Callable[[], tl.ToolOutput | None] = lambda: None  # noqa: E731
+        if isinstance(creq, oa.ChatCompletionRequest):
+            params, mode, make_tools = tl.prepare(creq, engine.info, params,
+                                                  provider=isinstance(engine, ChatEngine))
         start = _starter(engine, creq, mode)
         choices: list[Choice] = []
         try:
@@ -214,9 +206,7 @@ class BackendAPI:
                 except BaseException:
                     await gen.aclose()
                     raise
-                tools = None if mode is None else tl.ToolOutput(
-                    mode, names, creq.parallel_tool_calls)  # type: ignore[union-attr]
-                choices.append(Choice(gen, first, creq.stop_list(), tools))
+                choices.append(Choice(gen, first, creq.stop_list(), make_tools()))
         except BaseException:
             for choice in choices:
                 await choice.gen.aclose()
@@ -289,8 +279,8 @@ def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionReque
         if not prompt:
             raise InvalidRequest("The prompt is empty.", param="prompt")
         return lambda p: engine.generate(prompt, p)
-    messages = [{"role": m.role, "content": m.text()} for m in creq.messages]
     if isinstance(engine, ChatEngine):  # remote providers take messages as they are
+        messages = tl.openai_messages(creq)
         chat_engine: ChatEngine = engine
         return lambda p: chat_engine.generate_chat(messages, p)
     if not engine.info.has_chat_template:

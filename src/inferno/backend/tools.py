@@ -22,12 +22,16 @@ keeps the first call only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from inferno.api import openai as oa
+from inferno.backend.engines.base import ModelInfo, SamplingParams
+from inferno.core.errors import InvalidRequest, UnsupportedParameter
 
 TAG, END = "<tool_call>", "</tool_call>"
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
@@ -38,6 +42,32 @@ _FALLBACK = (
     '"arguments": <arguments object>}}</tool_call>, one such block per call. {rule}'
 )
 _RULES = {"auto": "Otherwise answer normally.", "required": "You must call a function."}
+
+
+def prepare(creq: oa.ChatCompletionRequest, info: ModelInfo, params: SamplingParams, *,
+            provider: bool) -> tuple[SamplingParams, str | None,
+                                     Callable[[], ToolOutput | None]]:
+    """(params, tool mode, a reader per choice) for a chat request; 4xx for bad tool use.
+    ``provider``: a remote engine, which gets the tools as they are."""
+    mode = tool_mode(creq)
+    if mode is None:
+        return params, None, lambda: None
+    if "tools" not in info.features:
+        raise UnsupportedParameter(f"The model '{creq.model}' does not support 'tools'.",
+                                   param="tools")
+    names = {t.function.name for t in creq.tools or []}
+    if mode not in ("auto", "required") and mode not in names:
+        raise InvalidRequest(f"tool_choice names the function '{mode}', which is not in "
+                             "'tools'.", param="tool_choice")
+    choice = creq.tool_choice
+    if provider:
+        params = dataclasses.replace(
+            params, tools=tuple(tool_dicts(creq)), parallel_tool_calls=creq.parallel_tool_calls,
+            tool_choice=choice if isinstance(choice, str | None) else choice.model_dump())
+    elif mode != "auto":  # a grammar makes the answer one valid call
+        params = dataclasses.replace(params, response_format=call_format(creq, mode))
+    reader = "provider" if provider else mode
+    return params, mode, lambda: ToolOutput(reader, names, creq.parallel_tool_calls)
 
 
 def tool_mode(creq: oa.ChatCompletionRequest) -> str | None:
@@ -103,11 +133,17 @@ def messages_for(creq: oa.ChatCompletionRequest, mode: str | None,
     return out
 
 
-def _native(m: oa.ChatMessage) -> dict[str, Any]:
+def openai_messages(creq: oa.ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The conversation in OpenAI's own shape (for remote providers)."""
+    return [_native(m, parse_args=False) for m in creq.messages]
+
+
+def _native(m: oa.ChatMessage, *, parse_args: bool = True) -> dict[str, Any]:
     msg: dict[str, Any] = {"role": m.role, "content": m.text()}
     if m.tool_calls:
         msg["tool_calls"] = [{"id": c.id, "type": "function", "function": {
-            "name": c.function.name, "arguments": _args(c.function.arguments)}}
+            "name": c.function.name,
+            "arguments": _args(c.function.arguments) if parse_args else c.function.arguments}}
             for c in m.tool_calls]
     if m.tool_call_id is not None:
         msg["tool_call_id"] = m.tool_call_id
@@ -125,11 +161,14 @@ class ToolOutput:
     """One choice's text, read for tool calls (see the module docstring)."""
 
     def __init__(self, mode: str, names: set[str], parallel: bool) -> None:
-        self.forced = mode != "auto"
+        """``mode`` "provider": a remote provider made the calls (``given``), the text is
+        streamed as it is."""
+        self.forced = mode not in ("auto", "provider")
         self._names = names
         self._parallel = parallel
         self._buf = ""
-        self._state = "tool" if self.forced else "undecided"
+        self._state = {"auto": "undecided", "provider": "text"}.get(mode, "tool")
+        self.given: list[dict[str, Any]] = []
 
     def feed(self, text: str) -> str:
         """The part of ``text`` that can be streamed as content now."""
@@ -150,7 +189,7 @@ class ToolOutput:
         """(text still to send as content, the calls or None)."""
         text, self._buf = self._buf, ""
         if self._state == "text":
-            return text, None
+            return text, self.given or None
         if self.forced:
             calls = [c for c in [self._call(text)] if c is not None]
         else:

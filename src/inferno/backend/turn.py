@@ -44,6 +44,8 @@ class Choice:
         try:
             chunk: Chunk | None = self.first
             while chunk is not None:
+                if chunk.tool_calls and self.tools is not None:
+                    self.tools.given.extend(chunk.tool_calls)
                 self.completion_tokens = chunk.completion_tokens
                 # Remote providers may only know the prompt's size at the end.
                 self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens

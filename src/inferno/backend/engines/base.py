@@ -69,6 +69,11 @@ class SamplingParams:
     grammar: str | None = None  # GBNF every sampled token must follow
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
     logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    # Function tools, for engines that pass them to a provider (OpenAI's shapes); local
+    # engines get tools through the prompt and a grammar instead (backend/tools.py).
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,8 @@ class Chunk:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this chunk adds, when asked
+    # Whole calls a provider made (id, type, function{name, arguments}), on the last chunk.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +151,10 @@ class Engine(Protocol):
 class ChatEngine(Protocol):
     """An engine that takes chat messages as they are (remote providers)."""
 
-    def generate_chat(self, messages: Sequence[dict[str, str]],
-                      params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
+    def generate_chat(self, messages: Sequence[dict[str, Any]],
+                      params: SamplingParams) -> AsyncGenerator[Chunk, None]:
+        """``messages`` in OpenAI's shape (``tool_calls``, ``tool_call_id`` included)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
