@@ -410,12 +410,14 @@ class BatchScheduler:
         for seq, idx in outputs:
             top = seq.sampler_config.logprobs
             lps: tuple[TokenLogprob, ...] = ()
-            if seq.grammar is None and top is None:
+            cfg = seq.sampler_config
+            if seq.grammar is None:
                 tok = lib.llama_sampler_sample(seq.sampler, self._ctx, idx)
             else:  # the cost of a by-hand step only for the sequences that asked
-                tok, step_logits = self._cands.sample(idx, seq.sampler, seq.grammar)
-                if top is not None and not lib.llama_vocab_is_eog(vocab, tok):
-                    lps = (token_logprob(step_logits, tok, top, self._piece),)
+                tok = self._cands.sample(idx, seq.sampler, seq.grammar, stateful=bool(
+                    cfg.presence_penalty or cfg.frequency_penalty))
+            if top is not None and not lib.llama_vocab_is_eog(vocab, tok):
+                lps = (token_logprob(self._cands.logits(idx), tok, top, self._piece),)
             if lib.llama_vocab_is_eog(vocab, tok):
                 # The end-of-generation token is not part of the completion: no text,
                 # not counted in completion_tokens.

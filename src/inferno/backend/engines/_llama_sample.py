@@ -1,5 +1,8 @@
 """Sampling from a step's logits by hand, for sequences that need more than
-``llama_sampler_sample``: a grammar, or log-probabilities. Worker-thread only.
+``llama_sampler_sample``: a grammar; and log-probabilities. Worker-thread only.
+
+Only sequences with a grammar sample here; log-probabilities are read from the same
+step's logits after llama.cpp sampled (``token_logprob``).
 
 **Grammar, fast path first** (as llama.cpp's ``common_sampler`` does). A grammar sampler
 costs a check of every vocabulary entry against the grammar's stacks (~49k for SmolLM2),
@@ -107,16 +110,26 @@ class Candidates:
         self._short.llama_sampler_apply(grammar, ctypes.byref(self._one_arr))
         return not math.isinf(one.logit)
 
-    def sample(self, idx: int, chain: Any, grammar: Any) -> tuple[int, Any]:
-        """The next token (accepted by the chain and the grammar) and the step's logits."""
-        logits = self.logits(idx)
-        token = self._sample(logits, [chain])
-        if grammar is not None:
+    def sample(self, idx: int, chain: Any, grammar: Any, *, stateful: bool) -> int:
+        """The next token under ``grammar``, accepted by the chain and the grammar.
+
+        ``stateful``: the chain remembers accepted tokens (penalties), so it must accept
+        the final token only; otherwise the first pick is llama.cpp's own
+        ``llama_sampler_sample`` (one call, no array filled here), whose accepting a token
+        the grammar then rejects changes nothing.
+        """
+        if stateful:
+            logits = self.logits(idx)
+            token = self._sample(logits, [chain])
             if not self.allows(grammar, token):
                 token = self._sample_masked(logits, chain, grammar)
-            self._short.llama_sampler_accept(grammar, token)
-        self._short.llama_sampler_accept(chain, token)
-        return token, logits
+            self._short.llama_sampler_accept(chain, token)
+        else:
+            token = self._short.llama_sampler_sample(chain, self._ctx, idx)
+            if not self.allows(grammar, token):
+                token = self._sample_masked(self.logits(idx), chain, grammar)
+        self._short.llama_sampler_accept(grammar, token)
+        return token
 
 
 class _Short:
@@ -124,7 +137,8 @@ class _Short:
 
     def __init__(self, lib: Any) -> None:
         dll = ctypes.PyDLL(lib._lib._name)
-        for name in ("llama_get_logits_ith", "llama_sampler_apply", "llama_sampler_accept"):
+        for name in ("llama_get_logits_ith", "llama_sampler_apply", "llama_sampler_accept",
+                     "llama_sampler_sample"):
             fn, orig = getattr(dll, name), getattr(lib, name)
             fn.argtypes, fn.restype = orig.argtypes, orig.restype
             setattr(self, name, fn)
