@@ -43,6 +43,11 @@ Design
   the same prefix right now. Chat requests share the template's system prompt, so most
   of their prefill is skipped; output is bit-identical (tested). See
   :mod:`~._prefix_cache`.
+* **Constrained sampling and logprobs.** ``response_format`` becomes a GBNF grammar
+  (:mod:`~._llama_grammar`, built and parse-checked off the event loop, before the
+  request queues, so a bad schema is a 400), held by the sequence beside its sampler
+  chain; ``logit_bias`` joins the chain. Grammar steps and log-probabilities are handled
+  per sequence in :mod:`~._llama_sample`, so sequences that ask nothing pay nothing.
 * **Weight type.** ``quantize`` (default ``native``) loads a converted copy of the GGUF,
   built once and cached under ``data_dir`` (:mod:`inferno.models.quantize`). ggml's CPU
   backend has a batched matmul path (llamafile sgemm, repacked AVX2 kernels) for Q8_0,
