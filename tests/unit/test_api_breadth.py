@@ -144,3 +144,14 @@ async def test_model_ids_with_a_slash_are_retrievable() -> None:
     finally:
         await gw.drain()
         await node.drain()
+
+
+async def test_n_choices_that_fail_at_admission_free_everything(fake_node: BackendNode) -> None:
+    r = await post(fake_node, "/v1/chat/completions",
+                   {"model": "fake-model", "messages": MSG, "n": 3, "max_tokens": 100_000})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    engine = fake_node.engine
+    assert engine.stats().active == 0  # type: ignore[union-attr]
+    r = await post(fake_node, "/v1/chat/completions",
+                   {"model": "fake-model", "messages": MSG, "n": 4, "max_tokens": 2})
+    assert r.status_code == 200 and len(r.json()["choices"]) == 4

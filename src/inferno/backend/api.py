@@ -14,6 +14,7 @@ generated. Closing the engine's iterator is how stop strings and disconnects end
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -193,24 +194,14 @@ class BackendAPI:
             params, mode, make_tools = tl.prepare(creq, engine.info, params,
                                                   provider=isinstance(engine, ChatEngine))
         start = _starter(engine, creq, mode)
-        choices: list[Choice] = []
-        try:
-            for i in range(creq.n):
-                # Distinct seeds, else n seeded choices would all be the same text.
-                seed = None if params.seed is None else params.seed + i
-                gen = start(dataclasses.replace(params, seed=seed))
-                try:
-                    first = await anext(gen)
-                except StopAsyncIteration:
-                    first = Chunk("", 0, 0, "stop")
-                except BaseException:
-                    await gen.aclose()
-                    raise
-                choices.append(Choice(gen, first, creq.stop_list(), make_tools()))
-        except BaseException:
-            for choice in choices:
-                await choice.gen.aclose()
-            raise
+        # Distinct seeds, else n seeded choices would all be the same text. All choices
+        # start at once, so a batching engine admits them into the same steps.
+        gens = [start(dataclasses.replace(
+            params, seed=None if params.seed is None else params.seed + i))
+            for i in range(creq.n)]
+        firsts = await _firsts(gens)
+        choices = [Choice(g, f, creq.stop_list(), make_tools())
+                   for g, f in zip(gens, firsts, strict=True)]
         self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
         turn = Turn(endpoint, creq, choices)
         if creq.stream:
@@ -269,6 +260,29 @@ def _params(creq: oa.ChatCompletionRequest | oa.CompletionRequest,
         seed=creq.seed, presence_penalty=creq.presence_penalty,
         frequency_penalty=creq.frequency_penalty, response_format=fmt,
         logit_bias=creq.bias_list(), logprobs=top if logprobs else None)
+
+
+async def _first(gen: AsyncGenerator[Chunk, None]) -> Chunk:
+    try:
+        return await anext(gen)
+    except StopAsyncIteration:
+        return Chunk("", 0, 0, "stop")
+
+
+async def _firsts(gens: list[AsyncGenerator[Chunk, None]]) -> list[Chunk]:
+    """Every generation's first chunk, pulled concurrently; on any error all are closed."""
+    tasks = [asyncio.ensure_future(_first(g)) for g in gens] if len(gens) > 1 else []
+    try:
+        if not tasks:
+            return [await _first(gens[0])]
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for gen in gens:
+            await gen.aclose()
+        raise
 
 
 def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
