@@ -54,6 +54,10 @@ async def test_null_optional_params_are_absent_and_refusal_is_null(
         model="fake-model", messages=MSG, temperature=None, seed=None,  # type: ignore[arg-type]
         max_tokens=2)
     assert resp.choices[0].message.refusal is None
+    r = await post(fake_node, "/v1/chat/completions",
+                   {"model": "fake-model", "messages": MSG, "max_tokens": 2, "stream": True,
+                    "stream_options": {"include_usage": None}})
+    assert r.status_code == 200 and "usage" not in sse(r.text)[-1]
 
 
 async def test_null_model_reads_as_missing(fake_node: BackendNode) -> None:
