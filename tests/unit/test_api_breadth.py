@@ -159,3 +159,16 @@ async def test_n_choices_that_fail_at_admission_free_everything(fake_node: Backe
     r = await post(fake_node, "/v1/chat/completions",
                    {"model": "fake-model", "messages": MSG, "n": 4, "max_tokens": 2})
     assert r.status_code == 200 and len(r.json()["choices"]) == 4
+
+
+@pytest.mark.parametrize(("data", "completion"), [
+    pytest.param({"max_tokens": 10}, 10, id="one"),
+    pytest.param({"max_tokens": 10, "n": 3}, 30, id="n-choices"),
+    pytest.param({"n": None}, 256, id="null-n"),
+])
+def test_rate_limit_reservation_counts_every_choice(data: dict[str, Any],
+                                                    completion: int) -> None:
+    from inferno.proxy.security.validate import reserve_tokens
+
+    reserve, prompt = reserve_tokens(data, b"x" * 40, 256)
+    assert reserve - prompt == completion
