@@ -6,7 +6,10 @@ request holds its model until it ends, so an unload waits for it. ``/v1/models/l
 ``/unload`` and ``/ps`` are the node's model management (:mod:`.model_admin`).
 
 Everything engine-independent lives here: validation, model-name checks, chat templating,
-stop strings, SSE framing, usage, and metrics. A streaming request pulls the engine's
+stop strings, SSE framing, usage, and metrics; ``n`` choices and OpenAI bodies in
+:mod:`.turn`, function tools in :mod:`.tools`. A parameter the engine cannot honour
+(``ModelInfo.features``) or that Inferno does not implement is a 400
+``unsupported_parameter`` naming it. A streaming request pulls the engine's
 first chunk before answering, so that errors found at admission (context too long) are
 real HTTP errors rather than in-band events; after that the stream is relayed as
 generated. Closing the engine's iterator is how stop strings and disconnects end work.
