@@ -41,8 +41,8 @@ def test_content_parts_and_limits() -> None:
                      b'"content": "x"}]}', "max_tokens", id="string-max-tokens"),
         pytest.param(b'{"model": "m", "temperature": 3, "messages": [{"role": "user", '
                      b'"content": "x"}]}', "temperature", id="temperature-range"),
-        pytest.param(b'{"model": "m", "n": 2, "messages": [{"role": "user", "content": "x"}]}',
-                     "n", id="n-unsupported"),
+        pytest.param(b'{"model": "m", "n": 9, "messages": [{"role": "user", "content": "x"}]}',
+                     "n", id="n-too-many"),
         pytest.param(b'{"model": "m", "stream": "yes", "messages": [{"role": "user", '
                      b'"content": "x"}]}', "stream", id="stream-type"),
         pytest.param(b'{"model": "m", "messages": [{"role": "wizard", "content": "x"}]}',
@@ -65,3 +65,26 @@ def test_completion_defaults_to_16_tokens() -> None:
     req = parse_request(CompletionRequest, b'{"model": "m", "prompt": "Once"}')
     assert req.prompt_text() == "Once"
     assert req.token_limit() == 16
+
+
+def test_response_builders_follow_openai_schemas() -> None:
+    from inferno.api import openai as oa
+    from tests.openai_schema import check
+
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}
+    lp = [{"token": "a", "logprob": -0.1, "bytes": [97],
+           "top_logprobs": [{"token": "a", "logprob": -0.1, "bytes": [97]}]}]
+    choices = [oa.chat_choice(0, "hi", "stop", logprobs=lp),
+               oa.chat_choice(1, None, "tool_calls", tool_calls=[call])]
+    check(oa.chat_completion("id", "m", 1, choices, 3, 4), "CreateChatCompletionResponse")
+    check(oa.chat_chunk("id", "m", 1, {"tool_calls": [{"index": 0, **call}]}, None, index=1),
+          "CreateChatCompletionStreamResponse")
+    check(oa.chat_chunk("id", "m", 1, {"content": "a"}, None, logprobs=lp),
+          "CreateChatCompletionStreamResponse")
+    legacy = {"tokens": ["a"], "token_logprobs": [-0.1], "top_logprobs": [{"a": -0.1}],
+              "text_offset": [0]}
+    check(oa.text_completion("id", "m", 1, [oa.text_choice(0, "a", "length", legacy)],
+                             oa.usage_dict(1, 1)), "CreateCompletionResponse")
+    check(oa.text_completion("id", "m", 1, [oa.text_choice(0, "a", None)], None, chunk=True),
+          "CompletionChunk")

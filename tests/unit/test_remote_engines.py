@@ -56,6 +56,10 @@ class FakeProvider:
         return StreamingResponse(self._events(orjson.loads(req.body)))
 
     async def _events(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        if self.mode == "tools":
+            for event in self._tool_events():
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
+            return
         for i, word in enumerate(WORDS):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -74,6 +78,20 @@ class FakeProvider:
                                                 "prompt_tokens": 11, "completion_tokens": 7,
                                                 "total_tokens": 18}}) + b"\n\n"
             yield b"data: [DONE]\n\n"
+
+    def _tool_events(self) -> list[dict[str, Any]]:
+        if self.kind == "gemini":
+            return [{"candidates": [{"index": 0, "finishReason": "STOP", "content": {
+                "role": "model", "parts": [{"functionCall": {"name": "get_weather",
+                                                             "args": {"city": "Paris"}}}]}}],
+                "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3}}]
+        first = {"index": 0, "id": "call_up1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"ci'}}
+        rest = {"index": 0, "function": {"arguments": 'ty": "Paris"}'}}
+        return [{"choices": [{"index": 0, "delta": {"tool_calls": [first]},
+                              "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {"tool_calls": [rest]},
+                              "finish_reason": "tool_calls"}]}]
 
     def _event(self, body: dict[str, Any], word: str, last: bool) -> dict[str, Any]:
         if self.kind == "openai":
@@ -348,3 +366,57 @@ def test_gemini_message_translation(messages: list[dict[str, str]],
     assert to_gemini(messages) == want
 
 
+
+
+async def test_response_format_is_passed_on_or_translated(
+        node: BackendNode, provider: FakeProvider) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema,
+                                                  "strict": True}}
+    await client_for(node).chat.completions.create(
+        model="cloud-model", messages=MSGS, response_format=fmt)  # type: ignore[arg-type]
+    sent = orjson.loads(provider.requests[-1].body)
+    if provider.kind == "openai":
+        assert sent["response_format"] == fmt
+    else:
+        assert sent["generationConfig"]["responseMimeType"] == "application/json"
+        assert sent["generationConfig"]["responseJsonSchema"] == schema
+
+
+TOOL = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object",
+                                          "properties": {"city": {"type": "string"}}}}}
+
+
+async def test_tools_are_passed_on_or_translated_and_calls_come_back(
+        node: BackendNode, provider: FakeProvider) -> None:
+    provider.mode = "tools"
+    history = [{"role": "user", "content": "Weather?"},
+               {"role": "assistant", "content": None, "tool_calls": [{
+                   "id": "call_a", "type": "function",
+                   "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+               {"role": "tool", "tool_call_id": "call_a", "content": "rain"},
+               {"role": "user", "content": "And Paris?"}]
+    resp = await client_for(node).chat.completions.create(
+        model="cloud-model", messages=history, tools=[TOOL],  # type: ignore[arg-type,list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = resp.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    calls = choice.message.tool_calls or []
+    assert [(c.function.name, orjson.loads(c.function.arguments))  # type: ignore[union-attr]
+            for c in calls] == [("get_weather", {"city": "Paris"})]
+    sent = orjson.loads(provider.requests[-1].body)
+    if provider.kind == "openai":
+        assert sent["tools"] == [TOOL] and sent["messages"][1]["tool_calls"][0]["id"] == "call_a"
+        assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+        assert calls[0].id == "call_up1"
+    else:
+        decl = sent["tools"][0]["functionDeclarations"][0]
+        assert decl["name"] == "get_weather" and "parametersJsonSchema" in decl
+        assert sent["toolConfig"]["functionCallingConfig"] == {
+            "mode": "ANY", "allowedFunctionNames": ["get_weather"]}
+        parts = [p for c in sent["contents"] for p in c["parts"]]
+        assert {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}} in parts
+        assert {"functionResponse": {"name": "get_weather",
+                                     "response": {"content": "rain"}}} in parts

@@ -6,7 +6,10 @@ request holds its model until it ends, so an unload waits for it. ``/v1/models/l
 ``/unload`` and ``/ps`` are the node's model management (:mod:`.model_admin`).
 
 Everything engine-independent lives here: validation, model-name checks, chat templating,
-stop strings, SSE framing, usage, and metrics. A streaming request pulls the engine's
+stop strings, SSE framing, usage, and metrics; ``n`` choices and OpenAI bodies in
+:mod:`.turn`, function tools in :mod:`.tools`. A parameter the engine cannot honour
+(``ModelInfo.features``) or that Inferno does not implement is a 400
+``unsupported_parameter`` naming it. A streaming request pulls the engine's
 first chunk before answering, so that errors found at admission (context too long) are
 real HTTP errors rather than in-band events; after that the stream is relayed as
 generated. Closing the engine's iterator is how stop strings and disconnects end work.
@@ -14,14 +17,16 @@ generated. Closing the engine's iterator is how stop strings and disconnects end
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
 from inferno.api import openai as oa
+from inferno.backend import tools as tl
 from inferno.backend.embeddings import embeddings_body
 from inferno.backend.engines.base import (
     AnyEngine,
@@ -30,16 +35,18 @@ from inferno.backend.engines.base import (
     Chunk,
     EmbeddingEngine,
     Engine,
+    Feature,
     SamplingParams,
 )
 from inferno.backend.metrics import BackendMetrics
 from inferno.backend.model_admin import ADMIN_ROUTES, ModelAdmin
 from inferno.backend.models import LoadedModels, ModelEntry
-from inferno.backend.stops import StopMatcher
+from inferno.backend.turn import Choice, Turn
 from inferno.core.errors import (
     InfernoError,
     InvalidRequest,
     MethodNotAllowed,
+    ModelNotFound,
     NotFound,
     NotReady,
     UnsupportedParameter,
@@ -71,6 +78,9 @@ class BackendAPI:
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path.rstrip("/") or "/"
+        if path.startswith("/v1/models/") and path not in ADMIN_ROUTES and req.method == "GET":
+            # Model ids may contain "/" (org/name): clients send it as %2F.
+            return self._model(unquote(path.removeprefix("/v1/models/")))
         method = _ROUTES.get(path)
         if method is None:
             raise NotFound(f"Unknown route {req.method} {req.path}.")
@@ -128,6 +138,12 @@ class BackendAPI:
             cards.append(card)
         return Response.json(oa.model_list(cards))
 
+    def _model(self, model_id: str) -> Response:
+        for card in orjson.loads(self._models().body)["data"]:
+            if card["id"] == model_id or model_id in card.get("aliases", ()):
+                return Response.json(card)
+        raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
     async def _acquire(self, model: str, endpoint: str,
                        held: list[ModelEntry]) -> AnyEngine:
         """The loaded engine of ``model`` if it can serve the endpoint (else a clear 4xx),
@@ -169,35 +185,28 @@ class BackendAPI:
                 oa.ChatCompletionRequest, req.body)
         else:
             creq = parse_request(oa.CompletionRequest, req.body)
+        unsupported = creq.unsupported()
+        if unsupported is not None:
+            raise UnsupportedParameter(f"'{unsupported}' is not supported.", param=unsupported)
         engine: Engine = await self._acquire(  # type: ignore[assignment]
             creq.model, endpoint, held)  # capability checked there
-        params = SamplingParams(
-            max_tokens=creq.token_limit(), temperature=creq.temperature, top_p=creq.top_p,
-            seed=creq.seed, presence_penalty=creq.presence_penalty,
-            frequency_penalty=creq.frequency_penalty)
+        params = _params(creq, engine.info.features)
+        mode: str | None = None
+        make_tools: Callable[[], tl.ToolOutput | None] = lambda: None  # noqa: E731
         if isinstance(creq, oa.ChatCompletionRequest):
-            messages = [{"role": m.role, "content": m.text()} for m in creq.messages]
-            if isinstance(engine, ChatEngine):  # remote providers take messages as they are
-                gen = engine.generate_chat(messages, params)
-            else:
-                if not engine.info.has_chat_template:
-                    raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
-                                         "use /v1/completions.", param="model")
-                gen = engine.generate(engine.render_chat(messages), params)
-        else:
-            prompt = creq.prompt_text()
-            if not prompt:
-                raise InvalidRequest("The prompt is empty.", param="prompt")
-            gen = engine.generate(prompt, params)
-        try:
-            first = await anext(gen)
-        except StopAsyncIteration:
-            first = Chunk("", 0, 0, "stop")
-        except BaseException:
-            await gen.aclose()
-            raise
+            params, mode, make_tools = tl.prepare(creq, engine.info, params,
+                                                  provider=isinstance(engine, ChatEngine))
+        start = _starter(engine, creq, mode)
+        # Distinct seeds, else n seeded choices would all be the same text. All choices
+        # start at once, so a batching engine admits them into the same steps.
+        gens = [start(dataclasses.replace(
+            params, seed=None if params.seed is None else params.seed + i))
+            for i in range(creq.n)]
+        firsts = await _firsts(gens)
+        choices = [Choice(g, f, creq.stop_list(), make_tools())
+                   for g, f in zip(gens, firsts, strict=True)]
         self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
-        turn = _Turn(endpoint, creq, gen, first)
+        turn = Turn(endpoint, creq, choices)
         if creq.stream:
             return StreamingResponse(self._stream(turn, started, held))
         try:
@@ -206,7 +215,7 @@ class BackendAPI:
             self._metrics.tokens.inc(turn.completion_tokens)
         return Response(200, orjson.dumps(body))
 
-    async def _stream(self, turn: _Turn, started: float,
+    async def _stream(self, turn: Turn, started: float,
                       held: list[ModelEntry]) -> AsyncIterator[bytes]:
         status = 200
         try:
@@ -224,77 +233,78 @@ class BackendAPI:
             self._finish(turn.endpoint, status, started, held)
 
 
-class _Turn:
-    """One generation: the engine's chunks turned into OpenAI bodies, stop strings applied."""
-
-    def __init__(self, endpoint: str, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
-                 gen: AsyncGenerator[Chunk, None], first: Chunk) -> None:
-        self.endpoint = endpoint
-        self.creq = creq
-        self.gen = gen
-        self.first = first
-        self.id = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-        self.prompt_tokens = first.prompt_tokens
-        self.completion_tokens = 0
-        self._stops = StopMatcher(creq.stop_list())
-
-    async def pieces(self) -> AsyncIterator[tuple[str, str | None]]:
-        """(text, finish_reason) pairs; finish is set on the last one only."""
-        try:
-            chunk: Chunk | None = self.first
-            while chunk is not None:
-                self.completion_tokens = chunk.completion_tokens
-                # Remote providers may only know the prompt's size at the end.
-                self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
-                text = self._stops.feed(chunk.text)
-                if self._stops.stopped:
-                    yield text, "stop"
-                    return
-                if chunk.finish_reason is not None:
-                    yield text + self._stops.flush(), _finish(chunk.finish_reason)
-                    return
-                if text:
-                    yield text, None
-                chunk = await anext(self.gen, None)
-            yield self._stops.flush(), "stop"
-        finally:
-            await self.gen.aclose()
-
-    async def collect(self) -> dict[str, Any]:
-        parts: list[str] = []
-        finish: str | None = None
-        async for text, reason in self.pieces():
-            parts.append(text)
-            finish = reason
-        text = "".join(parts)
-        if self.endpoint == "chat":
-            return oa.chat_completion(self.id, self.creq.model, self.created, text, finish,
-                                      self.prompt_tokens, self.completion_tokens)
-        if isinstance(self.creq, oa.CompletionRequest) and self.creq.echo:
-            text = self.creq.prompt_text() + text
-        return oa.text_completion(self.id, self.creq.model, self.created, text, finish,
-                                  oa.usage_dict(self.prompt_tokens, self.completion_tokens))
-
-    async def events(self) -> AsyncIterator[dict[str, Any]]:
-        model, rid, created = self.creq.model, self.id, self.created
-        chat = self.endpoint == "chat"
-        if chat:
-            yield oa.chat_chunk(rid, model, created, {"role": "assistant", "content": ""}, None)
-        async for text, finish in self.pieces():
-            if chat:
-                if text:
-                    yield oa.chat_chunk(rid, model, created, {"content": text}, None)
-                if finish:
-                    yield oa.chat_chunk(rid, model, created, {}, finish)
-            elif text or finish:
-                yield oa.text_completion(rid, model, created, text, finish, None, chunk=True)
-        if self.creq.include_usage:
-            obj = "chat.completion.chunk" if chat else "text_completion"
-            yield oa.usage_chunk(rid, model, created, obj, self.prompt_tokens,
-                                 self.completion_tokens)
+_FEATURES: tuple[tuple[Feature, str], ...] = (
+    ("response_format", "response_format"), ("logit_bias", "logit_bias"),
+    ("logprobs", "logprobs"))
 
 
-def _finish(reason: str) -> str:
-    # "abort" means the engine shut down under us; the client sees a normal end of text.
-    return "stop" if reason == "abort" else reason
+def _params(creq: oa.ChatCompletionRequest | oa.CompletionRequest,
+            features: frozenset[Feature]) -> SamplingParams:
+    """The engine's parameters; a feature the engine lacks is a 400 naming its param."""
+    fmt = creq.format_dict() if isinstance(creq, oa.ChatCompletionRequest) else None
+    logprobs = creq.logprobs is not None and creq.logprobs is not False
+    asked = {"response_format": fmt is not None, "logit_bias": bool(creq.logit_bias),
+             "logprobs": logprobs}
+    for feature, param in _FEATURES:
+        if asked[feature] and feature not in features:
+            raise UnsupportedParameter(f"The model '{creq.model}' does not support "
+                                       f"'{param}'.", param=param)
+    top = (creq.top_logprobs or 0) if isinstance(creq, oa.ChatCompletionRequest) \
+        else (creq.logprobs or 0)
+    if isinstance(creq, oa.ChatCompletionRequest) and creq.tool_choice is not None \
+            and not creq.tools:
+        raise InvalidRequest("'tool_choice' is only allowed when 'tools' are given.",
+                             param="tool_choice")
+    if isinstance(creq, oa.ChatCompletionRequest) and creq.top_logprobs and not logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.",
+                             param="top_logprobs")
+    return SamplingParams(
+        max_tokens=creq.token_limit(), temperature=creq.temperature, top_p=creq.top_p,
+        seed=creq.seed, presence_penalty=creq.presence_penalty,
+        frequency_penalty=creq.frequency_penalty, response_format=fmt,
+        logit_bias=creq.bias_list(), logprobs=top if logprobs else None)
+
+
+async def _first(gen: AsyncGenerator[Chunk, None]) -> Chunk:
+    try:
+        return await anext(gen)
+    except StopAsyncIteration:
+        return Chunk("", 0, 0, "stop")
+
+
+async def _firsts(gens: list[AsyncGenerator[Chunk, None]]) -> list[Chunk]:
+    """Every generation's first chunk, pulled concurrently; on any error all are closed."""
+    tasks = [asyncio.ensure_future(_first(g)) for g in gens] if len(gens) > 1 else []
+    try:
+        if not tasks:
+            return [await _first(gens[0])]
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for gen in gens:
+            await gen.aclose()
+        raise
+
+
+def _starter(engine: Engine, creq: oa.ChatCompletionRequest | oa.CompletionRequest,
+             mode: str | None) -> Callable[[SamplingParams], AsyncGenerator[Chunk, None]]:
+    """What starts one generation of this request (one per choice)."""
+    if isinstance(creq, oa.CompletionRequest):
+        prompt = creq.prompt_text()
+        if not prompt:
+            raise InvalidRequest("The prompt is empty.", param="prompt")
+        return lambda p: engine.generate(prompt, p)
+    if isinstance(engine, ChatEngine):  # remote providers take messages as they are
+        messages = tl.openai_messages(creq)
+        chat_engine: ChatEngine = engine
+        return lambda p: chat_engine.generate_chat(messages, p)
+    if not engine.info.has_chat_template:
+        raise InvalidRequest(f"The model '{creq.model}' has no chat template; "
+                             "use /v1/completions.", param="model")
+    native = engine.info.template_tools
+    turns = tl.messages_for(creq, mode, native)
+    rendered = engine.render_chat(turns, tools=tl.tool_dicts(creq) if native and mode
+                                  else None)
+    return lambda p: engine.generate(rendered, p)

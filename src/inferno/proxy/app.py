@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -110,7 +111,8 @@ class ProxyAPI:
         if self._models_admin is not None and self._models_admin.owns(path):
             return await self._models_admin.handle(req)
         if path.startswith("/v1/models/") and req.method == "GET":
-            return self._model(path.removeprefix("/v1/models/"))
+            # Model ids may contain "/" (org/name): clients send it as %2F.
+            return self._model(unquote(path.removeprefix("/v1/models/")))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")

@@ -20,9 +20,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from inferno.backend.engines._llama_sample import Candidates, token_logprob
 from inferno.backend.engines._prefill import plan_prefill
 from inferno.backend.engines._prefix_cache import PrefixCache, fed_tokens
-from inferno.backend.engines.base import Chunk, FinishReason
+from inferno.backend.engines.base import Chunk, FinishReason, TokenLogprob
 from inferno.core.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ class SamplerConfig:
     seed: int
     presence_penalty: float
     frequency_penalty: float
+    grammar: str | None = None  # GBNF, already checked to parse
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None  # see SamplingParams.logprobs
 
 
 class Sequence:
@@ -49,6 +53,7 @@ class Sequence:
         "decoder",
         "finished",
         "generated",
+        "grammar",
         "loop",
         "max_new",
         "n_fed",
@@ -82,6 +87,7 @@ class Sequence:
         self.finished = False
         self.seq_id = -1
         self.sampler: Any = None
+        self.grammar: Any = None  # its own sampler, outside the chain (see _llama_sample)
         self.n_fed = 0  # tokens already decoded into the KV cache (prompt, then generated)
         self.next_token: int | None = None  # sampled, not yet decoded
         self.generated: list[int] = []  # sampled tokens meant for decoding (KV reuse)
@@ -136,6 +142,8 @@ class BatchScheduler:
         self._stopping = False  # guarded by _cond
         self._active: list[Sequence] = []  # worker-owned; len() read by stats()
         self._piece_buf = ctypes.create_string_buffer(256)
+        eog = [t for t in (lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)) if t >= 0]
+        self._cands = Candidates(lib, ctx, self._n_vocab, eog)
         # None: every sequence starts from an empty stream (cleared when it ends).
         self._prefix = PrefixCache(n_parallel, min_copy=min_copy) if prefix_cache else None
         self.tokens_generated = 0
@@ -199,6 +207,9 @@ class BatchScheduler:
                         admitted.append(seq)
                 for seq in admitted:
                     seq.sampler = self._make_sampler(seq.sampler_config)
+                    if seq.sampler_config.grammar is not None:
+                        seq.grammar = self._lib.llama_sampler_init_grammar(
+                            self._vocab, seq.sampler_config.grammar.encode(), b"root")
                     self.prompt_tokens += len(seq.prompt)
                     self._active.append(seq)
                     self._place(seq)
@@ -228,6 +239,12 @@ class BatchScheduler:
     def _make_sampler(self, cfg: SamplerConfig) -> Any:
         lib = self._lib
         chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if cfg.logit_bias:
+            biases = (lib.llama_logit_bias * len(cfg.logit_bias))()
+            for i, (tok, bias) in enumerate(cfg.logit_bias):
+                biases[i].token, biases[i].bias = tok, bias
+            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_logit_bias(
+                self._n_vocab, len(cfg.logit_bias), biases))
         if cfg.presence_penalty or cfg.frequency_penalty:
             # OpenAI semantics: only generated tokens count, and the chain only ever
             # accepts the tokens it sampled itself.
@@ -290,6 +307,9 @@ class BatchScheduler:
         if seq.sampler is not None:
             self._lib.llama_sampler_free(seq.sampler)
             seq.sampler = None
+        if seq.grammar is not None:
+            self._lib.llama_sampler_free(seq.grammar)
+            seq.grammar = None
         seq.finished = True
         with self._cond:
             heapq.heappush(self._free_ids, seq.seq_id)
@@ -388,7 +408,16 @@ class BatchScheduler:
         out: list[tuple[Sequence, Item]] = []
         vocab = self._vocab
         for seq, idx in outputs:
-            tok = lib.llama_sampler_sample(seq.sampler, self._ctx, idx)
+            top = seq.sampler_config.logprobs
+            lps: tuple[TokenLogprob, ...] = ()
+            cfg = seq.sampler_config
+            if seq.grammar is None:
+                tok = lib.llama_sampler_sample(seq.sampler, self._ctx, idx)
+            else:  # the cost of a by-hand step only for the sequences that asked
+                tok = self._cands.sample(idx, seq.sampler, seq.grammar, stateful=bool(
+                    cfg.presence_penalty or cfg.frequency_penalty))
+            if top is not None and not lib.llama_vocab_is_eog(vocab, tok):
+                lps = (token_logprob(self._cands.logits(idx), tok, top, self._piece),)
             if lib.llama_vocab_is_eog(vocab, tok):
                 # The end-of-generation token is not part of the completion: no text,
                 # not counted in completion_tokens.
@@ -400,16 +429,17 @@ class BatchScheduler:
             text = seq.decoder.decode(self._piece(tok))
             if seq.completion >= seq.max_new:
                 self._release(seq)
-                out.append((seq, self._final(seq, text, "length")))
+                out.append((seq, self._final(seq, text, "length", lps)))
             else:
                 seq.next_token = tok
                 seq.generated.append(tok)
-                out.append((seq, Chunk(text, len(seq.prompt), seq.completion)))
+                out.append((seq, Chunk(text, len(seq.prompt), seq.completion, None, lps)))
         self._deliver(out)
 
-    def _final(self, seq: Sequence, text: str, reason: FinishReason) -> Chunk:
+    def _final(self, seq: Sequence, text: str, reason: FinishReason,
+               lps: tuple[TokenLogprob, ...] = ()) -> Chunk:
         text += seq.decoder.decode(b"", final=True)
-        return Chunk(text, len(seq.prompt), seq.completion, reason)
+        return Chunk(text, len(seq.prompt), seq.completion, reason, lps)
 
     def _piece(self, tok: int) -> bytes:
         buf = self._piece_buf

@@ -18,6 +18,10 @@ Contract:
 - Requests beyond the engine's parallel capacity wait in a FIFO queue (fair: first come,
   first served); ``stats()`` reports the queue depth.
 - The output of one greedy sequence (temperature 0) must not depend on what else runs.
+- ``SamplingParams`` beyond plain sampling (``response_format``/``grammar``,
+  ``logit_bias``, ``logprobs``) is only sent to an engine whose ``ModelInfo.features``
+  names it; the HTTP layer refuses the rest with 400 ``unsupported_parameter``. An engine
+  with ``logprobs`` puts one :class:`TokenLogprob` per generated token on its chunks.
 - Errors are :mod:`inferno.core.errors` classes: ``ContextLengthExceeded`` when the prompt
   plus ``max_tokens`` does not fit, ``EngineError`` for anything the engine itself broke.
 - ``ModelInfo.capabilities`` says which endpoints the model serves (``chat``,
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length", "abort"]
 Capability = Literal["chat", "completions", "embeddings", "classifications"]
 GENERATIVE: frozenset[Capability] = frozenset({"chat", "completions"})
+# Request features beyond plain sampling, named as the OpenAI parameter that asks for them.
+Feature = Literal["response_format", "logit_bias", "logprobs", "tools"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,25 @@ class SamplingParams:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # OpenAI's response_format (json_object / json_schema), as sent: remote engines pass
+    # it on; the llama.cpp engine turns it into ``grammar`` when that is not given.
+    response_format: dict[str, Any] | None = None
+    grammar: str | None = None  # GBNF every sampled token must follow
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias) pairs
+    logprobs: int | None = None  # None: none; k: the chosen token's and the k most likely
+    # Function tools, for engines that pass them to a provider (OpenAI's shapes); local
+    # engines get tools through the prompt and a grammar instead (backend/tools.py).
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    raw: bytes  # the token's bytes (OpenAI's "bytes"): a token may be part of a character
+    top: tuple[tuple[str, float, bytes], ...] = ()  # (token, logprob, bytes), best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +92,9 @@ class Chunk:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens this chunk adds, when asked
+    # Whole calls a provider made (id, type, function{name, arguments}), on the last chunk.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +110,8 @@ class ModelInfo:
     price_per_mtok_input: float = 0.0
     price_per_mtok_output: float = 0.0
     dimensions: int | None = None  # embedding models: the vector length
+    features: frozenset[Feature] = frozenset()  # see the module docstring
+    template_tools: bool = False  # the chat template renders tools and tool messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +136,10 @@ class Engine(Protocol):
 
     def tokenize(self, text: str) -> list[int]: ...
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from."""
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The chat template applied to ``[{"role", "content"}, ...]``, ready to generate from;
+        ``tools`` (OpenAI's function tools) only when ``info.template_tools``."""
         ...
 
     def generate(self, prompt: str, params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
@@ -119,8 +151,10 @@ class Engine(Protocol):
 class ChatEngine(Protocol):
     """An engine that takes chat messages as they are (remote providers)."""
 
-    def generate_chat(self, messages: Sequence[dict[str, str]],
-                      params: SamplingParams) -> AsyncGenerator[Chunk, None]: ...
+    def generate_chat(self, messages: Sequence[dict[str, Any]],
+                      params: SamplingParams) -> AsyncGenerator[Chunk, None]:
+        """``messages`` in OpenAI's shape (``tool_calls``, ``tool_call_id`` included)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 from inferno.backend.engines._slots import Slots
 from inferno.backend.engines.base import (
@@ -50,7 +51,8 @@ class FakeEngine:
     def tokenize(self, text: str) -> list[int]:
         return [len(w) for w in text.split()] or [0]
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         return "".join(f"<{m['role']}> {m['content']}\n" for m in messages) + "<assistant>"
 
     def stats(self) -> EngineStats:

@@ -43,6 +43,11 @@ Design
   the same prefix right now. Chat requests share the template's system prompt, so most
   of their prefill is skipped; output is bit-identical (tested). See
   :mod:`~._prefix_cache`.
+* **Constrained sampling and logprobs.** ``response_format`` becomes a GBNF grammar
+  (:mod:`~._llama_grammar`, built and parse-checked off the event loop, before the
+  request queues, so a bad schema is a 400), held by the sequence beside its sampler
+  chain; ``logit_bias`` joins the chain. Grammar steps and log-probabilities are handled
+  per sequence in :mod:`~._llama_sample`, so sequences that ask nothing pay nothing.
 * **Weight type.** ``quantize`` (default ``native``) loads a converted copy of the GGUF,
   built once and cached under ``data_dir`` (:mod:`inferno.models.quantize`). ggml's CPU
   backend has a batched matmul path (llamafile sgemm, repacked AVX2 kernels) for Q8_0,
@@ -63,7 +68,14 @@ from typing import Any
 
 from inferno.backend.engines._llama_batch import BatchScheduler, Item, SamplerConfig
 from inferno.backend.engines._llama_batch import Sequence as _Seq
-from inferno.backend.engines.base import Chunk, EngineStats, ModelInfo, SamplingParams
+from inferno.backend.engines._llama_grammar import GrammarCheck, grammar_for
+from inferno.backend.engines.base import (
+    Chunk,
+    EngineStats,
+    Feature,
+    ModelInfo,
+    SamplingParams,
+)
 from inferno.core.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -80,6 +92,8 @@ from inferno.models.quantize import silence_llama_logs
 # n_batch tokens into ubatches itself (and, the streams being separate, into ubatches
 # with the same number of tokens per sequence). Costs about 15% of prefill speed.
 _MAX_UBATCH = 63
+_FEATURES: frozenset[Feature] = frozenset(
+    {"response_format", "logit_bias", "logprobs", "tools"})
 
 def _import_llama() -> Any:
     try:
@@ -131,22 +145,27 @@ class LlamaCppEngine:
         self._ctx: Any = None
         self._vocab: Any = None
         self._sched: BatchScheduler | None = None
+        self._grammars: GrammarCheck | None = None
         self._template: Any = None  # compiled jinja2 template, None when the GGUF has none
         self._bos_text = ""
         self._eos_text = ""
         self._bos_id = -1
+        self._n_vocab = 0
         self._add_bos = False
         self._closed = False
         # Until load() reads the GGUF, assume the usual case (a chat template).
         self._info = self._make_info(has_chat_template=True)
 
-    def _make_info(self, *, has_chat_template: bool) -> ModelInfo:
+    def _make_info(self, *, has_chat_template: bool, template_tools: bool = False
+                   ) -> ModelInfo:
         return ModelInfo(
             id=self._model_id,
             path=self._path,
             context_length=self._n_ctx,
             has_chat_template=has_chat_template,
             aliases=self._aliases,
+            features=_FEATURES,
+            template_tools=template_tools,
         )
 
     @property
@@ -196,12 +215,17 @@ class LlamaCppEngine:
             raise
         self._lib, self._model, self._ctx = lib, model, ctx
         self._vocab = lib.llama_model_get_vocab(model)
+        self._grammars = GrammarCheck(lib, self._vocab)
+        self._n_vocab = lib.llama_vocab_n_tokens(self._vocab)
         self._bos_id = lib.llama_vocab_bos(self._vocab)
         self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab)) and self._bos_id >= 0
         self._bos_text = self._special_text(self._bos_id)
         self._eos_text = self._special_text(lib.llama_vocab_eos(self._vocab))
-        self._template = self._compile_template(lib.llama_model_chat_template(model, None))
-        self._info = self._make_info(has_chat_template=self._template is not None)
+        source = lib.llama_model_chat_template(model, None)
+        self._template = self._compile_template(source)
+        # A template that mentions tools renders them itself (see backend/tools.py).
+        self._info = self._make_info(has_chat_template=self._template is not None,
+                                     template_tools=bool(source) and b"tools" in source)
         self._sched = BatchScheduler(
             lib, ctx, self._vocab,
             n_batch=self._n_batch, n_parallel=self._n_parallel,
@@ -310,7 +334,8 @@ class LlamaCppEngine:
         except jinja2.TemplateError as exc:
             raise EngineError(f"the model's chat template does not compile: {exc}") from exc
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         self._require()
         if self._template is None:
             raise InvalidRequest("model has no chat template; use /v1/completions")
@@ -320,6 +345,7 @@ class LlamaCppEngine:
             rendered: str = self._template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=True,
+                tools=list(tools) if tools else None,
                 bos_token=self._bos_text,
                 eos_token=self._eos_text,
             )
@@ -342,6 +368,15 @@ class LlamaCppEngine:
             raise InvalidRequest("temperature must not be negative", param="temperature")
         if not 0.0 < params.top_p <= 1.0:
             raise InvalidRequest("top_p must be in (0, 1]", param="top_p")
+        for tok, _ in params.logit_bias:
+            if tok >= self._n_vocab:
+                raise InvalidRequest(f"logit_bias names token {tok}, but the vocabulary has "
+                                     f"{self._n_vocab} tokens.", param="logit_bias")
+        grammar = params.grammar
+        if grammar is None and params.response_format is not None:
+            grammar = await asyncio.to_thread(grammar_for, params.response_format)
+        if grammar is not None and self._grammars is not None:
+            await asyncio.to_thread(self._grammars.require, grammar, "response_format")
         tokens = self.tokenize(prompt)
         n_prompt, n_ctx = len(tokens), self._n_ctx
         if params.max_tokens is None:
@@ -367,6 +402,9 @@ class LlamaCppEngine:
             seed=seed & 0xFFFFFFFF if (seed & 0xFFFFFFFF) != 0xFFFFFFFF else 0,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
+            grammar=grammar,
+            logit_bias=params.logit_bias,
+            logprobs=params.logprobs,
         )
         queue: asyncio.Queue[Item] = asyncio.Queue()
         seq = _Seq(tokens, max_new, config, asyncio.get_running_loop(), queue)

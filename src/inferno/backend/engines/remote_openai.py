@@ -37,6 +37,7 @@ from inferno.backend.engines.base import (
     Capability,
     Chunk,
     EngineStats,
+    Feature,
     FinishReason,
     ModelInfo,
     SamplingParams,
@@ -223,6 +224,7 @@ class RemoteEngineBase:
     """What both remote engines share: info, admission (FIFO slots), stats, transport."""
 
     provider = "remote"
+    features: frozenset[Feature] = frozenset()
 
     def __init__(self, *, base_url: str, model_id: str, remote_model: str,
                  api_key: str | None = None, parallel: int = 4, timeout: float = 300.0,
@@ -236,7 +238,7 @@ class RemoteEngineBase:
             id=model_id, path=f"{self._http.base_url} ({self.provider}: {remote_model})",
             context_length=context_length, owned_by=self.provider, capabilities=capabilities,
             price_per_mtok_input=price_per_mtok_input,
-            price_per_mtok_output=price_per_mtok_output)
+            price_per_mtok_output=price_per_mtok_output, features=self.features)
         self._slots = Slots(parallel)
         self._generated = 0
         self._prompted = 0
@@ -260,7 +262,8 @@ class RemoteEngineBase:
         """An estimate (about 4 characters per token): the provider's tokenizer is remote."""
         return [0] * max(1, len(text) // 4)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         # Only used when the node has no generate_chat path; kept for the Engine contract.
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
@@ -295,11 +298,13 @@ class RemoteEngineBase:
                 resp = await self._open(path, body)
                 decoder = SSEDecoder()
                 prompt_tokens, completion, finish = 0, 0, None
+                calls: list[dict[str, Any]] = []
                 async for raw in resp.chunks:
                     for data in decoder.feed(raw):
                         if data == b"[DONE]":
                             continue
                         text, fin, usage = self._parse_event(data)
+                        _merge_calls(calls, self._tool_deltas(data))
                         if usage is not None:
                             prompt_tokens, completion = usage
                         elif text:
@@ -313,13 +318,18 @@ class RemoteEngineBase:
                         f"{self.provider} ended the answer without a finish reason.")
                 prompt_tokens = prompt_tokens or max(1, prompt_chars // 4)
                 self._prompted += prompt_tokens
-                yield Chunk("", prompt_tokens, completion, finish)
+                yield Chunk("", prompt_tokens, completion, finish, tool_calls=tuple(calls))
             finally:
                 if resp is not None:
                     await resp.aclose()
 
     def _parse_event(self, data: bytes) -> tuple[str, FinishReason | None, tuple[int, int] | None]:
         raise NotImplementedError
+
+    def _tool_deltas(self, data: bytes) -> list[dict[str, Any]]:
+        """The event's tool-call deltas, in OpenAI's streamed shape (``index`` absent:
+        a whole new call)."""
+        return []
 
     def _event_json(self, data: bytes) -> dict[str, Any]:
         try:
@@ -335,11 +345,32 @@ class RemoteEngineBase:
         return event
 
 
+def _merge_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Streamed tool-call deltas folded into whole calls (arguments arrive in pieces)."""
+    for delta in deltas:
+        index = delta.get("index")
+        if not isinstance(index, int) or index >= len(calls) + 1 or index < 0:
+            index = len(calls)
+        if index == len(calls):
+            calls.append({"id": "", "type": "function", "function": {"name": "",
+                                                                      "arguments": ""}})
+        call, fn = calls[index], delta.get("function") or {}
+        if isinstance(delta.get("id"), str):
+            call["id"] = delta["id"]
+        if isinstance(fn.get("name"), str):
+            call["function"]["name"] += fn["name"]
+        if isinstance(fn.get("arguments"), str):
+            call["function"]["arguments"] += fn["arguments"]
+
+
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 class RemoteOpenAIEngine(RemoteEngineBase):
     provider = "openai"
+    # Passed on as sent: the provider enforces them (logprobs would need its per-token
+    # entries translated, so they are refused rather than dropped).
+    features: frozenset[Feature] = frozenset({"response_format", "logit_bias", "tools"})
 
     def _headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._key}"} if self._key else {}
@@ -356,11 +387,21 @@ class RemoteOpenAIEngine(RemoteEngineBase):
             body["presence_penalty"] = params.presence_penalty
         if params.frequency_penalty:
             body["frequency_penalty"] = params.frequency_penalty
+        if params.response_format is not None:
+            body["response_format"] = params.response_format
+        if params.logit_bias:
+            body["logit_bias"] = {str(tok): bias for tok, bias in params.logit_bias}
+        if params.tools:
+            body["tools"] = list(params.tools)
+            if params.tool_choice is not None:
+                body["tool_choice"] = params.tool_choice
+            if params.parallel_tool_calls is not None:
+                body["parallel_tool_calls"] = params.parallel_tool_calls
         return body
 
-    def generate_chat(self, messages: Sequence[dict[str, str]],
+    def generate_chat(self, messages: Sequence[dict[str, Any]],
                       params: SamplingParams) -> AsyncGenerator[Chunk, None]:
-        chars = sum(len(m["content"]) for m in messages)
+        chars = sum(len(m.get("content") or "") for m in messages)
         return self._stream("/chat/completions", self._body(params, messages=list(messages)),
                             chars)
 
@@ -385,3 +426,9 @@ class RemoteOpenAIEngine(RemoteEngineBase):
         reason = choice.get("finish_reason")
         finish = _FINISH.get(reason, "stop") if reason else None
         return (text if isinstance(text, str) else ""), finish, counts
+
+    def _tool_deltas(self, data: bytes) -> list[dict[str, Any]]:
+        choices = orjson.loads(data).get("choices") or []  # parsed before: valid JSON
+        delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []

@@ -41,8 +41,11 @@ def validate_request(data: dict[str, Any]) -> None:
 
 
 def reserve_tokens(data: dict[str, Any], body: bytes, default: int) -> tuple[int, int]:
-    """(tokens to reserve, prompt-token estimate): max_tokens plus ~4 bytes per token."""
+    """(tokens to reserve, prompt-token estimate): max_tokens for each of the ``n`` choices
+    plus ~4 bytes per prompt token."""
     prompt = len(body) // 4 + 1
     limit = data.get("max_tokens") or data.get("max_completion_tokens")
     completion = limit if isinstance(limit, int) else default
-    return prompt + completion, prompt
+    n = data.get("n")
+    choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    return prompt + completion * choices, prompt
