@@ -13,6 +13,7 @@ class StopMatcher:
         self._longest = max((len(s) for s in stops), default=0)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop string that ended the text
 
     def feed(self, text: str) -> str:
         """Add new text; return what can be sent now. Sets ``stopped`` on a match."""
@@ -21,7 +22,8 @@ class StopMatcher:
         if self.stopped:
             return ""
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self._stops) if i >= 0), default=-1)
+        found = [(i, s) for s in self._stops if (i := buf.find(s)) >= 0]
+        cut, self.matched = min(found) if found else (-1, None)
         if cut >= 0:
             self.stopped = True
             self._held = ""

@@ -40,6 +40,11 @@ class Choice:
         self.completion_tokens = 0
         self._stops = StopMatcher(stops)
 
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended this choice (vLLM's ``stop_reason``), if one did."""
+        return self._stops.matched
+
     async def pieces(self) -> AsyncIterator[Piece]:
         try:
             chunk: Chunk | None = self.first
@@ -141,12 +146,15 @@ class Turn:
                 choices.append(oa.chat_choice(
                     i, None if calls else text, "tool_calls" if calls else finish[i],
                     tool_calls=calls, logprobs=self._chat_lp(lps[i])))
+                _stop_reason(choices[-1], self.choices[i].matched)
             return oa.chat_completion(self.id, model, self.created, choices,
                                       self.prompt_tokens, self.completion_tokens)
         echo = self.creq.prompt_text() if isinstance(self.creq, oa.CompletionRequest) \
             and self.creq.echo else ""
         out = [oa.text_choice(i, echo + "".join(texts[i]), finish[i],
                               self._text_lp(lps[i], len(echo))) for i in range(n)]
+        for i, choice in enumerate(out):
+            _stop_reason(choice, self.choices[i].matched)
         return oa.text_completion(self.id, model, self.created, out,
                                   oa.usage_dict(self.prompt_tokens, self.completion_tokens))
 
@@ -177,12 +185,16 @@ class Turn:
                         delta = {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}
                         yield oa.chat_chunk(rid, model, created, delta, None, index=i)
                 if finish:
-                    yield oa.chat_chunk(rid, model, created, {}, finish, index=i)
+                    last = oa.chat_chunk(rid, model, created, {}, finish, index=i)
+                    _stop_reason(last["choices"][0], self.choices[i].matched)
+                    yield last
             elif text or finish or piece.logprobs:
                 lp = self._text_lp(piece.logprobs, offsets[i])
                 offsets[i] += sum(len(t.token) for t in piece.logprobs)
-                yield oa.text_completion(rid, model, created,
-                                         [oa.text_choice(i, text, finish, lp)], None, chunk=True)
+                choice = oa.text_choice(i, text, finish, lp)
+                if finish:
+                    _stop_reason(choice, self.choices[i].matched)
+                yield oa.text_completion(rid, model, created, [choice], None, chunk=True)
         if self.creq.include_usage:
             obj = "chat.completion.chunk" if chat else "text_completion"
             yield oa.usage_chunk(rid, model, created, obj, self.prompt_tokens,
@@ -208,6 +220,13 @@ class Turn:
                 "token_logprobs": [t.logprob for t in entries],
                 "top_logprobs": [{tok: lp for tok, lp, _ in t.top[:self.top]} for t in entries],
                 "text_offset": offsets}
+
+
+def _stop_reason(choice: dict[str, Any], matched: str | None) -> None:
+    # Beyond OpenAI's fields, as vLLM answers: which stop string ended the text (the
+    # Anthropic Messages API reports it as stop_sequence).
+    if matched is not None:
+        choice["stop_reason"] = matched
 
 
 def _finish(reason: str) -> str:

@@ -11,7 +11,8 @@ content, server tools, ``top_k`` (the nodes sample without it), extended ``think
 ``output_config.effort``. ``output_config.format`` (structured outputs) becomes a
 ``json_schema`` response format.
 ``stop_reason: stop_sequence`` is reported when the node names the matched stop string in
-the choice's ``stop_reason`` (as vLLM does); otherwise a stop ends as ``end_turn``.
+the choice's ``stop_reason`` (as vLLM and Inferno's own nodes do); otherwise a stop ends as
+``end_turn``.
 ``count_tokens`` asks a node for one token of the translated request and returns its
 exact prompt-token count (the model's own template and tokenizer).
 """
