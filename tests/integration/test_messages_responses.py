@@ -1,5 +1,6 @@
 """The Anthropic Messages and OpenAI Responses APIs over a real proxy and a llama.cpp node
-(SmolLM2), driven by the official anthropic and openai clients: the plain-text paths."""
+(SmolLM2), driven by the official anthropic and openai clients: plain text, and tool use
+and structured output enforced by the node's grammar."""
 
 from __future__ import annotations
 
@@ -79,3 +80,35 @@ def test_responses_create_stream_and_chain(lb: Proc) -> None:
     # The chained turn carried the first exchange: more prompt than the question alone.
     assert first.usage is not None and final.usage.input_tokens > first.usage.input_tokens
     assert client.responses.retrieve(final.id).output_text == final.output_text
+
+
+WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
+                                            "unit": {"type": "string",
+                                                     "enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"], "additionalProperties": False}
+
+
+def test_messages_tool_use_is_forced_by_the_node_grammar(lb: Proc) -> None:
+    # tool_choice "any" becomes chat "required": the node's grammar makes the tiny model
+    # produce a valid call, which comes back as an Anthropic tool_use block.
+    msg = claude(lb).messages.create(
+        model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[{"name": "get_weather", "description": "Current weather for a city.",
+                "input_schema": WEATHER}],
+        tool_choice={"type": "any"})
+    assert msg.stop_reason == "tool_use"
+    [call] = [b for b in msg.content if b.type == "tool_use"]
+    assert call.name == "get_weather" and call.id  # the node's call id, round-tripped
+    assert isinstance(call.input, dict) and set(call.input) == {"city", "unit"}
+    assert call.input["unit"] in ("celsius", "fahrenheit")
+
+
+def test_responses_structured_output_is_valid_json(lb: Proc) -> None:
+    import json
+
+    resp = oai(lb).responses.create(
+        model=MODEL, input="Describe the weather in Paris.", max_output_tokens=64,
+        text={"format": {"type": "json_schema", "name": "weather", "schema": WEATHER,
+                         "strict": True}})
+    data = json.loads(resp.output_text)  # the grammar makes the tiny model's JSON valid
+    assert set(data) == {"city", "unit"} and data["unit"] in ("celsius", "fahrenheit")
