@@ -196,14 +196,17 @@ class BackendAPI:
         except BaseException:
             await gen.aclose()
             raise
-        self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
+        ttft = time.perf_counter() - started
+        self._metrics.first_token(endpoint, creq.model, ttft)
         turn = _Turn(endpoint, creq, gen, first)
+        turn.ttft = ttft
         if creq.stream:
             return StreamingResponse(self._stream(turn, started, held))
         try:
             body = await turn.collect()
         finally:
-            self._metrics.tokens.inc(turn.completion_tokens)
+            self._metrics.turn_done(creq.model, time.perf_counter() - started, ttft,
+                                    turn.completion_tokens)
         return Response(200, orjson.dumps(body))
 
     async def _stream(self, turn: _Turn, started: float,
@@ -220,7 +223,8 @@ class BackendAPI:
             status = 499  # client went away (cancelled) or the stream broke
             raise
         finally:
-            self._metrics.tokens.inc(turn.completion_tokens)
+            self._metrics.turn_done(turn.creq.model, time.perf_counter() - started, turn.ttft,
+                                    turn.completion_tokens)
             self._finish(turn.endpoint, status, started, held)
 
 
@@ -233,6 +237,7 @@ class _Turn:
         self.creq = creq
         self.gen = gen
         self.first = first
+        self.ttft = 0.0  # seconds, for the metrics
         self.id = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.prompt_tokens = first.prompt_tokens

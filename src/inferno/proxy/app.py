@@ -131,6 +131,7 @@ class ProxyAPI:
             body = orjson.dumps({**data, "model": target})
         profile = self._router.profile_for(target, req.header("x-inferno-profile"))
         session = req.header("x-session-id")
+        queued_at = 0.0
         while True:
             snapshot = self._pool.snapshot
             nodes = snapshot.by_model.get(target)
@@ -143,7 +144,9 @@ class ProxyAPI:
                                          retry_after=1)
             if self._admission.has_room(decision.order):
                 break
+            queued_at = queued_at or time.perf_counter()
             await self._admission.wait(deadline)  # raises Overloaded when refused
+        self._metrics.queue_time.observe(queued_at and time.perf_counter() - queued_at)
         order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
         return await self._forwarder.forward(path, req.headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)

@@ -19,13 +19,16 @@ from inferno.ops import OpsServer
 from inferno.proxy.admission import Admission
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
+from inferno.proxy.events import EventLog
 from inferno.proxy.forward import Forwarder, Timeouts
 from inferno.proxy.health.active import ActiveHealth
 from inferno.proxy.health.breaker import BreakerPolicy
 from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.models_admin import ModelsAdmin
-from inferno.proxy.pool import Pool
+from inferno.proxy.node_metrics import register_pool_metrics
+from inferno.proxy.observe import LiveStats, RequestObserver
+from inferno.proxy.pool import Node, Pool
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
@@ -49,12 +52,18 @@ class Gateway:
             max_ejection=s.max_ejection))
         self.metrics.bind_pool(
             lambda st: sum(1 for n in self.pool.snapshot.nodes if n.state == st))
+        register_pool_metrics(registry, self.pool)
+        # The self-healing timeline and the live statistics (dashboard, alerts).
+        self.events = EventLog()
+        self.stats = LiveStats()
+        self.pool.on_event = self.events.emit
         self.client = HttpClient()
         self.passive = PassiveHealth(self.pool, max_ejected_percent=s.max_ejected_percent,
-                                     on_eject=lambda n: self.metrics.ejections.inc())
+                                     on_eject=self._ejected, on_readmit=self._readmitted)
         self.active = ActiveHealth(self.pool, self.client, interval=s.health_interval,
                                    timeout=s.health_timeout, healthy_after=s.healthy_after,
-                                   unhealthy_after=s.unhealthy_after)
+                                   unhealthy_after=s.unhealthy_after,
+                                   on_change=self._health_changed)
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
         self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
                                    queue_wait=s.queue_wait)
@@ -62,8 +71,14 @@ class Gateway:
         forwarder = Forwarder(
             self.client, self.metrics, self.passive, self.budget,
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
-            max_attempts=s.max_attempts, on_release=self.admission.release)
+            max_attempts=s.max_attempts, on_release=self.admission.release,
+            on_failover=lambda a, b: self.events.emit(
+                "failover", a.id, f"a request moved to {b.id} after: {a.last_error}"))
+        self.metrics.running.set_function(
+            lambda: float(sum(n.outstanding for n in self.pool.snapshot.nodes)))
+        self.metrics.waiting.set_function(lambda: float(self.admission.queued))
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
+        self.security.log.on_record = RequestObserver(self.metrics, self.stats)
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin,
@@ -113,6 +128,21 @@ class Gateway:
         await self.client.aclose()
         await self.ops.stop()
         await self.security.close()  # flushes the request log
+
+    def _ejected(self, node: Node) -> None:
+        self.metrics.ejections.inc()
+        wait = max(0.0, node.breaker.open_until - time.monotonic())
+        self.events.emit("ejected", node.id, f"breaker open for {wait:.1f} s after "
+                         f"{node.last_error} (ejection #{node.breaker.ejections})")
+
+    def _readmitted(self, node: Node) -> None:
+        self.metrics.readmissions.inc()
+        self.events.emit("readmitted", node.id, "its probe request succeeded; breaker closed")
+
+    def _health_changed(self, node: Node, healthy: bool) -> None:
+        self.events.emit("healthy" if healthy else "unhealthy", node.id,
+                         "back in rotation after passing health checks" if healthy
+                         else "out of rotation: failed health checks")
 
     def vitals(self) -> dict[str, Any]:
         snap = self.pool.snapshot
