@@ -367,6 +367,8 @@ class ProxySettings(ComponentSettings):
     cache_ttl: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
     # Compressed second level on disk under data_dir/cache (0 disables it).
     cache_disk_max_bytes: Annotated[int, Field(ge=0, le=1 << 44)] = 1024 * 1024 * 1024
+    # The web dashboard at /ui on the API port (admin only; off: 404).
+    ui: bool = True
 
     _csv = field_validator("backends", "jwt_algorithms", "registration_allowlist",
                            "node_tokens", mode="before")(_split_csv)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -36,6 +36,16 @@ if TYPE_CHECKING:
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
 
+
+
+class Mount(Protocol):
+    """Routes another component serves on the API port (the dashboard at /ui)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def handle(self, req: Request) -> Response | StreamingResponse: ...
+
+
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
@@ -56,6 +66,7 @@ class ProxyAPI:
         self._metrics = metrics
         self._request_timeout = request_timeout
         self.accepting = True
+        self.mounts: list[Mount] = []
         self.in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
@@ -88,6 +99,9 @@ class ProxyAPI:
             return self._model(path.removeprefix("/v1/models/"))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
+        for mount in self.mounts:
+            if mount.owns(path):
+                return await mount.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
 
     async def _inference(self, req: Request, path: str) -> Response | StreamingResponse:

@@ -85,6 +85,8 @@ class Gateway:
                             models_admin=ModelsAdmin(
                                 self.security.auth, self.pool, self.client,
                                 node_tokens=[t.get_secret_value() for t in s.node_tokens]))
+        if s.ui:
+            self.api.mounts.append(self._dashboard())
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,
@@ -128,6 +130,15 @@ class Gateway:
         await self.client.aclose()
         await self.ops.stop()
         await self.security.close()  # flushes the request log
+
+    def _dashboard(self) -> Any:
+        # Imported here: a proxy run with ui off never loads Jinja2 or the templates.
+        from inferno.proxy.dashboard import ProxyDashboardSource
+        from inferno.ui import Dashboard
+
+        sec = self.security
+        return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
+                                              self.admission, sec.auth, sec.keys, sec.store))
 
     def _ejected(self, node: Node) -> None:
         self.metrics.ejections.inc()

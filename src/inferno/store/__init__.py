@@ -9,6 +9,7 @@ never each other.
 
 from inferno.store.engine import Store, StoreUnavailable, default_sqlite_url, normalise_url
 from inferno.store.governator import GovernatorRepo
+from inferno.store.logquery import LogFilter, RequestQuery
 from inferno.store.repos import ApiKeyRow, KeyRepo, RequestRepo, UsageRow
 from inferno.store.writer import BatchWriter
 
@@ -17,6 +18,8 @@ __all__ = [
     "BatchWriter",
     "GovernatorRepo",
     "KeyRepo",
+    "LogFilter",
+    "RequestQuery",
     "RequestRepo",
     "Store",
     "StoreUnavailable",

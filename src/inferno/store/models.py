@@ -58,3 +58,5 @@ request_log = Table(
 )
 Index("ix_inferno_request_log_day_key", request_log.c.day, request_log.c.key_id)
 Index("ix_inferno_request_log_ts", request_log.c.ts)
+Index("ix_inferno_request_log_key_ts", request_log.c.key_id, request_log.c.ts)
+Index("ix_inferno_request_log_model_ts", request_log.c.model, request_log.c.ts)
