@@ -75,7 +75,8 @@ class ProxyDashboardSource:
                 "queue_depth": n.queue_depth,
                 "tokens_per_s": round(self._stats.node_tokens_per_s(n.id), 2),
                 "ttft_ms": round(n.ewma_ttft * 1000, 1), "requests": n.requests,
-                "failures": n.failures, "last_error": n.last_error, "strip": strip}
+                "failures": n.failures, "strip": strip,
+                "last_error": n.last_error if n.healthy else "failing its health checks"}
 
     def events(self, after: int, limit: int) -> list[dict[str, Any]]:
         return [e.as_dict() for e in self._events.since(after, limit)]
