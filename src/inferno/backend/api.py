@@ -200,13 +200,14 @@ class BackendAPI:
         self._metrics.first_token(endpoint, creq.model, ttft)
         turn = _Turn(endpoint, creq, gen, first)
         turn.ttft = ttft
+        turn.traceparent = req.header("traceparent")
         if creq.stream:
             return StreamingResponse(self._stream(turn, started, held))
         try:
             body = await turn.collect()
         finally:
             self._metrics.turn_done(creq.model, time.perf_counter() - started, ttft,
-                                    turn.completion_tokens)
+                                    turn.completion_tokens, **turn.trace())
         return Response(200, orjson.dumps(body))
 
     async def _stream(self, turn: _Turn, started: float,
@@ -224,7 +225,7 @@ class BackendAPI:
             raise
         finally:
             self._metrics.turn_done(turn.creq.model, time.perf_counter() - started, turn.ttft,
-                                    turn.completion_tokens)
+                                    turn.completion_tokens, **turn.trace(status))
             self._finish(turn.endpoint, status, started, held)
 
 
@@ -238,11 +239,18 @@ class _Turn:
         self.gen = gen
         self.first = first
         self.ttft = 0.0  # seconds, for the metrics
+        self.traceparent: str | None = None  # the caller's W3C trace context
+        self.finish_reason: str | None = None
         self.id = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.prompt_tokens = first.prompt_tokens
         self.completion_tokens = 0
         self._stops = StopMatcher(creq.stop_list())
+
+    def trace(self, status: int = 200) -> dict[str, Any]:
+        """What a trace of this turn records beyond the metrics (see BackendMetrics)."""
+        return {"endpoint": self.endpoint, "traceparent": self.traceparent, "status": status,
+                "prompt_tokens": self.prompt_tokens, "finish_reason": self.finish_reason}
 
     async def pieces(self) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) pairs; finish is set on the last one only."""
@@ -254,14 +262,17 @@ class _Turn:
                 self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
                 text = self._stops.feed(chunk.text)
                 if self._stops.stopped:
+                    self.finish_reason = "stop"
                     yield text, "stop"
                     return
                 if chunk.finish_reason is not None:
-                    yield text + self._stops.flush(), _finish(chunk.finish_reason)
+                    self.finish_reason = _finish(chunk.finish_reason)
+                    yield text + self._stops.flush(), self.finish_reason
                     return
                 if text:
                     yield text, None
                 chunk = await anext(self.gen, None)
+            self.finish_reason = "stop"
             yield self._stops.flush(), "stop"
         finally:
             await self.gen.aclose()

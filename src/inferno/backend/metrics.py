@@ -7,6 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inferno.backend.engines.base import EngineStats
+from inferno.ops.tracing import Tracing, node_spans
 
 # vLLM's bucket edges, so its users' dashboards read the same.
 TOKEN_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -54,6 +55,7 @@ class BackendMetrics:
         self.e2e = Histogram("inferno_e2e_request_latency_seconds",
                              "Time from request to its last token", ["model"],
                              buckets=E2E_BUCKETS, registry=registry)
+        self.tracing: Tracing | None = None  # set by the node when OTEL_* turn traces on
         self.running = Gauge("inferno_num_requests_running", "Sequences generating now",
                              registry=registry)
         self.waiting = Gauge("inferno_num_requests_waiting",
@@ -63,12 +65,20 @@ class BackendMetrics:
         self.ttft.labels(endpoint).observe(seconds)
         self.ttft_model.labels(model).observe(seconds)
 
-    def turn_done(self, model: str, seconds: float, ttft: float, tokens: int) -> None:
-        """A generation ended: end-to-end latency and its mean inter-token latency."""
+    def turn_done(self, model: str, seconds: float, ttft: float, tokens: int, *,
+                  endpoint: str = "chat", traceparent: str | None = None, status: int = 200,
+                  prompt_tokens: int = 0, finish_reason: str | None = None) -> None:
+        """A generation ended: end-to-end latency, its mean inter-token latency, and its
+        spans when tracing is on."""
         self.tokens.inc(tokens)
         self.e2e.labels(model).observe(seconds)
         if tokens > 1:
             self.itl.labels(model).observe(max(0.0, seconds - ttft) / (tokens - 1))
+        if self.tracing is not None:
+            node_spans(self.tracing, model=model, seconds=seconds, ttft=ttft,
+                       endpoint=endpoint, traceparent=traceparent, status=status,
+                       prompt_tokens=prompt_tokens, completion_tokens=tokens,
+                       finish_reason=finish_reason)
 
     def bind_engine(self, stats: Callable[[], EngineStats]) -> None:
         # Read at scrape time: the engine's counters are the single source of truth.

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from inferno.proxy.models_admin import ModelsAdmin
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
+    from inferno.proxy.tracing import ProxyTracing
 
 
 
@@ -67,6 +68,7 @@ class ProxyAPI:
         self._request_timeout = request_timeout
         self.accepting = True
         self.mounts: list[Mount] = []
+        self.tracing: ProxyTracing | None = None  # OTEL_* variables turn it on
         self.in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
@@ -162,7 +164,11 @@ class ProxyAPI:
             await self._admission.wait(deadline)  # raises Overloaded when refused
         self._metrics.queue_time.observe(queued_at and time.perf_counter() - queued_at)
         order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
-        return await self._forwarder.forward(path, req.headers, body, order, stream,
+        headers = req.headers
+        if self.tracing is not None:
+            parent = self.tracing.start(req, path, target, stream)
+            headers = [*(h for h in headers if h[0] != b"traceparent"), (b"traceparent", parent)]
+        return await self._forwarder.forward(path, headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)
 
     def _models(self) -> Response:

@@ -60,7 +60,8 @@ log = logging.getLogger("inferno.proxy")
 # 500 too: an inference node's internal error is rarely the request's fault, and another
 # node usually answers; 4xx are never retried.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id"))
+_FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent",
+                        b"tracestate"))
 
 # The [DONE] event (at the start of a block or of a line: _done_end checks). A raw CR or
 # LF never occurs inside a JSON data line, so "[DONE]" in a completion's text cannot match.

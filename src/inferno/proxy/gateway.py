@@ -16,6 +16,7 @@ from inferno.api.node import NodeState, Vitals
 from inferno.core.config import ProxySettings
 from inferno.net import HttpClient, HttpServer
 from inferno.ops import OpsServer
+from inferno.ops.tracing import tracing_from_env
 from inferno.proxy.admission import Admission
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
@@ -34,6 +35,7 @@ from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
 from inferno.proxy.security.setup import Security
 from inferno.proxy.state import RouterState
+from inferno.proxy.tracing import ProxyTracing
 
 log = logging.getLogger("inferno.proxy")
 
@@ -78,13 +80,17 @@ class Gateway:
             lambda: float(sum(n.outstanding for n in self.pool.snapshot.nodes)))
         self.metrics.waiting.set_function(lambda: float(self.admission.queued))
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
-        self.security.log.on_record = RequestObserver(self.metrics, self.stats)
+        observer = RequestObserver(self.metrics, self.stats)
+        self.security.log.on_record = observer
+        self.tracing = tracing_from_env("inferno-proxy")  # None unless OTEL_* say so
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin,
                             models_admin=ModelsAdmin(
                                 self.security.auth, self.pool, self.client,
                                 node_tokens=[t.get_secret_value() for t in s.node_tokens]))
+        if self.tracing is not None:
+            self.api.tracing = observer.tracing = ProxyTracing(self.tracing)
         if s.ui:
             self.api.mounts.append(self._dashboard())
         self.server = HttpServer(
@@ -130,6 +136,8 @@ class Gateway:
         await self.client.aclose()
         await self.ops.stop()
         await self.security.close()  # flushes the request log
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # export what is batched
 
     def _dashboard(self) -> Any:
         # Imported here: a proxy run with ui off never loads Jinja2 or the templates.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from inferno.proxy.metrics import ProxyMetrics
+from inferno.proxy.tracing import ProxyTracing
 
 BUCKET_S = 10
 HOUR_BUCKETS = 360
@@ -150,9 +151,12 @@ class RequestObserver:
         self._m = metrics
         self.stats = stats
         self._children: dict[str, tuple[Any, ...]] = {}
+        self.tracing: ProxyTracing | None = None  # ends the request's span with its row
 
     def __call__(self, row: dict[str, Any]) -> None:
         self.stats.observe(row)
+        if self.tracing is not None:
+            self.tracing.finish(row)
         model = row.get("model")
         if row.get("status") != 200 or not isinstance(model, str):
             return
