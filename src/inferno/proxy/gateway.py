@@ -18,6 +18,8 @@ from inferno.net import HttpClient, HttpServer
 from inferno.ops import OpsServer
 from inferno.ops.tracing import tracing_from_env
 from inferno.proxy.admission import Admission
+from inferno.proxy.alert_rules import build_rules
+from inferno.proxy.alerts import AlertManager, WebhookSender
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
 from inferno.proxy.events import EventLog
@@ -93,6 +95,7 @@ class Gateway:
             self.api.tracing = observer.tracing = ProxyTracing(self.tracing)
         if s.ui:
             self.api.mounts.append(self._dashboard())
+        self.alerts = self._alerts() if s.alert_webhooks else None
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,
@@ -120,6 +123,9 @@ class Gateway:
         if s.backends:
             self._tasks.append(asyncio.create_task(probe_static(self.pool, self.client,
                                                                 list(s.backends))))
+        if self.alerts is not None:
+            await self._load_spend()
+            self._tasks.append(asyncio.create_task(self.alerts.run(s.alert_interval)))
         self.state = "ready"
         log.info("proxy ready on http://%s:%d/v1 (ops %d)", s.host, self.server.port,
                  self.ops.port)
@@ -147,6 +153,25 @@ class Gateway:
         sec = self.security
         return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
                                               self.admission, sec.auth, sec.keys, sec.store))
+
+    def _alerts(self) -> AlertManager:
+        s = self.settings
+        m = self.metrics.alert_notifications
+        return AlertManager(
+            build_rules(s, self.pool, self.stats),
+            [w.get_secret_value() for w in s.alert_webhooks],
+            WebhookSender(on_result=lambda ok: m.labels("ok" if ok else "failed").inc()),
+            silences=list(s.alert_silences), repeat_interval=s.alert_repeat_interval,
+            on_change=lambda rule, subject, detail, firing: self.events.emit(
+                "alert_firing" if firing else "alert_resolved", subject, f"{rule}: {detail}"))
+
+    async def _load_spend(self) -> None:
+        """Today's spend so far, so a restart does not reset the budget alert."""
+        store = self.security.store
+        if store is not None:
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            self.stats.add_spend(sum(u.cost for u in await store.requests.usage(
+                since_day=today, until_day=today)))
 
     def _ejected(self, node: Node) -> None:
         self.metrics.ejections.inc()

@@ -90,6 +90,9 @@ class ProxyMetrics:
         self.failovers = Counter("inferno_proxy_failovers",
                                  "Attempts moved to another node after a failure",
                                  registry=registry)
+        self.alert_notifications = Counter("inferno_proxy_alert_notifications",
+                                           "Alert webhook deliveries by result (ok, failed)",
+                                           ["result"], registry=registry)
         self.readmissions = Counter("inferno_proxy_readmissions",
                                     "Ejected nodes re-admitted (breaker closed again)",
                                     registry=registry)

@@ -39,6 +39,8 @@ class LiveStats:
         self._order: deque[int] = deque()
         # node id -> minute -> [requests, errors, completion tokens]
         self._nodes: dict[str, dict[int, list[int]]] = {}
+        self._day = 0  # spend over the current UTC day (the spend-budget alert)
+        self._day_cost = 0.0
 
     def observe(self, row: dict[str, Any]) -> None:
         ts = float(row.get("ts") or self._clock())
@@ -56,7 +58,13 @@ class LiveStats:
         totals[_E] += error
         totals[_P] += int(row.get("prompt_tokens") or 0)
         totals[_C] += completion
-        totals[_COST] += float(row.get("cost") or 0.0)
+        cost = float(row.get("cost") or 0.0)
+        totals[_COST] += cost
+        if cost:
+            day = int(ts // 86_400)
+            if day != self._day:
+                self._day, self._day_cost = day, 0.0
+            self._day_cost += cost
         totals[_HIT] += bool(row.get("cache_hit"))
         if not error and row.get("ttft_ms") is not None:
             ttft[_ttft_slot(float(row["ttft_ms"]) / 1000.0)] += 1
@@ -72,6 +80,16 @@ class LiveStats:
             cell[0] += 1
             cell[1] += error
             cell[2] += completion
+
+    def add_spend(self, usd: float) -> None:
+        """Spend already recorded today (from the store, at start)."""
+        day = int(self._clock() // 86_400)
+        if day != self._day:
+            self._day, self._day_cost = day, 0.0
+        self._day_cost += usd
+
+    def spent_today(self) -> float:
+        return self._day_cost if self._day == int(self._clock() // 86_400) else 0.0
 
     def series(self, window_s: int = 3600) -> list[dict[str, Any]]:
         """One point per ten seconds over the window (empty buckets included)."""
