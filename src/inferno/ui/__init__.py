@@ -1,10 +1,10 @@
 """The web dashboard served by the proxy at ``/ui``.
 
-It imports nothing of the proxy: the gateway builds a :class:`~inferno.ui.source.DataSource`
+It imports nothing of the proxy: the gateway builds a :class:`~inferno.api.dashboard.DataSource`
 over its own state and mounts :class:`~inferno.ui.app.Dashboard` on its API port.
 """
 
+from inferno.api.dashboard import DataSource, RequestFilter, Viewer
 from inferno.ui.app import Dashboard
-from inferno.ui.source import DataSource, RequestFilter, Viewer
 
 __all__ = ["Dashboard", "DataSource", "RequestFilter", "Viewer"]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+from inferno.api.dashboard import DataSource, Viewer
 from inferno.core.errors import AuthenticationError, NotFound, PermissionDenied
 from inferno.net import Request, Response, StreamingResponse
 from inferno.ui.assets import StaticFiles, templates
 from inferno.ui.live import live
 from inferno.ui.pages import Pages
 from inferno.ui.sessions import Sessions
-from inferno.ui.source import DataSource, Viewer
 
 PREFIX = "/ui"
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

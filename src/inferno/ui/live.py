@@ -14,8 +14,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from inferno.api.dashboard import DataSource
 from inferno.net import Request, StreamingResponse
-from inferno.ui.source import DataSource
 
 
 def live(source: DataSource, req: Request, interval: float) -> StreamingResponse:

@@ -13,8 +13,8 @@ from typing import Any
 
 import jinja2
 
+from inferno.api.dashboard import DataSource, RequestFilter, Viewer
 from inferno.core.errors import InvalidRequest
-from inferno.ui.source import DataSource, RequestFilter, Viewer
 
 Page = Callable[[dict[str, str], Viewer], Awaitable[str]]
 PAGE_SIZE = 50

@@ -11,8 +11,8 @@ import secrets
 import time
 from collections.abc import Callable
 
+from inferno.api.dashboard import DataSource, Viewer
 from inferno.net import Request
-from inferno.ui.source import DataSource, Viewer
 
 COOKIE = "inferno_ui"
 _MAX_SESSIONS = 10_000

@@ -1,9 +1,9 @@
-"""What the dashboard reads and does, as one interface its host implements.
+"""What the dashboard (inferno.ui) reads and does: the interface the proxy implements.
 
-The dashboard knows nothing of the proxy: the gateway hands it a :class:`DataSource`
-(``inferno.proxy.dashboard``) built over its pool, event log, live statistics and store.
-Everything crossing this line is plain data (dicts, lists, numbers), ready for templates
-and JSON.
+Here, in api, so neither component imports the other: the gateway hands the dashboard a
+:class:`DataSource` (``inferno.proxy.dashboard``) built over its pool, event log, live
+statistics and store. Everything crossing this line is plain data (dicts, lists,
+numbers), ready for templates and JSON.
 """
 
 from __future__ import annotations
