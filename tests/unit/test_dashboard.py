@@ -3,6 +3,7 @@ log's filters and pages, key management, the live stream."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -155,3 +156,15 @@ async def test_request_log_filters_use_their_indexes(seeded: Gateway) -> None:
                 f"EXPLAIN QUERY PLAN SELECT request_id FROM inferno_request_log WHERE "
                 f"{column} = 'x' ORDER BY ts DESC LIMIT 51"))).all()
             assert index in str(plan) and "TEMP B-TREE" not in str(plan)
+
+
+async def test_live_stream_ends_when_the_proxy_drains(tmp_path: Path) -> None:
+    gw = await start_gateway(tmp_path, drain_timeout=30)
+    async with httpx.AsyncClient(base_url=base(gw)) as http, \
+            http.stream("GET", "/ui/live") as r:
+        chunks = r.aiter_text()
+        assert "retry:" in await anext(chunks)  # the stream is open
+        drain = asyncio.create_task(gw.drain())
+        rest = [c async for c in chunks]  # ends instead of holding the drain for 30 s
+        await asyncio.wait_for(drain, 10)
+    assert drain.done() and rest is not None

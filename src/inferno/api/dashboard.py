@@ -31,6 +31,10 @@ class DataSource(Protocol):
     @property
     def auth_enabled(self) -> bool: ...
 
+    @property
+    def serving(self) -> bool:
+        """False once the host drains: live streams end so they do not hold it up."""
+
     def verify(self, credential: str) -> Viewer | None:
         """The viewer an API key or token stands for; None if it is not valid."""
 

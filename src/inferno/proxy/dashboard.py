@@ -8,6 +8,7 @@ works without Prometheus. The gateway builds this and mounts the dashboard over 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -25,7 +26,9 @@ _PAST_TTL = 300.0
 
 class ProxyDashboardSource:
     def __init__(self, pool: Pool, events: EventLog, stats: LiveStats, admission: Admission,
-                 auth: Authenticator, keys: KeyCache, store: Store | None) -> None:
+                 auth: Authenticator, keys: KeyCache, store: Store | None,
+                 serving: Callable[[], bool] = lambda: True) -> None:
+        self._serving = serving
         self._pool = pool
         self._events = events
         self._stats = stats
@@ -36,6 +39,10 @@ class ProxyDashboardSource:
         self._log = RequestQuery(store.engine) if store is not None else None
         # since_day -> (the day it was computed, when, rows): usage before today.
         self._past: dict[str, tuple[str, float, list[dict[str, Any]]]] = {}
+
+    @property
+    def serving(self) -> bool:
+        return self._serving()
 
     @property
     def auth_enabled(self) -> bool:

@@ -152,7 +152,8 @@ class Gateway:
 
         sec = self.security
         return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
-                                              self.admission, sec.auth, sec.keys, sec.store))
+                                              self.admission, sec.auth, sec.keys, sec.store,
+                                              serving=lambda: self.api.accepting))
 
     def _alerts(self) -> AlertManager:
         s = self.settings

@@ -29,7 +29,7 @@ def live(source: DataSource, req: Request, interval: float) -> StreamingResponse
 
 async def _stream(source: DataSource, after: int, interval: float) -> AsyncIterator[bytes]:
     yield b"retry: 2000\n\n"
-    while True:
+    while source.serving:
         events = source.events(after, 100)
         if events:
             after = events[-1]["id"]
