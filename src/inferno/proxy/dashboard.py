@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from inferno.api.dashboard import RequestFilter, Viewer
+from inferno.core.errors import ServiceUnavailable
 from inferno.proxy.admission import Admission
 from inferno.proxy.events import EventLog
 from inferno.proxy.observe import LiveStats
@@ -159,7 +160,8 @@ class ProxyDashboardSource:
 
     async def create_key(self, name: str, scope: str) -> dict[str, Any]:
         if self._store is None:
-            raise RuntimeError("no store")
+            raise ServiceUnavailable("This proxy runs without a database (database_url: "
+                                     "none): keys cannot be created.", retry_after=None)
         key, row = await create_key(self._store, name=name, scope=scope)
         await self._keys.refresh()
         return {"id": row.id, "key": key, "name": name, "scope": scope}
