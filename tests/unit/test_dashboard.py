@@ -63,7 +63,8 @@ async def test_sign_in_with_a_key_or_a_session_cookie(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def seeded(tmp_path: Path) -> AsyncIterator[Gateway]:
-    gw = await start_gateway(tmp_path)
+    # Auth off for good: with "auto", the first key created here would turn it on.
+    gw = await start_gateway(tmp_path, auth="none")
     assert gw.security.store is not None
     await seed(gw.security.store, rows=120)
     gw.events.emit("ejected", "node-1", "breaker open for 5.0 s after HTTP 502")
