@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
 	bash scripts/system-deps.sh $(GPU)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==25.3
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,redis,postgres,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[llamacpp,onnx,remote,redis,postgres,otel,dev]'
 ifneq ($(GPU),)
 	# A venv built for the CPU before: rebuild llama-cpp-python once, for the GPU.
 	$(BIN)/python -c 'import llama_cpp, sys; sys.exit(not llama_cpp.llama_supports_gpu_offload())' \

@@ -8,6 +8,8 @@ command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 command -v make >/dev/null || need+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# The dashboard's browser tests (make test) drive Debian's Chromium through Playwright.
+[ -x /usr/bin/chromium ] || need+=(chromium)
 # `system-deps.sh bench` (make bench-gateway only): nginx with its echo module, and wrk.
 if [ "${1:-}" = bench ]; then
   command -v nginx >/dev/null || need+=(nginx)

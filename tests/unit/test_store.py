@@ -88,7 +88,7 @@ async def test_migrations_are_idempotent(store: Store) -> None:
     log = tables["inferno_request_log"]
     assert log["pk"] == ["request_id"]
     assert {i[0] for i in log["indexes"]} >= {
-        "ix_inferno_request_log_day_key",
+        "ix_inferno_request_log_usage",
         "ix_inferno_request_log_ts",
     }
     assert [c[0] for c in log["columns"]] == [

@@ -205,14 +205,18 @@ class BackendAPI:
         firsts = await _firsts(gens)
         choices = [Choice(g, f, creq.stop_list(), make_tools())
                    for g, f in zip(gens, firsts, strict=True)]
-        self._metrics.ttft.labels(endpoint).observe(time.perf_counter() - started)
+        ttft = time.perf_counter() - started
+        self._metrics.first_token(endpoint, creq.model, ttft)
         turn = Turn(endpoint, creq, choices)
+        turn.ttft = ttft
+        turn.traceparent = req.header("traceparent")
         if creq.stream:
             return StreamingResponse(self._stream(turn, started, held))
         try:
             body = await turn.collect()
         finally:
-            self._metrics.tokens.inc(turn.completion_tokens)
+            self._metrics.turn_done(creq.model, time.perf_counter() - started, ttft,
+                                    turn.completion_tokens, **turn.trace())
         return Response(200, orjson.dumps(body))
 
     async def _stream(self, turn: Turn, started: float,
@@ -229,7 +233,8 @@ class BackendAPI:
             status = 499  # client went away (cancelled) or the stream broke
             raise
         finally:
-            self._metrics.tokens.inc(turn.completion_tokens)
+            self._metrics.turn_done(turn.creq.model, time.perf_counter() - started, turn.ttft,
+                                    turn.completion_tokens, **turn.trace(status))
             self._finish(turn.endpoint, status, started, held)
 
 

@@ -32,6 +32,7 @@ from inferno.core.config import BackendSettings
 from inferno.core.errors import EngineError
 from inferno.net import HttpClient, HttpServer
 from inferno.ops import OpsServer, RateMeter
+from inferno.ops.tracing import tracing_from_env
 
 log = logging.getLogger("inferno.backend")
 
@@ -53,6 +54,7 @@ class BackendNode:
             first=engine, on_change=self._models_changed)
         registry = CollectorRegistry()
         self.metrics = BackendMetrics(registry)
+        self.metrics.tracing = tracing_from_env("inferno-node")  # None unless OTEL_* say so
         token = settings.node_token.get_secret_value() if settings.node_token else None
         self.api = BackendAPI(self.models, self.metrics, lambda: self.state,
                               admin=ModelAdmin(self.models, token=token), load_wait=load_wait)
@@ -124,6 +126,8 @@ class BackendNode:
         await self.models.close()
         await self.ops.stop()
         await self._client.aclose()
+        if self.metrics.tracing is not None:
+            await asyncio.to_thread(self.metrics.tracing.shutdown)  # export what is batched
         log.info("node %s stopped", self.node_id)
 
     async def _sample_rates(self) -> None:

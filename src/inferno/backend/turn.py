@@ -38,6 +38,7 @@ class Choice:
         self.first = first
         self.prompt_tokens = first.prompt_tokens
         self.completion_tokens = 0
+        self.finish: str | None = None  # how it ended, once it has
         self._stops = StopMatcher(stops)
 
     @property
@@ -56,15 +57,17 @@ class Choice:
                 self.prompt_tokens = chunk.prompt_tokens or self.prompt_tokens
                 text = self._stops.feed(chunk.text)
                 if self._stops.stopped:
+                    self.finish = "stop"
                     yield Piece(text, "stop", chunk.logprobs)
                     return
                 if chunk.finish_reason is not None:
-                    yield Piece(text + self._stops.flush(), _finish(chunk.finish_reason),
-                                chunk.logprobs)
+                    self.finish = _finish(chunk.finish_reason)
+                    yield Piece(text + self._stops.flush(), self.finish, chunk.logprobs)
                     return
                 if text or chunk.logprobs:
                     yield Piece(text, None, chunk.logprobs)
                 chunk = await anext(self.gen, None)
+            self.finish = "stop"
             yield Piece(self._stops.flush(), "stop")
         finally:
             await self.gen.aclose()
@@ -81,6 +84,15 @@ class Turn:
         self.top = (creq.top_logprobs or 0) if isinstance(creq, oa.ChatCompletionRequest) \
             else (creq.logprobs or 0)
         self.want_logprobs = bool(creq.logprobs is not None and creq.logprobs is not False)
+        self.ttft = 0.0  # seconds, for the metrics
+        self.traceparent: str | None = None  # the caller's W3C trace context
+
+    def trace(self, status: int = 200) -> dict[str, Any]:
+        """What a trace of this turn records beyond the metrics (see BackendMetrics)."""
+        finishes = {c.finish for c in self.choices if c.finish is not None}
+        return {"endpoint": self.endpoint, "traceparent": self.traceparent, "status": status,
+                "prompt_tokens": self.prompt_tokens,
+                "finish_reason": ",".join(sorted(finishes)) or None}
 
     @property
     def prompt_tokens(self) -> int:

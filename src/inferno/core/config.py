@@ -371,9 +371,22 @@ class ProxySettings(ComponentSettings):
     cache_ttl: Annotated[float, Field(gt=0, le=30 * 86400)] = 3600.0
     # Compressed second level on disk under data_dir/cache (0 disables it).
     cache_disk_max_bytes: Annotated[int, Field(ge=0, le=1 << 44)] = 1024 * 1024 * 1024
+    # The web dashboard at /ui on the API port (admin only; off: 404).
+    ui: bool = True
+    # Alerts the proxy evaluates (proxy/alert_rules.py), POSTed as Slack-compatible JSON to
+    # every webhook; none: alerting off. Silences: "rule" or "rule/subject" (glob).
+    alert_webhooks: Annotated[list[SecretStr], NoDecode] = []
+    alert_interval: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    alert_repeat_interval: Annotated[float, Field(gt=0)] = 3600.0
+    alert_silences: Annotated[list[str], NoDecode] = []
+    alert_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    alert_min_requests: Annotated[int, Field(ge=1)] = 20
+    alert_ttft_p95_s: Annotated[float, Field(gt=0)] = 2.0
+    alert_daily_budget_usd: Annotated[float | None, Field(ge=0)] = None
 
     _csv = field_validator("backends", "jwt_algorithms", "registration_allowlist",
-                           "node_tokens", mode="before")(_split_csv)
+                           "node_tokens", "alert_webhooks", "alert_silences",
+                           mode="before")(_split_csv)
     _routing = field_validator("routing", mode="before")(_routing)
 
 

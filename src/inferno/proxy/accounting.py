@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from inferno.core.errors import InfernoError
@@ -56,6 +56,8 @@ class RequestLog:
             flush_interval=flush_interval, max_backoff=5.0, log=log,
             on_written=metrics.log_written.inc, on_dropped=metrics.log_dropped.inc,
             on_error=metrics.log_write_errors.inc, backlog_gauge=metrics.log_backlog)
+        # Sees every finished request's row, stored or not (metrics, live statistics).
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -71,6 +73,11 @@ class RequestLog:
 
     def record(self, row: dict[str, Any]) -> None:
         """Never blocks and never raises: the request path calls it once per request."""
+        if self.on_record is not None:
+            try:
+                self.on_record(row)
+            except Exception:  # an observer's bug must not fail the request
+                log.exception("request observer failed")
         if self._store is not None:
             self._writer.put(row)
 

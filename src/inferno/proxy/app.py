@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
 import orjson
@@ -45,6 +45,17 @@ if TYPE_CHECKING:
     from inferno.proxy.models_admin import ModelsAdmin
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
+    from inferno.proxy.tracing import ProxyTracing
+
+
+
+class Mount(Protocol):
+    """Routes another component serves on the API port (the dashboard at /ui)."""
+
+    def owns(self, path: str) -> bool: ...
+
+    async def handle(self, req: Request) -> Response | StreamingResponse: ...
+
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 # Other APIs, served by translating to chat completions (proxy.anthropic, proxy.responses).
@@ -72,6 +83,8 @@ class ProxyAPI:
         self._metrics = metrics
         self._request_timeout = request_timeout
         self.accepting = True
+        self.mounts: list[Mount] = []
+        self.tracing: ProxyTracing | None = None  # OTEL_* variables turn it on
         self.in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _ROUTES}
@@ -115,6 +128,9 @@ class ProxyAPI:
             return self._model(unquote(path.removeprefix("/v1/models/")))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
+        for mount in self.mounts:
+            if mount.owns(path):
+                return await mount.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
 
     async def _translated(self, req: Request, path: str) -> Response | StreamingResponse:
@@ -195,6 +211,7 @@ class ProxyAPI:
             body = orjson.dumps({**data, "model": target})
         profile = self._router.profile_for(target, req.header("x-inferno-profile"))
         session = req.header("x-session-id")
+        queued_at = 0.0
         while True:
             snapshot = self._pool.snapshot
             nodes = snapshot.by_model.get(target)
@@ -207,9 +224,15 @@ class ProxyAPI:
                                          retry_after=1)
             if self._admission.has_room(decision.order):
                 break
+            queued_at = queued_at or time.perf_counter()
             await self._admission.wait(deadline)  # raises Overloaded when refused
+        self._metrics.queue_time.observe(queued_at and time.perf_counter() - queued_at)
         order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
-        return await self._forwarder.forward(path, req.headers, body, order, stream,
+        headers = req.headers
+        if self.tracing is not None:
+            parent = self.tracing.start(req, path, target, stream)
+            headers = [*(h for h in headers if h[0] != b"traceparent"), (b"traceparent", parent)]
+        return await self._forwarder.forward(path, headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)
 
     def _models(self) -> Response:

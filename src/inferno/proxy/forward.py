@@ -60,7 +60,8 @@ log = logging.getLogger("inferno.proxy")
 # 500 too: an inference node's internal error is rarely the request's fault, and another
 # node usually answers; 4xx are never retried.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id"))
+_FORWARDED = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent",
+                        b"tracestate"))
 
 # The [DONE] event (at the start of a block or of a line: _done_end checks). A raw CR or
 # LF never occurs inside a JSON data line, so "[DONE]" in a completion's text cannot match.
@@ -91,6 +92,7 @@ class Forwarder:
         *,
         max_attempts: int,
         on_release: Callable[[], None] = lambda: None,
+        on_failover: Callable[[Node, Node], None] | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
@@ -99,6 +101,7 @@ class Forwarder:
         self._t = timeouts
         self._max_attempts = max_attempts
         self._on_release = on_release
+        self._on_failover = on_failover  # (from, to): the self-healing timeline
         self._cut = {r: metrics.streams_cut.labels(r) for r in CUT_REASONS}
 
     def _release(self, node: Node) -> None:
@@ -122,6 +125,7 @@ class Forwarder:
         last_error: UpstreamError | None = None
         last_reply: tuple[int, bytes, str] | None = None
         deadline_passed = False
+        prev: Node | None = None
         for node in nodes:
             if attempts >= self._max_attempts:
                 break
@@ -134,6 +138,11 @@ class Forwarder:
                 break
             if not node.breaker.acquire(now):
                 continue  # its single half-open probe is already out
+            if prev is not None:
+                self._metrics.failovers.inc()
+                if self._on_failover is not None:
+                    self._on_failover(prev, node)
+            prev = node
             attempts += 1
             self._metrics.attempts.inc()
             node.outstanding += 1

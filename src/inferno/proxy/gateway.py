@@ -16,22 +16,29 @@ from inferno.api.node import NodeState, Vitals
 from inferno.core.config import ProxySettings
 from inferno.net import HttpClient, HttpServer
 from inferno.ops import OpsServer
+from inferno.ops.tracing import tracing_from_env
 from inferno.proxy.admission import Admission
+from inferno.proxy.alert_rules import build_rules
+from inferno.proxy.alerts import AlertManager, WebhookSender
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
+from inferno.proxy.events import EventLog
 from inferno.proxy.forward import Forwarder, Timeouts
 from inferno.proxy.health.active import ActiveHealth
 from inferno.proxy.health.breaker import BreakerPolicy
 from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.models_admin import ModelsAdmin
-from inferno.proxy.pool import Pool
+from inferno.proxy.node_metrics import register_pool_metrics
+from inferno.proxy.observe import LiveStats, RequestObserver
+from inferno.proxy.pool import Node, Pool
 from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
 from inferno.proxy.security.setup import Security
 from inferno.proxy.state import RouterState
+from inferno.proxy.tracing import ProxyTracing
 
 log = logging.getLogger("inferno.proxy")
 
@@ -50,12 +57,18 @@ class Gateway:
             max_ejection=s.max_ejection))
         self.metrics.bind_pool(
             lambda st: sum(1 for n in self.pool.snapshot.nodes if n.state == st))
+        register_pool_metrics(registry, self.pool)
+        # The self-healing timeline and the live statistics (dashboard, alerts).
+        self.events = EventLog()
+        self.stats = LiveStats()
+        self.pool.on_event = self.events.emit
         self.client = HttpClient()
         self.passive = PassiveHealth(self.pool, max_ejected_percent=s.max_ejected_percent,
-                                     on_eject=lambda n: self.metrics.ejections.inc())
+                                     on_eject=self._ejected, on_readmit=self._readmitted)
         self.active = ActiveHealth(self.pool, self.client, interval=s.health_interval,
                                    timeout=s.health_timeout, healthy_after=s.healthy_after,
-                                   unhealthy_after=s.unhealthy_after)
+                                   unhealthy_after=s.unhealthy_after,
+                                   on_change=self._health_changed)
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
         self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
                                    queue_wait=s.queue_wait)
@@ -63,9 +76,17 @@ class Gateway:
         forwarder = Forwarder(
             self.client, self.metrics, self.passive, self.budget,
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
-            max_attempts=s.max_attempts, on_release=self.admission.release)
+            max_attempts=s.max_attempts, on_release=self.admission.release,
+            on_failover=lambda a, b: self.events.emit(
+                "failover", a.id, f"a request moved to {b.id} after: {a.last_error}"))
+        self.metrics.running.set_function(
+            lambda: float(sum(n.outstanding for n in self.pool.snapshot.nodes)))
+        self.metrics.waiting.set_function(lambda: float(self.admission.queued))
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
         self.stored = ResponseStore(self.security.store, flush_interval=s.log_flush_interval)
+        observer = RequestObserver(self.metrics, self.stats)
+        self.security.log.on_record = observer
+        self.tracing = tracing_from_env("inferno-proxy")  # None unless OTEL_* say so
         self.api = ProxyAPI(self.pool, self.router, forwarder, self.admission, self.metrics,
                             request_timeout=s.request_timeout, guard=self.security.guard,
                             admin=self.security.admin,
@@ -74,6 +95,11 @@ class Gateway:
                                 node_tokens=[t.get_secret_value() for t in s.node_tokens],
                                 audit=self.security.audit.record),
                             stored=self.stored)
+        if self.tracing is not None:
+            self.api.tracing = observer.tracing = ProxyTracing(self.tracing)
+        if s.ui:
+            self.api.mounts.append(self._dashboard())
+        self.alerts = self._alerts() if s.alert_webhooks else None
         self.server = HttpServer(
             self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,
@@ -102,6 +128,9 @@ class Gateway:
         if s.backends:
             self._tasks.append(asyncio.create_task(probe_static(self.pool, self.client,
                                                                 list(s.backends))))
+        if self.alerts is not None:
+            await self._load_spend()
+            self._tasks.append(asyncio.create_task(self.alerts.run(s.alert_interval)))
         self.state = "ready"
         log.info("proxy ready on http://%s:%d/v1 (ops %d)", s.host, self.server.port,
                  self.ops.port)
@@ -119,6 +148,52 @@ class Gateway:
         await self.ops.stop()
         await self.stored.close()  # writes the stored responses still queued
         await self.security.close()  # flushes the request log
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # export what is batched
+
+    def _dashboard(self) -> Any:
+        # Imported here: a proxy run with ui off never loads Jinja2 or the templates.
+        from inferno.proxy.dashboard import ProxyDashboardSource
+        from inferno.ui import Dashboard
+
+        sec = self.security
+        return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
+                                              self.admission, sec.auth, sec.keys, sec.store,
+                                              serving=lambda: self.api.accepting))
+
+    def _alerts(self) -> AlertManager:
+        s = self.settings
+        m = self.metrics.alert_notifications
+        return AlertManager(
+            build_rules(s, self.pool, self.stats),
+            [w.get_secret_value() for w in s.alert_webhooks],
+            WebhookSender(on_result=lambda ok: m.labels("ok" if ok else "failed").inc()),
+            silences=list(s.alert_silences), repeat_interval=s.alert_repeat_interval,
+            on_change=lambda rule, subject, detail, firing: self.events.emit(
+                "alert_firing" if firing else "alert_resolved", subject, f"{rule}: {detail}"))
+
+    async def _load_spend(self) -> None:
+        """Today's spend so far, so a restart does not reset the budget alert."""
+        store = self.security.store
+        if store is not None:
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            self.stats.add_spend(sum(u.cost for u in await store.requests.usage(
+                since_day=today, until_day=today)))
+
+    def _ejected(self, node: Node) -> None:
+        self.metrics.ejections.inc()
+        wait = max(0.0, node.breaker.open_until - time.monotonic())
+        self.events.emit("ejected", node.id, f"breaker open for {wait:.1f} s after "
+                         f"{node.last_error} (ejection #{node.breaker.ejections})")
+
+    def _readmitted(self, node: Node) -> None:
+        self.metrics.readmissions.inc()
+        self.events.emit("readmitted", node.id, "its probe request succeeded; breaker closed")
+
+    def _health_changed(self, node: Node, healthy: bool) -> None:
+        self.events.emit("healthy" if healthy else "unhealthy", node.id,
+                         "back in rotation after passing health checks" if healthy
+                         else "out of rotation: failed health checks")
 
     def vitals(self) -> dict[str, Any]:
         snap = self.pool.snapshot

@@ -91,6 +91,12 @@ class Pool:
         self._breaker = breaker or BreakerPolicy()
         self._clock = clock
         self.snapshot = PoolSnapshot()
+        # (kind, node id, detail) on membership changes, for the self-healing timeline.
+        self.on_event: Callable[[str, str, str], None] | None = None
+
+    def _emit(self, kind: str, node_id: str, detail: str = "") -> None:
+        if self.on_event is not None:
+            self.on_event(kind, node_id, detail)
 
     def _publish(self) -> None:
         self.snapshot = PoolSnapshot.build(list(self._nodes.values()))
@@ -109,6 +115,7 @@ class Pool:
             if node.state != reg.state:
                 node.state = reg.state
                 self._publish()
+                self._emit(reg.state, reg.id, f"the node reports {reg.state}")
             return node
         node = Node(id=reg.id, host=reg.host, port=reg.port, ops_port=reg.metrics_port,
                     models=models, capacity=reg.capacity, source=source, state=reg.state,
@@ -118,6 +125,7 @@ class Pool:
                     breaker=Breaker(self._breaker))
         self._nodes[reg.id] = node
         self._publish()
+        self._emit("registered", reg.id, f"{source} node serving {', '.join(sorted(models))}")
         return node
 
     def remove(self, node_id: str) -> bool:
@@ -125,6 +133,7 @@ class Pool:
         if self._nodes.pop(node_id, None) is None:
             return False
         self._publish()
+        self._emit("deregistered", node_id, "the node left the pool")
         return True
 
     def expire(self) -> list[str]:
@@ -134,6 +143,8 @@ class Pool:
             del self._nodes[nid]
         if gone:
             self._publish()
+        for nid in gone:
+            self._emit("expired", nid, "its lease lapsed (no heartbeat)")
         return gone
 
     def get(self, node_id: str) -> Node | None:

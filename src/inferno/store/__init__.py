@@ -9,6 +9,7 @@ Components import this package, never each other.
 
 from inferno.store.engine import Store, StoreUnavailable, default_sqlite_url, normalise_url
 from inferno.store.governator import GovernatorRepo
+from inferno.store.logquery import LogFilter, RequestQuery
 from inferno.store.repos import ApiKeyRow, KeyRepo, RequestRepo, UsageRow
 from inferno.store.responses import ResponseRepo, StoredResponse
 from inferno.store.writer import BatchWriter
@@ -18,6 +19,8 @@ __all__ = [
     "BatchWriter",
     "GovernatorRepo",
     "KeyRepo",
+    "LogFilter",
+    "RequestQuery",
     "RequestRepo",
     "ResponseRepo",
     "Store",

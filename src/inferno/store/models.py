@@ -56,8 +56,13 @@ request_log = Table(
     Column("request_body", Text, nullable=True),
     Column("response_body", Text, nullable=True),
 )
-Index("ix_inferno_request_log_day_key", request_log.c.day, request_log.c.key_id)
+# Covering the usage roll-up (GROUP BY day, key, model): read from the index alone.
+Index("ix_inferno_request_log_usage", *(request_log.c[n] for n in (
+    "day", "key_id", "model", "status", "prompt_tokens", "completion_tokens", "cost",
+    "cache_hit")))
 Index("ix_inferno_request_log_ts", request_log.c.ts)
+Index("ix_inferno_request_log_key_ts", request_log.c.key_id, request_log.c.ts)
+Index("ix_inferno_request_log_model_ts", request_log.c.model, request_log.c.ts)
 
 # One row per stored Responses API response, readable only by the key that created it
 # (``owner`` is the key id; "" when auth is off). ``messages`` is the whole conversation up

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import orjson
 
@@ -22,7 +23,9 @@ log = logging.getLogger("inferno.proxy.health")
 
 class ActiveHealth:
     def __init__(self, pool: Pool, client: HttpClient, *, interval: float, timeout: float,
-                 healthy_after: int, unhealthy_after: int) -> None:
+                 healthy_after: int, unhealthy_after: int,
+                 on_change: Callable[[Node, bool], None] | None = None) -> None:
+        self._on_change = on_change  # (node, healthy now): the self-healing timeline
         self._pool = pool
         self._client = client
         self._interval = interval
@@ -48,6 +51,8 @@ class ActiveHealth:
                     node.passes = 0
                     log.info("node %s back in rotation after %d passing checks", node.id,
                              self._healthy_after)
+                    if self._on_change is not None:
+                        self._on_change(node, True)
             return
         node.passes = 0
         fails = self._fails.get(node.id, 0) + 1
@@ -55,6 +60,8 @@ class ActiveHealth:
         if node.healthy and fails >= self._unhealthy_after:
             node.healthy = False
             log.warning("node %s out of rotation: %d failed health checks", node.id, fails)
+            if self._on_change is not None:
+                self._on_change(node, False)
 
     async def _probe(self, node: Node) -> bool:
         try:

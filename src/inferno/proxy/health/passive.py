@@ -20,16 +20,20 @@ log = logging.getLogger("inferno.proxy.health")
 class PassiveHealth:
     def __init__(self, pool: Pool, *, max_ejected_percent: float,
                  on_eject: Callable[[Node], None] | None = None,
+                 on_readmit: Callable[[Node], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._pct = max_ejected_percent
         self._on_eject = on_eject
+        self._on_readmit = on_readmit
         self._clock = clock
         self.ejections = 0
 
     def success(self, node: Node) -> None:
         if node.breaker.success(self._clock()):
             log.info("node %s re-admitted: its probe request succeeded", node.id)
+            if self._on_readmit is not None:
+                self._on_readmit(node)
 
     def failure(self, node: Node, reason: str) -> None:
         node.failures += 1

@@ -1,7 +1,7 @@
 """The audit trail: append-only rows chained by hash, and the chain's head.
 
 Revision ID: 0005_audit
-Revises: 0003_responses
+Revises: 0004_request_log_filters
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_audit"
-down_revision = "0003_responses"
+down_revision = "0004_request_log_filters"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,173 @@
+"""The dashboard's view of this proxy: the :class:`inferno.api.dashboard.DataSource` it reads.
+
+Live figures come from the proxy's own state (pool, event log, live statistics), history
+from the store (request log, usage roll-up, the governator's tables), so the dashboard
+works without Prometheus. The gateway builds this and mounts the dashboard over it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from inferno.api.dashboard import RequestFilter, Viewer
+from inferno.core.errors import ServiceUnavailable
+from inferno.proxy.admission import Admission
+from inferno.proxy.events import EventLog
+from inferno.proxy.observe import LiveStats
+from inferno.proxy.pool import Node, Pool
+from inferno.proxy.security.auth import Authenticator
+from inferno.proxy.security.keys import KeyCache, create_key, display
+from inferno.store import LogFilter, RequestQuery, Store
+
+_PAST_TTL = 300.0
+
+
+class ProxyDashboardSource:
+    def __init__(self, pool: Pool, events: EventLog, stats: LiveStats, admission: Admission,
+                 auth: Authenticator, keys: KeyCache, store: Store | None,
+                 serving: Callable[[], bool] = lambda: True) -> None:
+        self._serving = serving
+        self._pool = pool
+        self._events = events
+        self._stats = stats
+        self._admission = admission
+        self._auth = auth
+        self._keys = keys
+        self._store = store
+        self._log = RequestQuery(store.engine) if store is not None else None
+        # since_day -> (the day it was computed, when, rows): usage before today.
+        self._past: dict[str, tuple[str, float, list[dict[str, Any]]]] = {}
+
+    @property
+    def serving(self) -> bool:
+        return self._serving()
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self._auth.enabled
+
+    def verify(self, credential: str) -> Viewer | None:
+        principal = None
+        if credential.startswith("inf_"):
+            principal = self._keys.verify(credential)
+        elif self._auth.jwt is not None and credential.count(".") == 2:
+            principal = self._auth.jwt.verify(credential)
+        return None if principal is None else Viewer(principal.key_id, principal.is_admin)
+
+    def summary(self, window_s: int) -> dict[str, Any]:
+        return self._stats.summary(window_s)
+
+    def series(self, window_s: int) -> list[dict[str, Any]]:
+        return self._stats.series(window_s)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [self._node(n, now) for n in self._pool.snapshot.nodes]
+
+    def _node(self, n: Node, now: float) -> dict[str, Any]:
+        strip = self._stats.node_strip(n.id)
+        b = n.breaker
+        if n.state == "draining":
+            status = "draining"
+        elif not n.healthy or b.state == "open" or (b.state == "half_open"
+                                                     and not n.routable(now)):
+            status = "ejected"
+        elif b.state != "closed" or b.failures or strip[-1]["errors"]:
+            status = "degraded"
+        else:
+            status = "healthy"
+        return {"id": n.id, "address": n.address, "models": sorted(n.models),
+                "status": status, "breaker": b.state, "ejections": b.ejections,
+                "ejected_for_s": round(max(0.0, b.open_until - now), 1)
+                if b.state == "open" else 0.0,
+                "in_flight": n.outstanding, "cap": self._admission.cap(n),
+                "queue_depth": n.queue_depth,
+                "tokens_per_s": round(self._stats.node_tokens_per_s(n.id), 2),
+                "ttft_ms": round(n.ewma_ttft * 1000, 1), "requests": n.requests,
+                "failures": n.failures, "strip": strip,
+                "last_error": n.last_error if n.healthy else "failing its health checks"}
+
+    def events(self, after: int, limit: int) -> list[dict[str, Any]]:
+        return [e.as_dict() for e in self._events.since(after, limit)]
+
+    @property
+    def last_event_id(self) -> int:
+        return self._events.last_id
+
+    async def decisions(self, limit: int) -> list[dict[str, Any]]:
+        if self._store is None:
+            return []
+        return await self._store.governator.decisions(limit=limit)
+
+    async def autoscaler(self, window_s: int) -> dict[str, Any]:
+        if self._store is None:
+            return {"pools": {}, "decisions": []}
+        since = time.time() - window_s
+        samples = await self._store.governator.samples(None, since)
+        decisions = await self._store.governator.decisions(limit=200)
+        pools: dict[str, list[dict[str, Any]]] = {}
+        by_pool = sorted(decisions, key=lambda d: d["at"])
+        for s in samples:
+            desired = next((d["desired"] for d in reversed(by_pool)
+                            if d["pool"] == s["pool"] and d["at"] <= s["at"]), None)
+            actual = int(s.get("ready") or 0)
+            pools.setdefault(s["pool"], []).append(
+                {"t": s["at"], "actual": actual,
+                 "starting": int(s.get("starting") or 0),
+                 "desired": actual if desired is None else desired})
+        return {"pools": pools, "decisions": decisions[:50]}
+
+    async def requests(self, f: RequestFilter, before: tuple[float, str] | None,
+                       limit: int) -> list[dict[str, Any]]:
+        if self._log is None:
+            return []
+        return await self._log.page(LogFilter(**asdict(f)), before=before, limit=limit)
+
+    async def request(self, request_id: str) -> dict[str, Any] | None:
+        return None if self._log is None else await self._log.get(request_id)
+
+    async def usage(self, since_day: str) -> list[dict[str, Any]]:
+        """Past days from a cache (kept five minutes: late rows of a flushed backlog still
+        show up), today from the database: a page load reads one day, not the window."""
+        if self._store is None:
+            return []
+        repo = self._store.requests
+        now = time.time()
+        today = time.strftime("%Y-%m-%d", time.gmtime(now))
+        past: list[dict[str, Any]] = []
+        if since_day < today:
+            hit = self._past.get(since_day)
+            if hit is None or hit[0] != today or now - hit[1] > _PAST_TTL:
+                yesterday = time.strftime("%Y-%m-%d", time.gmtime(now - 86_400))
+                rows = [asdict(u) for u in await repo.usage(since_day=since_day,
+                                                            until_day=yesterday)]
+                if len(self._past) >= 8:
+                    self._past.clear()
+                hit = self._past[since_day] = (today, now, rows)
+            past = hit[2]
+        live = await repo.usage(since_day=max(since_day, today))
+        return past + [asdict(u) for u in live]
+
+    async def keys(self) -> list[dict[str, Any]]:
+        if self._store is None:
+            return []
+        return [{"id": r.id, "prefix": display(r.id), "name": r.name, "scope": r.scope,
+                 "created_at": r.created_at, "revoked": r.revoked_at is not None}
+                for r in await self._store.keys.list()]
+
+    async def create_key(self, name: str, scope: str) -> dict[str, Any]:
+        if self._store is None:
+            raise ServiceUnavailable("This proxy runs without a database (database_url: "
+                                     "none): keys cannot be created.", retry_after=None)
+        key, row = await create_key(self._store, name=name, scope=scope)
+        await self._keys.refresh()
+        return {"id": row.id, "key": key, "name": name, "scope": scope}
+
+    async def revoke_key(self, key_id: str) -> bool:
+        if self._store is None or not await self._store.keys.revoke(key_id):
+            return False
+        await self._keys.refresh()
+        return True

@@ -1,0 +1,114 @@
+"""The dashboard at ``/ui``: server-rendered pages over a :class:`DataSource`.
+
+Each page is one HTML response with its data inside (at most one more call: the live
+stream, or a request's details on click). Mounted by the proxy through ``owns`` and
+``handle``; admin only, like the admin API (Bearer admin key, or the login form's session
+cookie). Forms post back here; ``SameSite=Strict`` and an Origin check keep other sites'
+forms out.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from inferno.api.dashboard import DataSource, Viewer
+from inferno.core.errors import AuthenticationError, NotFound, PermissionDenied
+from inferno.net import Request, Response, StreamingResponse
+from inferno.ui.assets import StaticFiles, templates
+from inferno.ui.live import live
+from inferno.ui.pages import Pages
+from inferno.ui.sessions import Sessions
+
+PREFIX = "/ui"
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_PAGE_HEADERS = [("content-security-policy", _CSP), ("x-frame-options", "DENY"),
+                 ("referrer-policy", "no-referrer"), ("cache-control", "no-store"),
+                 ("x-content-type-options", "nosniff")]
+
+
+class Dashboard:
+    def __init__(self, source: DataSource, *, live_interval: float = 1.0) -> None:
+        self._source = source
+        self._sessions = Sessions(source)
+        self._static = StaticFiles()
+        self._pages = Pages(source, templates())
+        self._live_interval = live_interval
+
+    def owns(self, path: str) -> bool:
+        return path == PREFIX or path.startswith(PREFIX + "/")
+
+    async def handle(self, req: Request) -> Response | StreamingResponse:
+        path = req.path.rstrip("/") or "/"
+        if req.path in self._static and req.method in ("GET", "HEAD"):
+            return self._static.serve(req)
+        if path == "/ui/login":
+            return await self._login(req)
+        viewer = self._sessions.viewer(req)
+        if viewer is None:
+            if req.method == "GET" and path != "/ui/live" and "/api/" not in path:
+                return _redirect("/ui/login")
+            raise AuthenticationError("Sign in with an admin API key.")
+        if not viewer.admin:
+            raise PermissionDenied("The dashboard needs an API key with the admin scope.")
+        if req.method == "POST":
+            _same_origin(req)
+            return await self._post(req, path)
+        if req.method != "GET":
+            raise NotFound(f"Unknown route {req.method} {req.path}.")
+        q = {k: v[-1] for k, v in parse_qs(req.query or "").items()}
+        if path == "/ui/live":
+            return live(self._source, req, self._live_interval)
+        if path.startswith("/ui/api/requests/"):
+            row = await self._source.request(path.rsplit("/", 1)[-1])
+            if row is None:
+                raise NotFound("No request with this id.")
+            return Response.json(row)
+        page = self._pages.route(path)
+        if page is None:
+            raise NotFound(f"Unknown page {req.path}.")
+        return _html(await page(q, viewer))
+
+    async def _post(self, req: Request, path: str) -> Response:
+        form = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
+        if path == "/ui/logout":
+            return _redirect("/ui/login", cookie=self._sessions.end(req))
+        if path == "/ui/keys":
+            return _html(await self._pages.create_key(form))
+        if path.startswith("/ui/keys/") and path.endswith("/revoke"):
+            await self._source.revoke_key(path.split("/")[3])
+            return _redirect("/ui/usage")
+        raise NotFound(f"Unknown route POST {req.path}.")
+
+    async def _login(self, req: Request) -> Response:
+        if req.method == "POST":
+            _same_origin(req)
+            form = parse_qs(req.body.decode("utf-8", "replace"))
+            key = (form.get("key") or [""])[-1].strip()
+            viewer: Viewer | None = self._source.verify(key) if key else None
+            if viewer is not None and viewer.admin:
+                return _redirect("/ui", cookie=self._sessions.start(viewer))
+            return _html(self._pages.login("That key is not a valid admin key."), status=401)
+        if not self._source.auth_enabled:
+            return _redirect("/ui")
+        return _html(self._pages.login(None))
+
+
+def _html(body: str, status: int = 200) -> Response:
+    return Response(status, body.encode(), headers=list(_PAGE_HEADERS),
+                    content_type="text/html; charset=utf-8")
+
+
+def _redirect(to: str, cookie: str | None = None) -> Response:
+    headers = [("location", to), ("cache-control", "no-store")]
+    if cookie is not None:
+        headers.append(("set-cookie", cookie))
+    return Response(303, b"", headers=headers, content_type="text/plain")
+
+
+def _same_origin(req: Request) -> None:
+    """Refuse a form posted from another site (browsers send Origin on POST)."""
+    origin = req.header("origin")
+    host = req.header("host")
+    if origin and origin != "null" and host and urlsplit(origin).netloc != host:
+        raise PermissionDenied("Cross-site form posts are refused.")
