@@ -70,6 +70,8 @@ def redact(url: str) -> str:
 class Store:
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 5) -> None:
         """``schema`` (PostgreSQL only) puts every table in its own schema (tests use it)."""
+        from inferno.store.batch import BatchRepo, FileRepo, ScheduleRepo
+        from inferno.store.batch_items import ItemRepo
         from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
 
@@ -92,6 +94,10 @@ class Store:
         self.keys = KeyRepo(self.engine)
         self.requests = RequestRepo(self.engine)
         self.governator = GovernatorRepo(self.engine)
+        self.files = FileRepo(self.engine)
+        self.batches = BatchRepo(self.engine)
+        self.batch_items = ItemRepo(self.engine)
+        self.schedules = ScheduleRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import inferno.store.batch  # (its tables join the metadata)
 import inferno.store.governator  # noqa: F401  (its tables join the metadata)
 from inferno.store.models import metadata
 
