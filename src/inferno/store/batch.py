@@ -141,7 +141,7 @@ class FileRepo:
             rows = _rows(await conn.execute(select(files).where(files.c.id == file_id)))
         return rows[0] if rows else None
 
-    async def list(self, *, owner: str | None, all_owners: bool, purpose: str | None,
+    async def find(self, *, owner: str | None, all_owners: bool, purpose: str | None,
                    after: Row | None, limit: int, newest_first: bool) -> list[Row]:
         q = select(files)
         if not all_owners:
@@ -200,7 +200,7 @@ class BatchRepo:
             rows = _rows(await conn.execute(select(batches).where(batches.c.id == batch_id)))
         return rows[0] if rows else None
 
-    async def list(self, *, owner: str | None, all_owners: bool, after: Row | None,
+    async def find(self, *, owner: str | None, all_owners: bool, after: Row | None,
                    limit: int) -> list[Row]:
         q = select(batches)
         if not all_owners:
@@ -254,7 +254,7 @@ class ScheduleRepo:
                 select(schedules).where(schedules.c.id == schedule_id)))
         return rows[0] if rows else None
 
-    async def list(self, *, owner: str | None, all_owners: bool) -> list[Row]:
+    async def find(self, *, owner: str | None, all_owners: bool) -> list[Row]:
         q = select(schedules).order_by(schedules.c.created_at)
         if not all_owners:
             q = q.where(schedules.c.owner == owner if owner is not None
