@@ -16,6 +16,7 @@ from inferno import __version__
 from inferno.cli_models import models_app
 from inferno.core.config import (
     BackendSettings,
+    BatchSettings,
     ComponentSettings,
     GovernatorSettings,
     ProxySettings,
@@ -175,13 +176,13 @@ def proxy(
     log_level: LogOpt = "info",
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the nodes."""
-    from inferno.proxy.gateway import Gateway
-    from inferno.wiring import configure_logging, run_service
+    from inferno.wiring import build_gateway, configure_logging, run_service
 
     settings = _settings(ProxySettings, _cli(locals(), ProxySettings), config)
+    batch = _settings(BatchSettings, {}, config)
     configure_logging(log_level)
     try:
-        run_service(lambda: Gateway(settings))
+        run_service(lambda: build_gateway(settings, batch))
     except ConfigError as exc:  # e.g. a public bind without auth, a bad JWT key
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc

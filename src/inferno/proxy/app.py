@@ -3,13 +3,18 @@
 The body is parsed once with orjson to find ``model``, ``stream`` and ``user``; it is
 forwarded as received. Deeper validation happens on the node, whose 4xx is relayed
 unchanged (and never retried).
+
+Other components serve routes through :meth:`ProxyAPI.mount` (a :class:`Mount`: the Batch
+and Files API), and run requests through the same pipeline with :meth:`ProxyAPI.dispatch`:
+as a given principal, at background priority (see ``admission.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -24,7 +29,7 @@ from inferno.core.errors import (
     NotReady,
 )
 from inferno.core.validation import json_object
-from inferno.net import Request, Response, StreamingResponse
+from inferno.net import BodySink, Request, Response, StreamingResponse
 from inferno.proxy.admission import Admission
 from inferno.proxy.forward import Forwarder
 from inferno.proxy.metrics import ProxyMetrics
@@ -37,6 +42,20 @@ if TYPE_CHECKING:
     from inferno.proxy.security.guard import RequestGuard
 
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# Set while a request runs for background work (ProxyAPI.dispatch): admitted at low priority.
+_BACKGROUND: ContextVar[bool] = ContextVar("inferno_background", default=False)
+
+
+class Mount(Protocol):
+    """Routes another component serves on the API port. The proxy authenticates on the
+    headers first (``check_head``); ``body_sink`` may then take the body as it streams in
+    (an upload), instead of the proxy reading it into memory."""
+
+    def owns(self, path: str) -> bool: ...
+
+    def body_sink(self, req: Request) -> BodySink | None: ...
+
+    async def handle(self, req: Request) -> Response | StreamingResponse: ...
 
 
 class ProxyAPI:
@@ -56,7 +75,9 @@ class ProxyAPI:
         self._metrics = metrics
         self._request_timeout = request_timeout
         self.accepting = True
+        self._mounts: list[Mount] = []
         self.in_flight = 0
+        self.background_in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
         # Per-request metric work kept to one locked add each: children resolved once, and
@@ -69,12 +90,46 @@ class ProxyAPI:
         unauthenticated client cannot make the proxy hold its upload."""
         if self._guard is not None and req.path.startswith("/v1/"):
             req.auth = self._guard.auth.authenticate(req)
+        for mount in self._mounts:
+            if mount.owns(req.path):
+                req.sink = mount.body_sink(req)
+                return
+
+    def mount(self, mount: Mount) -> None:
+        self._mounts.append(mount)
+
+    async def dispatch(self, principal: object, path: str, body: bytes) -> Response:
+        """Run one inference request through the whole pipeline (auth already decided:
+        ``principal``; limits, routing, accounting) at background priority."""
+        req = Request("POST", path, "", [(b"content-type", b"application/json")], body,
+                      None, True, False)
+        req.auth = principal
+        token = _BACKGROUND.set(True)
+        self.background_in_flight += 1
+        try:
+            resp = await self._inference(req, path)
+        finally:
+            self.background_in_flight -= 1
+            _BACKGROUND.reset(token)
+        if isinstance(resp, StreamingResponse):  # never asked for, but read it whole
+            chunks = [c async for c in resp.chunks]
+            resp = Response(resp.status, b"".join(chunks), headers=resp.headers,
+                            content_type=resp.content_type)
+        return resp
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path
         if path in _INFERENCE:
             if req.method != "POST":
                 raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
+            if req.header("x-inferno-priority") == "background":  # batch workers' requests
+                token = _BACKGROUND.set(True)
+                self.background_in_flight += 1
+                try:
+                    return await self._inference(req, path)
+                finally:
+                    self.background_in_flight -= 1
+                    _BACKGROUND.reset(token)
             return await self._inference(req, path)
         if self._guard is not None and path.startswith("/v1/models"):
             self._guard.auth.authenticate(req)
@@ -88,12 +143,18 @@ class ProxyAPI:
             return self._model(path.removeprefix("/v1/models/"))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
+        for mount in self._mounts:
+            if mount.owns(path):
+                return await mount.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
 
     async def _inference(self, req: Request, path: str) -> Response | StreamingResponse:
         started = time.perf_counter()
         self.in_flight += 1
         self.requests_total += 1
+        background = _BACKGROUND.get()
+        if not background:
+            self._admission.note_interactive(self.in_flight - self.background_in_flight)
         status = 500
         streaming = False
         try:
@@ -125,6 +186,7 @@ class ProxyAPI:
                                  model: str, stream: bool, user: str | None,
                                  body: bytes | None = None) -> Response | StreamingResponse:
         deadline = time.monotonic() + self._request_timeout
+        background = _BACKGROUND.get()
         body = req.body if body is None else body
         target = self._router.target_model(model)
         if target != model:  # canary: only these requests pay for re-serialising
@@ -141,10 +203,16 @@ class ProxyAPI:
             if not decision.order:
                 raise NoBackendAvailable(f"No healthy node serves '{target}' right now.",
                                          retry_after=1)
+            if background:
+                order = self._admission.background_room(decision.order)
+                if order:
+                    break
+                await self._admission.wait_background(deadline)
+                continue
             if self._admission.has_room(decision.order):
+                order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
                 break
             await self._admission.wait(deadline)  # raises Overloaded when refused
-        order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
         return await self._forwarder.forward(path, req.headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)
 

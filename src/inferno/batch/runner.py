@@ -1,0 +1,182 @@
+"""Workers: claim due items under a lease, dispatch them, record each outcome once.
+
+One :class:`Runner` keeps up to ``concurrency`` items in flight. Items are claimed in one
+statement (see ``store/batch_items.py``) and their leases renewed every third of the lease
+while they run, so only a dead worker's items are taken over. Outcomes:
+
+- 2xx: the output line, recorded with the state ``done`` in one statement;
+- retryable (408, 409, 429, 5xx, or no answer): back to ``pending`` for a later attempt,
+  after ``retry_base`` doubling per attempt up to ``retry_max``, or the answer's
+  ``Retry-After`` when longer; after ``max_attempts`` the last answer goes to the error
+  file (the dead letter);
+- any other 4xx: the error file at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from inferno.batch.types import Answer, Dispatch
+from inferno.store import Claimed, Store
+
+log = logging.getLogger("inferno.batch")
+_RETRYABLE = frozenset({408, 409, 429})
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    concurrency: int = 8
+    lease: float = 30.0
+    max_attempts: int = 5
+    retry_base: float = 1.0
+    retry_max: float = 60.0
+    poll_interval: float = 0.5
+
+
+def retryable(status: int) -> bool:
+    return status in _RETRYABLE or status >= 500
+
+
+def line(custom_id: str, answer: Answer | None, error: dict[str, str] | None = None) -> str:
+    """One line of the output or error file, in OpenAI's shape."""
+    response = None
+    if answer is not None:
+        try:
+            body: Any = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            body = answer.body.decode("utf-8", "replace")
+        response = {"status_code": answer.status, "request_id": answer.request_id,
+                    "body": body}
+    return orjson.dumps({"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id,
+                         "response": response, "error": error}).decode()
+
+
+def _usage(body: bytes) -> tuple[int, int]:
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0, 0
+    if not isinstance(usage, dict):
+        return 0, 0
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+
+
+class Runner:
+    def __init__(self, store: Store, dispatch: Dispatch, config: RunnerConfig, *,
+                 instance: str | None = None,
+                 on_outcome: Callable[[str], object] | None = None) -> None:
+        self._store = store
+        self._dispatch = dispatch
+        self._cfg = config
+        self.instance = instance or f"w-{secrets.token_hex(6)}"
+        self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._batches: dict[str, tuple[str | None, str]] = {}  # id -> (owner, endpoint)
+        self._wake = asyncio.Event()
+        self._on_outcome = on_outcome or (lambda outcome: None)
+        self.done = self.failed = self.retried = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        renew = asyncio.create_task(self._renew())
+        try:
+            while True:
+                free = self._cfg.concurrency - len(self._in_flight)
+                claimed: list[Claimed] = []
+                if free > 0:
+                    try:
+                        claimed = await self._store.batch_items.claim(
+                            self.instance, time.time(), self._cfg.lease, free)
+                    except Exception as exc:  # the database is away: keep trying
+                        log.warning("batch: cannot claim items: %s", type(exc).__name__)
+                for item in claimed:
+                    key = (item.batch_id, item.line)
+                    task = asyncio.create_task(self._process(item))
+                    self._in_flight[key] = task
+                    task.add_done_callback(functools.partial(self._finished, key))
+                if free > 0 and len(claimed) == free:
+                    continue  # more may be due right now
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
+        finally:
+            renew.cancel()
+            tasks = list(self._in_flight.values())
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(renew, *tasks, return_exceptions=True)
+
+    def _finished(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(key, None)
+        self._wake.set()
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.lease / 3)
+            with contextlib.suppress(Exception):  # a missed renewal: the next one may land
+                await self._store.batch_items.renew(
+                    self.instance, list(self._in_flight), time.time() + self._cfg.lease)
+
+    async def _batch(self, batch_id: str) -> tuple[str | None, str] | None:
+        known = self._batches.get(batch_id)
+        if known is None:
+            row = await self._store.batches.get(batch_id)
+            if row is None:
+                return None
+            if len(self._batches) > 1000:
+                self._batches.clear()
+            known = self._batches[batch_id] = (row["owner"], row["endpoint"])
+        return known
+
+    async def _process(self, item: Claimed) -> None:
+        try:
+            await self._attempt(item)
+        except Exception as exc:  # the item stays leased; another worker takes it over
+            log.warning("batch: item %s/%d not recorded: %s", item.batch_id, item.line,
+                        type(exc).__name__)
+
+    async def _attempt(self, item: Claimed) -> None:
+        items = self._store.batch_items
+        batch = await self._batch(item.batch_id)
+        if batch is None:
+            return
+        owner, endpoint = batch
+        try:
+            answer = await self._dispatch(owner, endpoint, item.body.encode())
+        except Exception as exc:  # the host failed us; treat as a retryable server error
+            log.warning("batch: dispatch failed: %s", type(exc).__name__)
+            answer = Answer(500, orjson.dumps({"error": {
+                "message": "The request could not be dispatched.", "type": "server_error",
+                "code": "internal_error"}}))
+        if 200 <= answer.status < 300:
+            prompt, completion = _usage(answer.body)
+            await items.finish(item.batch_id, item.line, self.instance, state="done",
+                               status_code=answer.status, result=line(item.custom_id, answer),
+                               prompt_tokens=prompt, completion_tokens=completion)
+            self.done += 1
+            self._on_outcome("done")
+            return
+        if retryable(answer.status) and item.attempts < self._cfg.max_attempts:
+            delay = min(self._cfg.retry_max, self._cfg.retry_base * 2 ** (item.attempts - 1))
+            delay = max(delay * random.uniform(0.8, 1.2), answer.retry_after or 0.0)
+            await items.retry_later(item.batch_id, item.line, self.instance, time.time() + delay)
+            self.retried += 1
+            self._on_outcome("retried")
+            return
+        await items.finish(item.batch_id, item.line, self.instance, state="failed",
+                           status_code=answer.status, result=line(item.custom_id, answer))
+        self.failed += 1
+        self._on_outcome("failed")
