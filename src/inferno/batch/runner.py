@@ -163,20 +163,22 @@ class Runner:
                 "code": "internal_error"}}))
         if 200 <= answer.status < 300:
             prompt, completion = _usage(answer.body)
-            await items.finish(item.batch_id, item.line, self.instance, state="done",
-                               status_code=answer.status, result=line(item.custom_id, answer),
-                               prompt_tokens=prompt, completion_tokens=completion)
-            self.done += 1
-            self._on_outcome("done")
+            if await items.finish(item.batch_id, item.line, self.instance, state="done",
+                                  status_code=answer.status,
+                                  result=line(item.custom_id, answer),
+                                  prompt_tokens=prompt, completion_tokens=completion):
+                self.done += 1
+                self._on_outcome("done")
             return
         if retryable(answer.status) and item.attempts < self._cfg.max_attempts:
             delay = min(self._cfg.retry_max, self._cfg.retry_base * 2 ** (item.attempts - 1))
             delay = max(delay * random.uniform(0.8, 1.2), answer.retry_after or 0.0)
-            await items.retry_later(item.batch_id, item.line, self.instance, time.time() + delay)
-            self.retried += 1
-            self._on_outcome("retried")
+            if await items.retry_later(item.batch_id, item.line, self.instance,
+                                       time.time() + delay):
+                self.retried += 1
+                self._on_outcome("retried")
             return
-        await items.finish(item.batch_id, item.line, self.instance, state="failed",
-                           status_code=answer.status, result=line(item.custom_id, answer))
-        self.failed += 1
-        self._on_outcome("failed")
+        if await items.finish(item.batch_id, item.line, self.instance, state="failed",
+                              status_code=answer.status, result=line(item.custom_id, answer)):
+            self.failed += 1
+            self._on_outcome("failed")
