@@ -43,11 +43,14 @@ async def test_new_items_wait_for_activation_and_claims_are_leased(store: Store)
     taken = await q.claim("w3", later, 300, 10)
     assert sorted(c.line for c in taken) == [0, 1, 2]
     # The stale worker can no longer record an outcome; the new owner can, once.
-    assert not await q.finish("b1", 0, "w1", state="done", status_code=200, result="x")
-    assert await q.finish("b1", 0, "w3", state="done", status_code=200, result="ok",
-                          prompt_tokens=3, completion_tokens=4)
-    assert not await q.finish("b1", 0, "w3", state="done", status_code=200, result="again")
-    assert await q.retry_later("b1", 1, "w3", later + 100)
+    def done(line: int, owner: str, result: str, **kw: int) -> dict[str, object]:
+        return {"batch_id": "b1", "line": line, "owner": owner, "state": "done",
+                "status_code": 200, "result": result, **kw}
+    assert await q.record([done(0, "w1", "x")]) == 0
+    assert await q.record([done(0, "w3", "ok", prompt_tokens=3, completion_tokens=4)]) == 1
+    assert await q.record([done(0, "w3", "again")]) == 0
+    assert await q.record([{"batch_id": "b1", "line": 1, "owner": "w3",
+                            "retry_at": later + 100}]) == 1
     assert await q.claim("w4", later + 50, 30, 10) == []  # backing off
     assert [c.line for c in await q.claim("w4", later + 101, 300, 10)] == [1]
     assert await q.counts("b1") == {"done": 1, "running": 2}

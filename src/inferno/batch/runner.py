@@ -10,6 +10,9 @@ while they run, so only a dead worker's items are taken over. Outcomes:
   ``Retry-After`` when longer; after ``max_attempts`` the last answer goes to the error
   file (the dead letter);
 - any other 4xx: the error file at once.
+
+Outcomes go through the store's background writer, many to a transaction; an outcome not
+yet written when the process dies leaves its item leased, and it runs again elsewhere.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import orjson
 
 from inferno.batch.types import Answer, Dispatch
-from inferno.store import Claimed, Store
+from inferno.store import BatchWriter, Claimed, Store
 
 log = logging.getLogger("inferno.batch")
 _RETRYABLE = frozenset({408, 409, 429})
@@ -86,12 +89,16 @@ class Runner:
         self._wake = asyncio.Event()
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.done = self.failed = self.retried = 0
+        self._outcomes: BatchWriter[dict[str, Any]] = BatchWriter(
+            store.batch_items.record, name="batch-outcomes", queue_size=1_000_000,
+            batch_size=256, flush_interval=0.02, log=log)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self) -> None:
         renew = asyncio.create_task(self._renew())
+        self._outcomes.start()
         try:
             while True:
                 free = self._cfg.concurrency - len(self._in_flight)
@@ -118,6 +125,7 @@ class Runner:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(renew, *tasks, return_exceptions=True)
+            await self._outcomes.close(within=5.0)
 
     def _finished(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
@@ -149,7 +157,6 @@ class Runner:
                         type(exc).__name__)
 
     async def _attempt(self, item: Claimed) -> None:
-        items = self._store.batch_items
         batch = await self._batch(item.batch_id)
         if batch is None:
             return
@@ -161,24 +168,21 @@ class Runner:
             answer = Answer(500, orjson.dumps({"error": {
                 "message": "The request could not be dispatched.", "type": "server_error",
                 "code": "internal_error"}}))
+        key = {"batch_id": item.batch_id, "line": item.line, "owner": self.instance}
         if 200 <= answer.status < 300:
             prompt, completion = _usage(answer.body)
-            if await items.finish(item.batch_id, item.line, self.instance, state="done",
-                                  status_code=answer.status,
-                                  result=line(item.custom_id, answer),
-                                  prompt_tokens=prompt, completion_tokens=completion):
-                self.done += 1
-                self._on_outcome("done")
-            return
-        if retryable(answer.status) and item.attempts < self._cfg.max_attempts:
+            self._record("done", {**key, "state": "done", "status_code": answer.status,
+                                  "result": line(item.custom_id, answer),
+                                  "prompt_tokens": prompt, "completion_tokens": completion})
+        elif retryable(answer.status) and item.attempts < self._cfg.max_attempts:
             delay = min(self._cfg.retry_max, self._cfg.retry_base * 2 ** (item.attempts - 1))
             delay = max(delay * random.uniform(0.8, 1.2), answer.retry_after or 0.0)
-            if await items.retry_later(item.batch_id, item.line, self.instance,
-                                       time.time() + delay):
-                self.retried += 1
-                self._on_outcome("retried")
-            return
-        if await items.finish(item.batch_id, item.line, self.instance, state="failed",
-                              status_code=answer.status, result=line(item.custom_id, answer)):
-            self.failed += 1
-            self._on_outcome("failed")
+            self._record("retried", {**key, "retry_at": time.time() + delay})
+        else:
+            self._record("failed", {**key, "state": "failed", "status_code": answer.status,
+                                    "result": line(item.custom_id, answer)})
+
+    def _record(self, outcome: str, row: dict[str, Any]) -> None:
+        self._outcomes.put(row)
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self._on_outcome(outcome)

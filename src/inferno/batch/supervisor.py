@@ -28,6 +28,7 @@ from inferno.batch.validate import validate_into
 from inferno.store import Store
 
 log = logging.getLogger("inferno.batch")
+_METRICS_EVERY = 5.0  # seconds between item counts for /metrics
 Lookup = Callable[[str | None], Owner | None]  # a batch owner's key, None if revoked
 
 
@@ -54,6 +55,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._started = False
         self._files_swept = 0.0
+        self._observed = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -78,10 +80,11 @@ class Supervisor:
         store = self._store
         rows = await store.batches.with_status("validating", "in_progress", "cancelling",
                                                "finalizing")
-        counts = await store.batch_items.counts_by_batch(
-            [r["id"] for r in rows if r["status"] != "validating"])
-        if self._metrics is not None:
-            self._metrics.observe(rows, counts)
+        if self._metrics is not None and now - self._observed >= _METRICS_EVERY:
+            # Counting every item is O(items): for /metrics only, and only now and then.
+            self._observed = now
+            self._metrics.observe(rows, await store.batch_items.counts_by_batch(
+                [r["id"] for r in rows if r["status"] != "validating"]))
         for row in rows:
             status = row["status"]
             if status == "validating":
@@ -91,24 +94,21 @@ class Supervisor:
                     self._validating[row["id"]] = task
                     task.add_done_callback(functools.partial(self._validated, row["id"]))
                 continue
-            c = counts.get(row["id"], {})
             if status in ("in_progress", "cancelling"):
+                open_ = await store.batch_items.open_states(row["id"])
                 end = "cancelled" if status == "cancelling" else "expired"
-                if status == "cancelling" or now >= row["expires_at"]:
+                if open_ and (status == "cancelling" or now >= row["expires_at"]):
                     # Items not started end now; those in flight finish, or, once their
                     # lease could have run out, end too (a dead worker's items).
                     overdue = now >= (row["cancelling_at"] or row["expires_at"]) + self._lease
-                    if c.get("new", 0) + c.get("pending", 0) or (overdue and c.get("running")):
+                    if open_ & {"new", "pending"} or overdue:
                         await store.batch_items.close_open(row["id"], end, running_too=overdue)
-                        c = await store.batch_items.counts(row["id"])
-                if c.get("new", 0) + c.get("pending", 0) + c.get("running", 0):
+                        open_ = await store.batch_items.open_states(row["id"])
+                if open_:
                     continue
-            await self._finalize(row, c, now)
-        if not self._started:
-            self._started = True
-            await self._schedules(now, first=True)
-        else:
-            await self._schedules(now, first=False)
+            await self._finalize(row, now)
+        await self._schedules(now, first=not self._started)
+        self._started = True
         if now - self._files_swept > 60:
             self._files_swept = now
             await self._sweep_files(now)
@@ -156,9 +156,10 @@ class Supervisor:
             batch_id, when=("validating",), status="failed", failed_at=time.time(),
             errors={"object": "list", "data": errors}, lease_owner=None, lease_expires=None)
 
-    async def _finalize(self, row: dict[str, Any], counts: dict[str, int], now: float) -> None:
+    async def _finalize(self, row: dict[str, Any], now: float) -> None:
         store = self._store
         status = row["status"]
+        counts = await store.batch_items.counts(row["id"])
         if status == "cancelling":
             end = "cancelled"
         elif counts.get("expired"):

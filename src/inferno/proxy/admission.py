@@ -11,7 +11,8 @@ interactive traffic seen in the last ``reserve_window`` seconds (one slot per no
 that peak spread over the nodes), and only while no interactive request waits. A waiting
 background request is woken after every interactive one. So a batch at full speed fills
 idle capacity, and an interactive request arriving finds a free slot instead of queueing
-behind batch work.
+behind batch work. Beyond that, :class:`BackgroundLimit` caps background requests in
+flight while interactive requests get slower than they are without background work.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from collections import deque
 from collections.abc import Sequence
 
 from inferno.core.errors import Overloaded
+from inferno.proxy.background import BackgroundLimit
 from inferno.proxy.pool import Node
 
 
 class Admission:
     def __init__(self, *, max_per_node: int, queue_size: int, queue_wait: float,
-                 reserve_window: float = 10.0) -> None:
+                 reserve_window: float = 2.0) -> None:
         self._max_per_node = max_per_node
         self._queue_size = queue_size
         self._queue_wait = queue_wait
@@ -38,6 +40,8 @@ class Admission:
         self._window = reserve_window
         self._peak = 0  # interactive requests in flight at most, lately
         self._peak_at = 0.0
+        self.background = BackgroundLimit(idle=reserve_window)
+        self.background_in_flight = 0
         self.rejected = 0
 
     def cap(self, node: Node) -> int:
@@ -59,7 +63,7 @@ class Admission:
 
     def background_room(self, nodes: Sequence[Node]) -> list[Node]:
         """The nodes that may take background work now (none while interactive waits)."""
-        if self._waiters:
+        if self._waiters or self.background_in_flight >= self.background.current():
             return []
         return [n for n in nodes if n.outstanding < self.background_cap(n, len(nodes))]
 

@@ -77,7 +77,6 @@ class ProxyAPI:
         self.accepting = True
         self._mounts: list[Mount] = []
         self.in_flight = 0
-        self.background_in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _INFERENCE}
         # Per-request metric work kept to one locked add each: children resolved once, and
@@ -105,11 +104,9 @@ class ProxyAPI:
                       None, True, False)
         req.auth = principal
         token = _BACKGROUND.set(True)
-        self.background_in_flight += 1
         try:
             resp = await self._inference(req, path)
         finally:
-            self.background_in_flight -= 1
             _BACKGROUND.reset(token)
         if isinstance(resp, StreamingResponse):  # never asked for, but read it whole
             chunks = [c async for c in resp.chunks]
@@ -124,11 +121,9 @@ class ProxyAPI:
                 raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
             if req.header("x-inferno-priority") == "background":  # batch workers' requests
                 token = _BACKGROUND.set(True)
-                self.background_in_flight += 1
                 try:
                     return await self._inference(req, path)
                 finally:
-                    self.background_in_flight -= 1
                     _BACKGROUND.reset(token)
             return await self._inference(req, path)
         if self._guard is not None and path.startswith("/v1/models"):
@@ -153,8 +148,11 @@ class ProxyAPI:
         self.in_flight += 1
         self.requests_total += 1
         background = _BACKGROUND.get()
-        if not background:
-            self._admission.note_interactive(self.in_flight - self.background_in_flight)
+        admission = self._admission
+        if background:
+            admission.background_in_flight += 1
+        else:
+            admission.note_interactive(self.in_flight - admission.background_in_flight)
         status = 500
         streaming = False
         try:
@@ -169,8 +167,14 @@ class ProxyAPI:
             status = resp.status
             if isinstance(resp, StreamingResponse):
                 # Still in flight until the stream ends: the chunks take the decrement.
-                resp.chunks = _InFlightChunks(resp.chunks, self)
+                timed = not background and admission.background.wants_sample(
+                    admission.background_in_flight)
+                resp.chunks = _InFlightChunks(resp.chunks, self, background,
+                                              started if timed else None)
                 streaming = True
+            elif not background and status == 200:
+                admission.background.observe(time.perf_counter() - started,
+                                             admission.background_in_flight)
             return resp
         except InfernoError as exc:
             status = exc.status_code
@@ -178,6 +182,8 @@ class ProxyAPI:
         finally:
             if not streaming:
                 self.in_flight -= 1
+                if background:
+                    admission.background_in_flight -= 1
             counter = self._count.get(path) if status == 200 else None
             (counter or self._metrics.requests.labels(path, str(status))).inc()
             self._latency[path].observe(time.perf_counter() - started)
@@ -235,22 +241,40 @@ class _InFlightChunks:
     (once). Iteration goes straight to the wrapped iterator: nothing added per chunk.
     """
 
-    __slots__ = ("_api", "_chunks")
+    __slots__ = ("_api", "_background", "_chunks", "_started")
 
-    def __init__(self, chunks: AsyncIterator[bytes], api: ProxyAPI) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], api: ProxyAPI, background: bool,
+                 started: float | None) -> None:
         self._chunks = chunks
         self._api: ProxyAPI | None = api
+        self._background = background
+        self._started = started  # an interactive stream: its first chunk is timed
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks.__aiter__()
+        # Only a timed stream is iterated through here; others go straight to the chunks.
+        return self if self._started is not None else self._chunks.__aiter__()
 
     def __anext__(self) -> Awaitable[bytes]:
+        if self._started is not None:
+            return self._first()
         return self._chunks.__anext__()
+
+    async def _first(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        started, self._started = self._started, None
+        api = self._api
+        if started is not None and api is not None:
+            admission = api._admission
+            admission.background.observe(time.perf_counter() - started,
+                                         admission.background_in_flight)
+        return chunk
 
     async def aclose(self) -> None:
         api, self._api = self._api, None
         if api is not None:
             api.in_flight -= 1
+            if self._background:
+                api._admission.background_in_flight -= 1
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()
