@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import signal
 import socket
 import statistics
+import string
 import subprocess
 import sys
 import tempfile
@@ -98,16 +100,35 @@ class Stack:
                 os.killpg(p.pid, signal.SIGKILL)
 
 
-def body(i: int, max_tokens: int, pad: int = 0) -> dict[str, Any]:
-    return {"model": MODEL, "prompt": f"request {i} " + "x" * pad, "max_tokens": max_tokens}
+def body(i: int, max_tokens: int, text: str = "") -> dict[str, Any]:
+    return {"model": MODEL, "prompt": f"request {i} {text}", "max_tokens": max_tokens}
+
+
+def paragraphs(size: int, n: int = 1000) -> list[str]:
+    """Text that compresses like prose (~3x), not like padding: random words drawn from
+    a 2,000-word vocabulary, ``n`` different paragraphs (4 MB: wider than zstd's window)."""
+    rng = random.Random(1)
+    vocab = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9)))
+             for _ in range(2000)]
+    out = []
+    for _ in range(n):
+        words: list[str] = []
+        length = 0
+        while length < size:
+            w = rng.choice(vocab)
+            words.append(w)
+            length += len(w) + 1
+        out.append(" ".join(words))
+    return out
 
 
 def write_input(path: Path, n: int, max_tokens: int, pad: int = 0) -> int:
+    texts = paragraphs(pad) if pad else [""]
     with path.open("wb") as f:
         for i in range(n):
             f.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST",
                                   "url": "/v1/completions",
-                                  "body": body(i, max_tokens, pad)}) + b"\n")
+                                  "body": body(i, max_tokens, texts[i % len(texts)])}) + b"\n")
     return path.stat().st_size
 
 
@@ -253,9 +274,10 @@ async def main() -> None:
                 await asyncio.sleep(2.5)
                 alone = await ttfts(stack.url, a.ttft_seconds, 4)
                 big = tmp / "ttft.jsonl"
-                write_input(big, 50 * a.requests, a.max_tokens)
+                write_input(big, 50_000, a.max_tokens)  # more than runs in the window
                 batch_id = await submit(http, stack.url, big)
-                await wait_for(http, stack.url, batch_id, ("in_progress",))
+                b = await wait_for(http, stack.url, batch_id, ("in_progress", "failed"))
+                assert b["status"] == "in_progress", b["errors"]
                 busy = await ttfts(stack.url, a.ttft_seconds, 4)
                 running = (await http.get(f"{stack.url}/batches/{batch_id}")).json()
                 await http.post(f"{stack.url}/batches/{batch_id}/cancel")

@@ -22,15 +22,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await s.close()
 
 
-def _items(batch_id: str, n: int, state: str = "pending") -> list[dict[str, object]]:
-    return [{"batch_id": batch_id, "line": i, "custom_id": f"c{i}", "body": "{}",
-             "state": state, "attempts": 0, "next_attempt_at": 0.0, "prompt_tokens": 0,
-             "completion_tokens": 0} for i in range(n)]
+async def _items(store: Store, batch_id: str, n: int, state: str = "pending") -> None:
+    await store.batch_items.insert_many([(batch_id, i, f"c{i}", b"{}") for i in range(n)])
+    if state == "pending":
+        await store.batch_items.activate(batch_id)
 
 
 async def test_new_items_wait_for_activation_and_claims_are_leased(store: Store) -> None:
     q = store.batch_items
-    await q.insert_many(_items("b1", 3, state="new"))
+    await _items(store, "b1", 3, state="new")
     now = time.time()
     assert await q.claim("w1", now, 30, 10) == []  # still being validated
     assert await q.activate("b1") == 3
@@ -64,7 +64,7 @@ async def test_new_items_wait_for_activation_and_claims_are_leased(store: Store)
 
 async def test_concurrent_claimers_never_share_an_item(store: Store) -> None:
     q = store.batch_items
-    await q.insert_many(_items("b2", 200))
+    await _items(store, "b2", 200)
     now = time.time()
 
     async def worker(name: str) -> list[int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+import zstandard
 
 from inferno.batch.runner import Runner, RunnerConfig
 from inferno.batch.supervisor import next_run
@@ -40,10 +41,10 @@ async def test_two_runners_never_hold_the_same_item(tmp_path: Path) -> None:
         "input_file_id": "f", "completion_window": "24h", "status": "in_progress",
         "created_at": 0.0, "expires_at": time.time() + 3600, "total": n, "completed": 0,
         "failed": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    zstd = zstandard.ZstdCompressor()
     await store.batch_items.insert_many([
-        {"batch_id": "batch_x", "line": i, "custom_id": f"c{i}", "body": f'{{"i":{i}}}',
-         "state": "pending", "attempts": 0, "next_attempt_at": 0.0, "prompt_tokens": 0,
-         "completion_tokens": 0} for i in range(n)])
+        ("batch_x", i, f"c{i}", zstd.compress(f'{{"i":{i}}}'.encode())) for i in range(n)])
+    await store.batch_items.activate("batch_x")
     holding: set[bytes] = set()
     overlaps: list[bytes] = []
     calls: Counter[bytes] = Counter()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import zstandard
 
 from inferno.batch.types import Answer, Dispatch
 from inferno.store import BatchWriter, Claimed, Store
@@ -86,6 +87,7 @@ class Runner:
         self.instance = instance or f"w-{secrets.token_hex(6)}"
         self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._batches: dict[str, tuple[str | None, str]] = {}  # id -> (owner, endpoint)
+        self._unzip = zstandard.ZstdDecompressor()
         self._wake = asyncio.Event()
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.done = self.failed = self.retried = 0
@@ -162,7 +164,7 @@ class Runner:
             return
         owner, endpoint = batch
         try:
-            answer = await self._dispatch(owner, endpoint, item.body.encode())
+            answer = await self._dispatch(owner, endpoint, self._unzip.decompress(item.body))
         except Exception as exc:  # the host failed us; treat as a retryable server error
             log.warning("batch: dispatch failed: %s", type(exc).__name__)
             answer = Answer(500, orjson.dumps({"error": {

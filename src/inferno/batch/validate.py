@@ -1,8 +1,11 @@
 """An input file, line by line, into queue items, or OpenAI's ``errors`` list.
 
 Lines are read and checked in a worker thread, ``_LINES`` at a time, and stored as they
-go, so a 200 MB file never sits in memory and the event loop keeps serving. Every problem
-is reported with its (1-based) line, up to ``_MAX_ERRORS``; any problem fails the batch.
+go (the next chunk is checked while the last one is written), so a 200 MB file never sits
+in memory and the event loop keeps serving. Bodies are stored zstd-compressed: SQLite
+writes every byte twice (WAL, then the table), and that write bounded validation. Every
+problem is reported with its (1-based) line, up to ``_MAX_ERRORS``; any problem fails the
+batch.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import zstandard
 
 from inferno.batch.types import Owner
 from inferno.store import Store
@@ -42,8 +46,9 @@ class _Lines:
         self.max_lines = max_lines
         self.seen: set[str] = set()
         self.result = Checked()
+        self._zstd = zstandard.ZstdCompressor(level=1)
 
-    def check(self, n: int, raw: bytes) -> dict[str, Any] | None:
+    def check(self, n: int, raw: bytes) -> tuple[int, str, bytes] | None:
         """The item for line ``n``, or None (an error was noted, or the line is blank)."""
         errors = self.result.errors
         if not raw.strip():
@@ -100,9 +105,9 @@ class _Lines:
                                  "Batch requests cannot stream: remove 'stream'.", "body.stream"))
             return None
         self.result.model = self.result.model or model
-        return {"line": n, "custom_id": custom_id, "body": orjson.dumps(body).decode()}
+        return n, custom_id, self._zstd.compress(orjson.dumps(body))
 
-    def chunk(self, lines: Iterator[tuple[int, bytes]]) -> list[dict[str, Any]]:
+    def chunk(self, lines: Iterator[tuple[int, bytes]]) -> list[tuple[int, str, bytes]]:
         """Up to ``_LINES`` checked items (runs in a thread)."""
         out = []
         for n, raw in lines:
@@ -123,20 +128,27 @@ async def validate_into(store: Store, batch_id: str, path: Path, endpoint: str,
     """Check every line of ``path``; store the items (state ``new``) while none failed."""
     lines = _Lines(endpoint, owner, max_lines)
     await store.batch_items.discard(batch_id)  # a validation retried after a crash
-    with await asyncio.to_thread(path.open, "rb") as f:
-        numbered = _numbered(f)
-        while True:
-            items = await asyncio.to_thread(lines.chunk, numbered)
-            errors = lines.result.errors
-            if items and not errors:
-                await store.batch_items.insert_many([
-                    {**it, "batch_id": batch_id, "state": "new", "attempts": 0,
-                     "next_attempt_at": 0.0, "prompt_tokens": 0, "completion_tokens": 0}
-                    for it in items])
-            if len(errors) >= _MAX_ERRORS:
-                break
-            if not items and _exhausted(f):
-                break
+    writing: asyncio.Task[None] | None = None
+    try:
+        with await asyncio.to_thread(path.open, "rb") as f:
+            numbered = _numbered(f)
+            while True:
+                items = await asyncio.to_thread(lines.chunk, numbered)
+                if writing is not None:
+                    await writing
+                    writing = None
+                if items and not lines.result.errors:
+                    writing = asyncio.create_task(store.batch_items.insert_many(
+                        [(batch_id, n, cid, body) for n, cid, body in items]))
+                if len(lines.result.errors) >= _MAX_ERRORS:
+                    break
+                if not items and _exhausted(f):
+                    break
+        if writing is not None:
+            await writing
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
     result = lines.result
     if result.total == 0 and not result.errors:
         result.errors.append(_error(1, "empty_file", "The input file has no requests."))

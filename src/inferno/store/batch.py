@@ -23,6 +23,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -85,7 +86,7 @@ batch_items = Table(
     Column("batch_id", String(64), primary_key=True),
     Column("line", Integer, primary_key=True),
     Column("custom_id", Text, nullable=False),
-    Column("body", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # the request body, zstd-compressed
     # new (being validated) -> pending <-> running -> done | failed | cancelled | expired
     Column("state", String(12), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferno.store.batch import batch_items as items
@@ -35,7 +35,7 @@ class Claimed:
     batch_id: str
     line: int
     custom_id: str
-    body: str
+    body: bytes
     attempts: int
 
 
@@ -54,10 +54,19 @@ class ItemRepo:
             f"{' FOR UPDATE SKIP LOCKED' if pg else ''}) "
             "RETURNING batch_id, line, custom_id, body, attempts")
 
-    async def insert_many(self, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            async with self._engine.begin() as conn:
-                await conn.execute(insert(items), list(rows))
+    async def insert_many(self, rows: Sequence[tuple[str, int, str, bytes]]) -> None:
+        """New items (state ``new``): (batch_id, line, custom_id, body). Bound in the
+        driver (SQLAlchemy's per-row parameter handling cost more than SQLite's insert)."""
+        if not rows:
+            return
+        style = str(self._engine.dialect.paramstyle)
+        marks = ", ".join(f"${i}" if style == "numeric_dollar" else
+                          "%s" if style == "format" else "?" for i in range(1, 5))
+        sql = (f"INSERT INTO {items.name} (batch_id, line, custom_id, body, state, attempts, "
+               "next_attempt_at, prompt_tokens, completion_tokens) "
+               f"VALUES ({marks}, 'new', 0, 0, 0, 0)")
+        async with self._turn(), self._engine.begin() as conn:
+            await conn.exec_driver_sql(sql, list(rows))
 
     async def activate(self, batch_id: str) -> int:
         """A validated batch's items become claimable."""
@@ -78,7 +87,7 @@ class ItemRepo:
         async with self._turn(), self._engine.begin() as conn:
             rows = await conn.execute(self._claim_sql, {"owner": owner, "until": now + lease,
                                                         "now": now, "n": n})
-            got = [Claimed(str(r[0]), int(r[1]), str(r[2]), str(r[3]), int(r[4]))
+            got = [Claimed(str(r[0]), int(r[1]), str(r[2]), bytes(r[3]), int(r[4]))
                    for r in rows.all()]
         return sorted(got, key=lambda c: (c.batch_id, c.line))  # RETURNING has no order
 

@@ -64,7 +64,7 @@ def upgrade() -> None:
         sa.Column("batch_id", sa.String(64), primary_key=True),
         sa.Column("line", sa.Integer, primary_key=True),
         sa.Column("custom_id", sa.Text, nullable=False),
-        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("body", sa.LargeBinary, nullable=False),
         sa.Column("state", sa.String(12), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("next_attempt_at", sa.Float, nullable=False),
