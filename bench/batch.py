@@ -271,17 +271,23 @@ async def main() -> None:
                     rates.append((d_rate, b_rate))
                     print(f"throughput: direct {d_rate:.0f} req/s, batch {b_rate:.0f} items/s,"
                           f" ratio {b_rate / d_rate:.2f}", flush=True)
-                await asyncio.sleep(2.5)
-                alone = await ttfts(stack.url, a.ttft_seconds, 4)
+                # Alternating windows, alone and beside a running batch, so the machine's
+                # other load falls on both alike.
                 big = tmp / "ttft.jsonl"
-                write_input(big, 50_000, a.max_tokens)  # more than runs in the window
-                batch_id = await submit(http, stack.url, big)
-                b = await wait_for(http, stack.url, batch_id, ("in_progress", "failed"))
-                assert b["status"] == "in_progress", b["errors"]
-                busy = await ttfts(stack.url, a.ttft_seconds, 4)
-                running = (await http.get(f"{stack.url}/batches/{batch_id}")).json()
-                await http.post(f"{stack.url}/batches/{batch_id}/cancel")
-            done = running["request_counts"]["completed"]
+                write_input(big, 20_000, a.max_tokens)  # more than runs in one window
+                alone: list[float] = []
+                busy: list[float] = []
+                done = 0
+                for _ in range(a.rounds):
+                    await asyncio.sleep(2.5)  # the interactive reserve lapses
+                    alone += await ttfts(stack.url, a.ttft_seconds / a.rounds, 4)
+                    batch_id = await submit(http, stack.url, big)
+                    b = await wait_for(http, stack.url, batch_id, ("in_progress", "failed"))
+                    assert b["status"] == "in_progress", b["errors"]
+                    busy += await ttfts(stack.url, a.ttft_seconds / a.rounds, 4)
+                    r = await http.post(f"{stack.url}/batches/{batch_id}/cancel")
+                    done += r.json()["request_counts"]["completed"]
+                    await wait_for(http, stack.url, batch_id, ("cancelled",))
             print(f"TTFT alone: p50 {statistics.median(alone):.1f} ms, p95 {p95(alone):.1f} ms"
                   f" ({len(alone)} requests)")
             print(f"TTFT with a batch running ({done} items done meanwhile): p50 "

@@ -95,6 +95,10 @@ async def test_sdk_end_to_end(env: Env, tmp_path: Path) -> None:
     again = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions",
                                         completion_window="24h")
     assert again.id != batch.id
+    # An open batch's input file stays: its lines are read from it.
+    with pytest.raises(openai.BadRequestError):
+        await client.files.delete(uploaded.id)
+    await wait_status(client, again.id, ("completed",))
     deleted = await client.files.delete(uploaded.id)
     assert deleted.deleted
     with pytest.raises(openai.NotFoundError):

@@ -23,7 +23,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 
 async def _items(store: Store, batch_id: str, n: int, state: str = "pending") -> None:
-    await store.batch_items.insert_many([(batch_id, i, f"c{i}", b"{}") for i in range(n)])
+    await store.batch_items.insert_many([(batch_id, i, f"c{i}", 10 * i, 10) for i in range(n)])
     if state == "pending":
         await store.batch_items.activate(batch_id)
 
@@ -36,6 +36,7 @@ async def test_new_items_wait_for_activation_and_claims_are_leased(store: Store)
     assert await q.activate("b1") == 3
     got = await q.claim("w1", now, 30, 2)
     assert [c.line for c in got] == [0, 1] and all(c.attempts == 1 for c in got)
+    assert [(c.custom_id, c.offset, c.length) for c in got] == [("c0", 0, 10), ("c1", 10, 10)]
     assert [c.line for c in await q.claim("w2", now, 30, 10)] == [2]
     assert await q.claim("w3", now, 30, 10) == []  # every item is leased
     # w1 dies: its leases expire and another worker takes the items over.

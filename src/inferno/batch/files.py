@@ -13,7 +13,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
@@ -62,17 +62,58 @@ class FileStore:
         await asyncio.to_thread(self.adopt, tmp, sha)
         return sha, size
 
-    async def read(self, sha256: str, *, chunk: int = CHUNK) -> AsyncIterator[bytes]:
-        """The content, a chunk at a time (read in a thread: the loop never waits on disk)."""
+    async def read(self, sha256: str, start: int = 0, end: int | None = None, *,
+                   chunk: int = CHUNK) -> AsyncIterator[bytes]:
+        """The content from ``start`` to ``end`` (exclusive), a chunk at a time (read in a
+        thread: the loop never waits on disk)."""
         f = await asyncio.to_thread(self.path(sha256).open, "rb")
         try:
-            while data := await asyncio.to_thread(f.read, chunk):
+            if start:
+                f.seek(start)
+            left = -1 if end is None else end - start
+            while left:
+                data = await asyncio.to_thread(f.read, chunk if left < 0 else min(chunk, left))
+                if not data:
+                    break
+                left -= len(data) if left > 0 else 0
                 yield data
         finally:
             f.close()
 
+    async def pread(self, sha256: str, offset: int, length: int) -> bytes:
+        return await asyncio.to_thread(_pread, self.path(sha256), offset, length)
+
     def remove(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+class LocalLines:
+    """Reads a batch's input lines from this host's file store (workers in the proxy)."""
+
+    def __init__(self, files: FileStore, digest_of: Callable[[str], Awaitable[str | None]]
+                 ) -> None:
+        self._files = files
+        self._digest_of = digest_of
+        self._digests: dict[str, str] = {}
+
+    async def __call__(self, file_id: str, offset: int, length: int) -> bytes:
+        sha = self._digests.get(file_id)
+        if sha is None:
+            found = await self._digest_of(file_id)
+            if found is None:
+                raise FileNotFoundError(file_id)
+            if len(self._digests) > 1000:
+                self._digests.clear()
+            sha = self._digests[file_id] = found
+        return await self._files.pread(sha, offset, length)
 
 
 class MultipartUpload:

@@ -72,12 +72,20 @@ class FilesAPI:
             if req.method == "GET":
                 return Response.json(file_object(row))
             if req.method == "DELETE":
+                await self._check_unused(row["id"])
                 await self.delete(row["id"])
                 return Response.json({"id": row["id"], "object": "file", "deleted": True})
             raise MethodNotAllowed(f"{req.method} is not allowed on {req.path}.")
         if parts[1:] == ["content"] and req.method == "GET":
-            return StreamingResponse(self._files.read(row["sha256"]),
-                                     content_type="application/octet-stream")
+            span = _range(req.header("range"), int(row["bytes"]))
+            if span is None:
+                return StreamingResponse(self._files.read(row["sha256"]),
+                                         content_type="application/octet-stream")
+            start, end = span
+            return StreamingResponse(
+                self._files.read(row["sha256"], start, end), status=206,
+                headers=[("content-range", f"bytes {start}-{end - 1}/{row['bytes']}")],
+                content_type="application/octet-stream")
         raise NotFound(f"Unknown route {req.method} {req.path}.")
 
     async def visible(self, file_id: str, owner: Owner) -> dict[str, Any]:
@@ -86,6 +94,20 @@ class FilesAPI:
                 row["expires_at"] is not None and row["expires_at"] < time.time()):
             raise NotFound(f"No such File object: {file_id}", param="file_id")
         return row
+
+    async def _check_unused(self, file_id: str) -> None:
+        """An open batch's or a schedule's input file stays: workers read its lines."""
+        store = self._store
+        for b in await store.batches.with_status("validating", "in_progress", "finalizing",
+                                                 "cancelling"):
+            if b["input_file_id"] == file_id:
+                raise InvalidRequest(f"The file is the input of {b['id']}, which is still "
+                                     "running; cancel it or wait for it to end.",
+                                     param="file_id")
+        for s in await store.schedules.find(owner=None, all_owners=True):
+            if s["input_file_id"] == file_id:
+                raise InvalidRequest(f"The file is the input of the schedule {s['id']}; "
+                                     "delete the schedule first.", param="file_id")
 
     async def delete(self, file_id: str) -> None:
         orphan = await self._store.files.delete(file_id)
@@ -133,6 +155,19 @@ class FilesAPI:
                               "first_id": data[0]["id"] if data else None,
                               "last_id": data[-1]["id"] if data else None,
                               "has_more": len(rows) > limit})
+
+
+def _range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``bytes=A-B`` (one range) as [start, end); None for no or another kind of range."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start, end = int(first), min(size, int(last) + 1) if last else size
+    if start >= end:
+        raise InvalidRequest("The requested range is outside the file.", param="range")
+    return start, end
 
 
 def _expiry(fields: dict[str, str], now: float) -> float | None:

@@ -24,14 +24,14 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import zstandard
 
-from inferno.batch.types import Answer, Dispatch
+from inferno.batch.types import Answer, Dispatch, ReadLine
 from inferno.store import BatchWriter, Claimed, Store
 
 log = logging.getLogger("inferno.batch")
@@ -78,16 +78,19 @@ def _usage(body: bytes) -> tuple[int, int]:
 
 
 class Runner:
-    def __init__(self, store: Store, dispatch: Dispatch, config: RunnerConfig, *,
+    def __init__(self, store: Store, dispatch: Dispatch, read_line: ReadLine,
+                 config: RunnerConfig, *,
                  instance: str | None = None,
                  on_outcome: Callable[[str], object] | None = None) -> None:
         self._store = store
         self._dispatch = dispatch
+        self._read_line = read_line
         self._cfg = config
         self.instance = instance or f"w-{secrets.token_hex(6)}"
         self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._batches: dict[str, tuple[str | None, str]] = {}  # id -> (owner, endpoint)
-        self._unzip = zstandard.ZstdDecompressor()
+        self._ready: deque[Claimed] = deque()  # claimed (leased), not started yet
+        # batch id -> (owner, endpoint, input file id)
+        self._batches: dict[str, tuple[str | None, str, str]] = {}
         self._wake = asyncio.Event()
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.done = self.failed = self.retried = 0
@@ -102,21 +105,26 @@ class Runner:
         renew = asyncio.create_task(self._renew())
         self._outcomes.start()
         try:
+            n = self._cfg.concurrency
             while True:
-                free = self._cfg.concurrency - len(self._in_flight)
+                # Claim a round ahead, and only once half a round is free: one claim per
+                # n/2 items instead of one per item (each claim is a write transaction).
+                want = 2 * n - len(self._in_flight) - len(self._ready)
                 claimed: list[Claimed] = []
-                if free > 0:
+                if want >= max(1, n // 2) or (want > 0 and not self._ready):
                     try:
                         claimed = await self._store.batch_items.claim(
-                            self.instance, time.time(), self._cfg.lease, free)
+                            self.instance, time.time(), self._cfg.lease, want)
                     except Exception as exc:  # the database is away: keep trying
                         log.warning("batch: cannot claim items: %s", type(exc).__name__)
-                for item in claimed:
+                    self._ready.extend(claimed)
+                while self._ready and len(self._in_flight) < n:
+                    item = self._ready.popleft()
                     key = (item.batch_id, item.line)
                     task = asyncio.create_task(self._process(item))
                     self._in_flight[key] = task
                     task.add_done_callback(functools.partial(self._finished, key))
-                if free > 0 and len(claimed) == free:
+                if claimed and len(claimed) == want:
                     continue  # more may be due right now
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -137,10 +145,11 @@ class Runner:
         while True:
             await asyncio.sleep(self._cfg.lease / 3)
             with contextlib.suppress(Exception):  # a missed renewal: the next one may land
-                await self._store.batch_items.renew(
-                    self.instance, list(self._in_flight), time.time() + self._cfg.lease)
+                held = [*self._in_flight, *((c.batch_id, c.line) for c in self._ready)]
+                await self._store.batch_items.renew(self.instance, held,
+                                                    time.time() + self._cfg.lease)
 
-    async def _batch(self, batch_id: str) -> tuple[str | None, str] | None:
+    async def _batch(self, batch_id: str) -> tuple[str | None, str, str] | None:
         known = self._batches.get(batch_id)
         if known is None:
             row = await self._store.batches.get(batch_id)
@@ -148,7 +157,8 @@ class Runner:
                 return None
             if len(self._batches) > 1000:
                 self._batches.clear()
-            known = self._batches[batch_id] = (row["owner"], row["endpoint"])
+            known = self._batches[batch_id] = (row["owner"], row["endpoint"],
+                                               row["input_file_id"])
         return known
 
     async def _process(self, item: Claimed) -> None:
@@ -162,9 +172,11 @@ class Runner:
         batch = await self._batch(item.batch_id)
         if batch is None:
             return
-        owner, endpoint = batch
+        owner, endpoint, file_id = batch
         try:
-            answer = await self._dispatch(owner, endpoint, self._unzip.decompress(item.body))
+            raw = await self._read_line(file_id, item.offset, item.length)
+            body = orjson.dumps(orjson.loads(raw)["body"])  # validated when the batch began
+            answer = await self._dispatch(owner, endpoint, body)
         except Exception as exc:  # the host failed us; treat as a retryable server error
             log.warning("batch: dispatch failed: %s", type(exc).__name__)
             answer = Answer(500, orjson.dumps({"error": {

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from inferno.batch.batches_api import BatchesAPI
-from inferno.batch.files import FileStore, MultipartUpload
+from inferno.batch.files import FileStore, LocalLines, MultipartUpload
 from inferno.batch.files_api import FilesAPI
 from inferno.batch.metrics import BatchMetrics
 from inferno.batch.runner import Runner, RunnerConfig
@@ -38,11 +38,12 @@ class BatchService:
         s = settings
         self.instance = f"b-{secrets.token_hex(6)}"
         self._identify = identify
+        self._store = store
         self.files = FileStore(data_dir / "files")
         self.metrics = BatchMetrics(registry) if registry is not None else None
         outcome = self.metrics.outcome if self.metrics is not None else None
-        self.runner = (Runner(store, dispatch, runner_config(s), instance=self.instance,
-                              on_outcome=outcome)
+        self.runner = (Runner(store, dispatch, LocalLines(self.files, self._digest_of),
+                              runner_config(s), instance=self.instance, on_outcome=outcome)
                        if dispatch is not None and s.workers > 0 else None)
         self.supervisor = Supervisor(
             store, self.files, lookup, instance=self.instance, poll_interval=s.poll_interval,
@@ -51,6 +52,10 @@ class BatchService:
         self.files_api = FilesAPI(store, self.files, max_size=s.files_max_size)
         self.batches_api = BatchesAPI(store, self.files_api, self.supervisor.wake)
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _digest_of(self, file_id: str) -> str | None:
+        row = await self._store.files.get(file_id)
+        return None if row is None else str(row["sha256"])
 
     # ---- the proxy's Mount ----
     def owns(self, path: str) -> bool:

@@ -39,3 +39,5 @@ class Answer:
 Identify = Callable[[Request], Owner]
 # Run one request as the batch's owner through the host's routing, limits and accounting.
 Dispatch = Callable[[str | None, str, bytes], Awaitable[Answer]]
+# Read a line of an input file: (file id, offset, length) -> its bytes.
+ReadLine = Callable[[str, int, int], Awaitable[bytes]]

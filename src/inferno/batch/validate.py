@@ -2,10 +2,9 @@
 
 Lines are read and checked in a worker thread, ``_LINES`` at a time, and stored as they
 go (the next chunk is checked while the last one is written), so a 200 MB file never sits
-in memory and the event loop keeps serving. Bodies are stored zstd-compressed: SQLite
-writes every byte twice (WAL, then the table), and that write bounded validation. Every
-problem is reported with its (1-based) line, up to ``_MAX_ERRORS``; any problem fails the
-batch.
+in memory and the event loop keeps serving. An item records where its line lies in the
+input file, not the line itself (workers read it from there). Every problem is reported
+with its (1-based) line, up to ``_MAX_ERRORS``; any problem fails the batch.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import zstandard
 
 from inferno.batch.types import Owner
 from inferno.store import Store
@@ -46,9 +44,9 @@ class _Lines:
         self.max_lines = max_lines
         self.seen: set[str] = set()
         self.result = Checked()
-        self._zstd = zstandard.ZstdCompressor(level=1)
+        self.offset = 0  # of the next line in the file
 
-    def check(self, n: int, raw: bytes) -> tuple[int, str, bytes] | None:
+    def check(self, n: int, raw: bytes) -> tuple[int, str] | None:
         """The item for line ``n``, or None (an error was noted, or the line is blank)."""
         errors = self.result.errors
         if not raw.strip():
@@ -105,15 +103,18 @@ class _Lines:
                                  "Batch requests cannot stream: remove 'stream'.", "body.stream"))
             return None
         self.result.model = self.result.model or model
-        return n, custom_id, self._zstd.compress(orjson.dumps(body))
+        return n, custom_id
 
-    def chunk(self, lines: Iterator[tuple[int, bytes]]) -> list[tuple[int, str, bytes]]:
-        """Up to ``_LINES`` checked items (runs in a thread)."""
+    def chunk(self, lines: Iterator[tuple[int, bytes]]) -> list[tuple[int, str, int, int]]:
+        """Up to ``_LINES`` checked items: (line, custom_id, offset, length) (runs in a
+        thread)."""
         out = []
         for n, raw in lines:
             item = self.check(n, raw)
+            offset = self.offset
+            self.offset += len(raw)
             if item is not None and not self.result.errors:
-                out.append(item)
+                out.append((n, item[1], offset, len(raw)))
             if n % _LINES == 0:
                 break
         return out
@@ -139,7 +140,7 @@ async def validate_into(store: Store, batch_id: str, path: Path, endpoint: str,
                     writing = None
                 if items and not lines.result.errors:
                     writing = asyncio.create_task(store.batch_items.insert_many(
-                        [(batch_id, n, cid, body) for n, cid, body in items]))
+                        [(batch_id, *item) for item in items]))
                 if len(lines.result.errors) >= _MAX_ERRORS:
                     break
                 if not items and _exhausted(f):

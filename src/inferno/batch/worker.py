@@ -26,7 +26,8 @@ class BatchWorker:
         self.store = Store(url or default_sqlite_url(s.data_dir), schema=s.database_schema)
         self.dispatch = HttpDispatch(s.proxy_url,
                                      s.api_key.get_secret_value() if s.api_key else None)
-        self.runner = Runner(self.store, self.dispatch, runner_config(s))
+        self.runner = Runner(self.store, self.dispatch, self.dispatch.read_line,
+                             runner_config(s))
         self._task: asyncio.Task[None] | None = None
         self._settings = s
 

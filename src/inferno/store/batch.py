@@ -5,7 +5,9 @@
 - ``inferno_batches``: one row per batch: OpenAI's status and timestamps, counts and usage
   totals (filled at finalisation), a lease for the supervisor step working on it
   (validation, finalisation), and the ``Idempotency-Key`` of its create.
-- ``inferno_batch_items``: one row per input line: the work queue (``batch_items.py``).
+- ``inferno_batch_items``: one row per input line: the work queue (``batch_items.py``). A
+  row points at its line in the input file (offset, length) instead of copying it: a
+  200 MB input would otherwise be written into the database twice over (WAL, table).
 - ``inferno_batch_schedules``: cron schedules that create batches from a template.
 
 Rows are plain dicts of column -> value; the batch component shapes them for clients.
@@ -23,7 +25,6 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
-    LargeBinary,
     String,
     Table,
     Text,
@@ -86,7 +87,9 @@ batch_items = Table(
     Column("batch_id", String(64), primary_key=True),
     Column("line", Integer, primary_key=True),
     Column("custom_id", Text, nullable=False),
-    Column("body", LargeBinary, nullable=False),  # the request body, zstd-compressed
+    # Where the line lies in the batch's input file (the body is read from there).
+    Column("offset", BigInteger, nullable=False),
+    Column("length", Integer, nullable=False),
     # new (being validated) -> pending <-> running -> done | failed | cancelled | expired
     Column("state", String(12), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),

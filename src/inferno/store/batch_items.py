@@ -35,7 +35,8 @@ class Claimed:
     batch_id: str
     line: int
     custom_id: str
-    body: bytes
+    offset: int  # the line in the batch's input file
+    length: int
     attempts: int
 
 
@@ -52,17 +53,18 @@ class ItemRepo:
             f"attempts = attempts + 1 WHERE (batch_id, line) IN (SELECT batch_id, line FROM {t} "
             f"WHERE {due} ORDER BY next_attempt_at, batch_id, line LIMIT :n"
             f"{' FOR UPDATE SKIP LOCKED' if pg else ''}) "
-            "RETURNING batch_id, line, custom_id, body, attempts")
+            "RETURNING batch_id, line, custom_id, \"offset\", length, attempts")
 
-    async def insert_many(self, rows: Sequence[tuple[str, int, str, bytes]]) -> None:
-        """New items (state ``new``): (batch_id, line, custom_id, body). Bound in the
-        driver (SQLAlchemy's per-row parameter handling cost more than SQLite's insert)."""
+    async def insert_many(self, rows: Sequence[tuple[str, int, str, int, int]]) -> None:
+        """New items (state ``new``): (batch_id, line, custom_id, offset, length). Bound in
+        the driver (SQLAlchemy's per-row parameter handling cost more than the insert)."""
         if not rows:
             return
         style = str(self._engine.dialect.paramstyle)
         marks = ", ".join(f"${i}" if style == "numeric_dollar" else
-                          "%s" if style == "format" else "?" for i in range(1, 5))
-        sql = (f"INSERT INTO {items.name} (batch_id, line, custom_id, body, state, attempts, "
+                          "%s" if style == "format" else "?" for i in range(1, 6))
+        sql = (f"INSERT INTO {items.name} (batch_id, line, custom_id, \"offset\", length, "
+               "state, attempts, "
                "next_attempt_at, prompt_tokens, completion_tokens) "
                f"VALUES ({marks}, 'new', 0, 0, 0, 0)")
         async with self._turn(), self._engine.begin() as conn:
@@ -87,7 +89,7 @@ class ItemRepo:
         async with self._turn(), self._engine.begin() as conn:
             rows = await conn.execute(self._claim_sql, {"owner": owner, "until": now + lease,
                                                         "now": now, "n": n})
-            got = [Claimed(str(r[0]), int(r[1]), str(r[2]), bytes(r[3]), int(r[4]))
+            got = [Claimed(str(r[0]), int(r[1]), str(r[2]), int(r[3]), int(r[4]), int(r[5]))
                    for r in rows.all()]
         return sorted(got, key=lambda c: (c.batch_id, c.line))  # RETURNING has no order
 
