@@ -89,6 +89,7 @@ class Runner:
         self.instance = instance or f"w-{secrets.token_hex(6)}"
         self._in_flight: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._ready: deque[Claimed] = deque()  # claimed (leased), not started yet
+        self._claiming: asyncio.Task[None] | None = None
         # batch id -> (owner, endpoint, input file id)
         self._batches: dict[str, tuple[str | None, str, str]] = {}
         self._wake = asyncio.Event()
@@ -107,35 +108,43 @@ class Runner:
         try:
             n = self._cfg.concurrency
             while True:
-                # Claim a round ahead, and only once half a round is free: one claim per
-                # n/2 items instead of one per item (each claim is a write transaction).
-                want = 2 * n - len(self._in_flight) - len(self._ready)
-                claimed: list[Claimed] = []
-                if want >= max(1, n // 2) or (want > 0 and not self._ready):
-                    try:
-                        claimed = await self._store.batch_items.claim(
-                            self.instance, time.time(), self._cfg.lease, want)
-                    except Exception as exc:  # the database is away: keep trying
-                        log.warning("batch: cannot claim items: %s", type(exc).__name__)
-                    self._ready.extend(claimed)
                 while self._ready and len(self._in_flight) < n:
                     item = self._ready.popleft()
                     key = (item.batch_id, item.line)
                     task = asyncio.create_task(self._process(item))
                     self._in_flight[key] = task
                     task.add_done_callback(functools.partial(self._finished, key))
-                if claimed and len(claimed) == want:
-                    continue  # more may be due right now
+                # Claim a round ahead, once half a round is free (one claim per n/2 items,
+                # not per item), in the background: a free slot never waits on a claim.
+                want = 2 * n - len(self._in_flight) - len(self._ready)
+                if self._claiming is None and (want >= max(1, n // 2) or (
+                        want > 0 and not self._ready)):
+                    self._claiming = asyncio.create_task(self._claim(want))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
         finally:
             renew.cancel()
+            if self._claiming is not None:
+                self._claiming.cancel()
             tasks = list(self._in_flight.values())
             for t in tasks:
                 t.cancel()
             await asyncio.gather(renew, *tasks, return_exceptions=True)
             await self._outcomes.close(within=5.0)
+
+    async def _claim(self, want: int) -> None:
+        try:
+            claimed = await self._store.batch_items.claim(
+                self.instance, time.time(), self._cfg.lease, want)
+        except Exception as exc:  # the database is away: keep trying
+            log.warning("batch: cannot claim items: %s", type(exc).__name__)
+            claimed = []
+        finally:
+            self._claiming = None
+        self._ready.extend(claimed)
+        if claimed:
+            self._wake.set()
 
     def _finished(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
