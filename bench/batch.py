@@ -244,6 +244,7 @@ async def main() -> None:
     ap.add_argument("--ttft-seconds", type=float, default=15.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-validation", action="store_true")
+    ap.add_argument("--skip-throughput", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="inferno-bench-batch-") as d:
         tmp = Path(d)
@@ -262,7 +263,7 @@ async def main() -> None:
                 write_input(path, a.requests, a.max_tokens)
                 await direct(stack.url, 200, a.concurrency, a.max_tokens)  # warm-up
                 rates = []
-                for _ in range(a.rounds):  # interleaved rounds on a shared machine
+                for _ in range(0 if a.skip_throughput else a.rounds):  # interleaved rounds
                     d_rate = await direct(stack.url, a.requests, a.concurrency, a.max_tokens)
                     # The proxy keeps room for interactive traffic until 2 s after the last
                     # interactive request: the batch below would otherwise start in it.
@@ -293,7 +294,7 @@ async def main() -> None:
             print(f"TTFT with a batch running ({done} items done meanwhile): p50 "
                   f"{statistics.median(busy):.1f} ms, p95 {p95(busy):.1f} ms "
                   f"({len(busy)} requests); p95 ratio {p95(busy) / p95(alone):.2f}")
-            ratios = [b / d for d, b in rates]
+            ratios = [b / d for d, b in rates] or [float("nan")]
             print(f"throughput ratio (median of {len(ratios)}): {statistics.median(ratios):.2f}")
         finally:
             stack.stop()

@@ -6,7 +6,8 @@
 - ``runner.py``: workers that claim items under a lease and dispatch them;
 - ``supervisor.py``: the status machine's background steps (validate, expire, finalise,
   schedules); ``output.py`` writes the output and error files;
-- ``remote.py``: dispatch over HTTP, for ``inferno batch worker`` processes.
+- ``remote.py``, ``worker.py``: dispatch over HTTP, for ``inferno batch worker`` processes;
+- ``service.py``: the whole of it for one proxy (routes, supervisor, workers).
 
 It imports the store and the wire layer, never the proxy: what it needs from the proxy
 (who a request is, running a request as someone) comes in as the callables of

@@ -1,8 +1,10 @@
 """Workers: claim due items under a lease, dispatch them, record each outcome once.
 
-One :class:`Runner` keeps up to ``concurrency`` items in flight. Items are claimed in one
-statement (see ``store/batch_items.py``) and their leases renewed every third of the lease
-while they run, so only a dead worker's items are taken over. Outcomes:
+One :class:`Runner` keeps up to ``concurrency`` items in flight, and as many claimed ahead.
+Items are claimed in one statement (see ``store/batch_items.py``), in the background, and
+their leases renewed every third of the lease until their outcome is recorded, so only a
+dead worker's items are taken over. Each item's line is read from the input file
+(``ReadLine``) and its ``body`` sent through ``Dispatch``. Outcomes:
 
 - 2xx: the output line, recorded with the state ``done`` in one statement;
 - retryable (408, 409, 429, 5xx, or no answer): back to ``pending`` for a later attempt,

@@ -16,7 +16,7 @@ import time
 
 
 class BackgroundLimit:
-    def __init__(self, *, tolerance: float = 0.1, decrease: float = 0.7,
+    def __init__(self, *, tolerance: float = 0.05, decrease: float = 0.5,
                  cooldown: float = 0.1, idle: float = 2.0, floor: float = 1.0) -> None:
         self._tolerance = tolerance
         self._decrease = decrease
