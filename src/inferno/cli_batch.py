@@ -101,11 +101,11 @@ def _follow(url: str, key: str | None, batch_id: str) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed:.0f}/{task.total:.0f} done"),
+               TextColumn("{task.completed:.0f}/{task.fields[lines]} done"),
                TextColumn("[red]{task.fields[failed]} failed"),
                TextColumn("{task.fields[rate]}/s"), TimeRemainingColumn())
     with Progress(*columns) as bar:
-        task = bar.add_task("validating", total=None, failed=0, rate="0.0")
+        task = bar.add_task("validating", total=None, failed=0, rate="0.0", lines="?")
         started, first = time.monotonic(), None
         while True:
             b = _call(url, key, "GET", f"/batches/{batch_id}")
@@ -117,7 +117,8 @@ def _follow(url: str, key: str | None, batch_id: str) -> None:
             if first is not None and time.monotonic() > first[0]:
                 rate = (finished - first[1]) / (time.monotonic() - first[0])
             bar.update(task, description=b["status"], total=c["total"] or None,
-                       completed=finished, failed=c["failed"], rate=f"{rate:.1f}")
+                       completed=finished, failed=c["failed"], rate=f"{rate:.1f}",
+                       lines=c["total"] or "?")
             if b["status"] in _DONE:
                 break
             time.sleep(0.5)
@@ -133,13 +134,14 @@ def list_batches(limit: Annotated[int, typer.Option(help="At most this many.")] 
                  as_json: JsonOpt = False, url: UrlOpt = _URL, key: KeyOpt = None) -> None:
     """The latest batches (a user key: its own)."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     data = _call(url, key, "GET", "/batches", params={"limit": limit})
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table("id", "status", "endpoint", "done", "failed", "total", "created")
+    table = Table("status", "endpoint", "done", "failed", "total", "created")
+    table.columns.insert(0, Column("id", no_wrap=True))
     for b in data["data"]:
         c = b["request_counts"]
         table.add_row(b["id"], b["status"], b["endpoint"], str(c["completed"]),
@@ -199,13 +201,14 @@ def schedule(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
 def schedules_list(as_json: JsonOpt = False, url: UrlOpt = _URL, key: KeyOpt = None) -> None:
     """Schedules, with their next and last run."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
     data = _call(url, key, "GET", "/batches/schedules")
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
-    table = Table("id", "cron", "endpoint", "paused", "next run", "last batch")
+    table = Table("cron", "endpoint", "paused", "next run", "last batch")
+    table.columns.insert(0, Column("id", no_wrap=True))
     for s in data["data"]:
         table.add_row(s["id"], s["cron"], s["endpoint"], "yes" if s["paused"] else "",
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(s["next_run_at"])),

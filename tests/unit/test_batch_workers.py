@@ -215,3 +215,66 @@ def test_cli_help_lists_batch_commands() -> None:
                          capture_output=True, text=True, check=True).stdout
     for cmd in ("submit", "list", "get", "cancel", "download", "schedule", "worker"):
         assert cmd in out
+
+
+async def test_files_expire(tmp_path: Path) -> None:
+    gw = await start_batch_gateway(tmp_path, batch={"workers": 0})
+    store = gw.security.store
+    assert store is not None
+    try:
+        base = f"http://127.0.0.1:{gw.server.port}/v1"
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            r = await http.post("/files", files={"file": ("e.jsonl", b"expiring\n")},
+                                data={"purpose": "batch", "expires_after[anchor]": "created_at",
+                                      "expires_after[seconds]": "3600"})
+            assert r.status_code == 200, r.text
+            f = r.json()
+            assert f["expires_at"] == f["created_at"] + 3600
+            bad = await http.post("/files", files={"file": ("e.jsonl", b"x\n")}, data={
+                "purpose": "batch", "expires_after[anchor]": "created_at",
+                "expires_after[seconds]": "5"})
+            assert bad.status_code == 400
+            assert bad.json()["error"]["param"] == "expires_after.seconds"
+            row = await store.files.get(f["id"])
+            assert row is not None
+            content = gw._attached[0].files.path(row["sha256"])  # type: ignore[attr-defined]
+            assert content.read_bytes() == b"expiring\n"
+            await store.files.delete(f["id"])  # the row comes back already expired
+            await store.files.create({**row, "expires_at": time.time() - 1})
+            assert (await http.get(f"/files/{f['id']}")).status_code == 404
+            await gw._attached[0].supervisor._sweep_files(time.time())  # type: ignore[attr-defined]
+            assert await store.files.get(f["id"]) is None
+            assert not content.exists()
+    finally:
+        await gw.drain()
+
+
+async def test_cli_submit_wait_and_download(tmp_path: Path) -> None:
+    gw = await start_batch_gateway(tmp_path)
+    node, _ = await start_node(gw.ops.port)
+    try:
+        await until_served(gw)
+        src = tmp_path / "in.jsonl"
+        src.write_bytes(jsonl([completion(f"cli{i}", f"p {i}") for i in range(5)]))
+        url = f"http://127.0.0.1:{gw.server.port}"
+
+        async def cli(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "inferno", "batch", *args, "--url", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode or 0, out.decode()
+
+        code, out = await cli("submit", str(src), "--endpoint", "/v1/completions", "--wait")
+        assert code == 0, out
+        batch_id = out.splitlines()[0].strip()
+        assert batch_id.startswith("batch_") and f"{batch_id}: completed" in out
+        code, out = await cli("download", batch_id, "--dir", str(tmp_path))
+        assert code == 0, out
+        lines = parse_lines((tmp_path / f"{batch_id}_output.jsonl").read_bytes())
+        assert sorted(o["custom_id"] for o in lines) == [f"cli{i}" for i in range(5)]
+        code, out = await cli("list", "--json")
+        assert code == 0 and batch_id in out
+    finally:
+        await node.drain()
+        await gw.drain()
