@@ -41,7 +41,7 @@ async def _up(http: httpx.AsyncClient, proc: Proc) -> None:
             return False
         return r.status_code == 200 and any(m["id"] == "fake-model" for m in r.json()["data"])
     try:
-        await eventually(ready, timeout=30, interval=0.05, what="the proxy to serve the node")
+        await eventually(ready, timeout=60, interval=0.05, what="the proxy to serve the node")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{proc.tail()}") from None
 
@@ -96,7 +96,8 @@ async def test_batch_completes_exactly_once_across_proxy_kills(tmp_path: Path, d
             progress_at_kills.append(status.get("request_counts"))
             proc = _proxy(tmp_path, port, ops).start(env)
             await _up(http, proc)
-            assert time.monotonic() < deadline, "the kill loop took too long"
+            assert time.monotonic() < deadline, ("the kill loop took too long",
+                                                 progress_at_kills, proc.tail())
 
         async def ended() -> dict[str, object] | None:
             b = await _counts(http, batch_id)
@@ -112,7 +113,8 @@ async def test_batch_completes_exactly_once_across_proxy_kills(tmp_path: Path, d
                 ids.update(o["custom_id"] for o in parse_lines(content.content))
         assert len(ids) == LINES and set(ids.values()) == {1}, (
             [k for k, n in ids.items() if n > 1][:5], LINES - len(ids))
-        assert final["request_counts"] == {"total": LINES, "completed": LINES, "failed": 0}
+        assert final["request_counts"] == {"total": LINES, "completed": LINES, "failed": 0}, (
+            final, progress_at_kills, proc.tail())
         out = parse_lines((await http.get(f"/files/{final['output_file_id']}/content")).content)
         assert all(o["response"]["status_code"] == 200 for o in out)
         assert orjson.dumps(sorted(ids)) == orjson.dumps(sorted(f"id-{i}" for i in range(LINES)))
