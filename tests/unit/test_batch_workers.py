@@ -19,7 +19,6 @@ from inferno.batch.types import Answer
 from inferno.batch.worker import BatchWorker
 from inferno.core.config import BatchSettings
 from inferno.proxy.security.keys import create_key
-from inferno.store import Store
 from tests.batch_support import (
     completion,
     jsonl,
@@ -29,11 +28,12 @@ from tests.batch_support import (
     until_served,
 )
 from tests.polling import eventually
+from tests.unit.test_store import BACKENDS, open_store
 
 
-async def test_two_runners_never_hold_the_same_item(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    await store.start()
+@pytest.mark.parametrize("kind", BACKENDS)
+async def test_two_runners_never_hold_the_same_item(tmp_path: Path, kind: str) -> None:
+    store = await open_store(kind, tmp_path)
     n = 60
     await store.batches.create({
         "id": "batch_x", "owner": None, "endpoint": "/v1/completions",
@@ -69,6 +69,7 @@ async def test_two_runners_never_hold_the_same_item(tmp_path: Path) -> None:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await store.drop_schema()
         await store.close()
     assert all(r.done > 0 for r in runners), "both runners took part"
     assert sum(r.done for r in runners) == n
