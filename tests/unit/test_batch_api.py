@@ -269,3 +269,20 @@ async def test_files_limits_and_ownership(env: Env) -> None:
     assert [f.filename for f in page.data] == ["a.jsonl", "f0.jsonl"] and page.has_more
     rest = await a.files.list(limit=10, order="asc", after=page.data[-1].id)
     assert [f.filename for f in rest.data] == ["f1.jsonl", "f2.jsonl"]
+
+
+async def test_an_upload_cut_short_leaves_nothing(env: Env) -> None:
+    import asyncio
+
+    tmp_dir = env.gw._attached[0].files.tmp  # type: ignore[attr-defined]
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.gw.server.port)
+    head = (b"POST /v1/files HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: multipart/form-data; boundary=BOUND\r\n"
+            b"content-length: 10000000\r\n\r\n"
+            b'--BOUND\r\ncontent-disposition: form-data; name="file"; filename="a.jsonl"\r\n'
+            b"\r\n" + b"x" * 100_000)
+    writer.write(head)
+    await writer.drain()
+    await eventually(lambda: any(tmp_dir.iterdir()), what="the upload being written")
+    writer.close()
+    await eventually(lambda: not any(tmp_dir.iterdir()), what="the partial upload removed")
