@@ -275,7 +275,7 @@ async def test_an_upload_cut_short_leaves_nothing(env: Env) -> None:
     import asyncio
 
     tmp_dir = env.gw._attached[0].files.tmp  # type: ignore[attr-defined]
-    reader, writer = await asyncio.open_connection("127.0.0.1", env.gw.server.port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", env.gw.server.port)
     head = (b"POST /v1/files HTTP/1.1\r\nhost: x\r\n"
             b"content-type: multipart/form-data; boundary=BOUND\r\n"
             b"content-length: 10000000\r\n\r\n"
