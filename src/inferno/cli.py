@@ -14,9 +14,11 @@ import typer
 
 from inferno import __version__
 from inferno.cli_audit import audit_app
+from inferno.cli_batch import batch_app
 from inferno.cli_models import models_app
 from inferno.core.config import (
     BackendSettings,
+    BatchSettings,
     ComponentSettings,
     GovernatorSettings,
     ProxySettings,
@@ -29,6 +31,7 @@ from inferno.core.errors import ConfigError, EngineError
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Inferno: a self-healing cloud for AI inference.")
 app.add_typer(models_app, name="models")
+app.add_typer(batch_app, name="batch")
 governator_app = typer.Typer(help="Keep the fleet just big enough for its targets, cheaply.")
 app.add_typer(governator_app, name="governator")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the proxy (stored hashed).")
@@ -180,16 +183,34 @@ def proxy(
     log_level: LogOpt = "info",
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the nodes."""
-    from inferno.proxy.gateway import Gateway
-    from inferno.wiring import configure_logging, run_service
+    from inferno.wiring import build_gateway, configure_logging, run_service
 
     settings = _settings(ProxySettings, _cli(locals(), ProxySettings), config)
+    batch = _settings(BatchSettings, {}, config)
     configure_logging(log_level)
     try:
-        run_service(lambda: Gateway(settings))
+        run_service(lambda: build_gateway(settings, batch))
     except ConfigError as exc:  # e.g. a public bind without auth, a bad JWT key
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
+
+
+@batch_app.command("worker")
+def batch_worker(
+    proxy_url: Annotated[str | None, typer.Option(
+        help="The proxy items are sent to. [default: http://127.0.0.1:8080]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Items in flight at once.")] = None,
+    config: ConfigOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run batch items from the proxy's store (its database_url) against the proxy, as
+    each batch's owner: an admin key in INFERNO_BATCH_API_KEY acts on their behalf."""
+    from inferno.batch.worker import BatchWorker
+    from inferno.wiring import configure_logging, run_service
+
+    settings = _settings(BatchSettings, _cli(locals(), BatchSettings), config)
+    configure_logging(log_level)
+    run_service(lambda: BatchWorker(settings))
 
 
 @keys_app.command("create")

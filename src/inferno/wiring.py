@@ -13,12 +13,17 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from inferno.backend.engines.base import AnyEngine, Engine
-from inferno.core.config import BackendSettings
+from inferno.batch.types import Answer, Owner
+from inferno.core.config import BackendSettings, BatchSettings, ProxySettings
 from inferno.core.errors import ConfigError
 from inferno.ops import lifeline
+
+if TYPE_CHECKING:
+    from inferno.proxy.gateway import Gateway
+    from inferno.proxy.security.keys import Principal
 
 log = logging.getLogger("inferno")
 
@@ -146,3 +151,54 @@ def run_service(factory: Callable[[], Service]) -> None:
         await service.drain()
 
     uvloop.run(main())
+
+
+def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None) -> Gateway:
+    """The proxy, with the Batch and Files API mounted on it (when enabled and the proxy
+    has a database): its routes on the API port, its workers dispatching through the
+    proxy's own pipeline as each batch's owner, at background priority."""
+    from inferno.batch.service import BatchService
+    from inferno.proxy.gateway import Gateway
+
+    batch = batch if batch is not None else BatchSettings()
+    on = batch.enabled
+    gw = Gateway(settings, max_upload_size=batch.files_max_size if on else 0)
+    store = gw.security.store
+    if not on or store is None:
+        return gw
+    service = BatchService(store, batch, data_dir=settings.data_dir,
+                           identify=lambda req: _owner(gw.security.auth.authenticate(req)),
+                           lookup=lambda key_id: _lookup(gw, key_id),
+                           dispatch=lambda owner, path, body: _dispatch(gw, owner, path, body),
+                           registry=gw.metrics.registry)
+    gw.api.mount(service)
+    gw.attach(service)
+    return gw
+
+
+def _owner(principal: Principal) -> Owner:
+    return Owner(principal.key_id, principal.is_admin, principal.models)
+
+
+def _lookup(gw: Gateway, key_id: str | None) -> Owner | None:
+    if key_id is None:
+        return Owner(None, admin=True)
+    principal = gw.security.keys.principal(key_id)
+    return _owner(principal) if principal is not None else None
+
+
+async def _dispatch(gw: Gateway, owner: str | None, path: str, body: bytes) -> Answer:
+    from inferno.core.errors import AuthenticationError, InfernoError
+    from inferno.proxy.security.keys import ANONYMOUS
+
+    principal = ANONYMOUS if owner is None else gw.security.keys.principal(owner)
+    try:
+        if principal is None:
+            raise AuthenticationError("The batch owner's API key no longer exists.")
+        resp = await gw.api.dispatch(principal, path, body)
+    except InfernoError as exc:
+        return Answer(exc.status_code, exc.to_json(), retry_after=exc.retry_after)
+    headers = dict(resp.headers or [])
+    retry = headers.get("retry-after", "")
+    return Answer(resp.status, resp.body, headers.get("x-request-id", ""),
+                  float(retry) if retry.isdigit() else None)

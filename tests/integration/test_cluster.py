@@ -186,3 +186,26 @@ def test_killed_node_fails_over(cluster: tuple[Proc, list[Proc]], tmp_path: Path
                    "the dead node's lease to expire", lb)
     finally:
         victim.stop()
+
+
+def test_batch_with_the_real_model(cluster: tuple[Proc, list[Proc]]) -> None:
+    """The Batch API with the official SDK, unmodified, the lines answered by the model."""
+    import json
+
+    c = client(cluster[0])
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": MODEL, "messages": PARIS, "temperature": 0, "max_tokens": 16}}
+             for i in range(3)]
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    f = c.files.create(file=("paris.jsonl", data), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                             completion_window="24h")
+    wait_until(lambda: c.batches.retrieve(batch.id).status in ("completed", "failed"), 120,
+               "the batch to end", cluster[0])
+    done = c.batches.retrieve(batch.id)
+    assert done.status == "completed", done.errors
+    assert done.output_file_id is not None
+    out = [json.loads(x) for x in c.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in out) == ["q0", "q1", "q2"]
+    for o in out:
+        assert "Paris" in o["response"]["body"]["choices"][0]["message"]["content"]

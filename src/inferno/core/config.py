@@ -390,6 +390,42 @@ class ProxySettings(ComponentSettings):
     _routing = field_validator("routing", mode="before")(_routing)
 
 
+class BatchSettings(ComponentSettings):
+    """The Batch and Files API: served by the proxy, whose workers run batch items; also
+    read by ``inferno batch worker`` processes (which add proxy_url, api_key and the store)."""
+
+    section: ClassVar[str] = "batch"
+    model_config = SettingsConfigDict(env_prefix="INFERNO_BATCH_", extra="forbid", frozen=True)
+    unprefixed_env: ClassVar[dict[str, str]] = {"database_url": "INFERNO_DATABASE_URL"}
+
+    # The proxy serves /v1/files and /v1/batches (needs its database).
+    enabled: bool = True
+    # Batch items in flight at once in this process (0: the proxy runs none; workers do).
+    workers: Annotated[int, Field(ge=0, le=10_000)] = 8
+    # Tries per item for retryable failures (429, 5xx, timeouts, a dead node); then the
+    # item goes to the error file. Back-off doubles from retry_base up to retry_max, or
+    # follows the answer's Retry-After when longer.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    retry_base: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    retry_max: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    # A claimed item is a worker's for this long, renewed while it runs; a dead worker's
+    # items are taken over once it runs out.
+    lease: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # How often idle workers look for due items and the supervisor for due steps.
+    poll_interval: Annotated[float, Field(gt=0, le=60)] = 0.5
+    max_lines: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000
+    files_max_size: Annotated[int, Field(ge=1024, le=1 << 40)] = 200 * 1024 * 1024
+    # A scheduled run missed while nothing was running: run it once at start, or skip it.
+    missed_runs: Literal["once", "skip"] = "once"
+    # `inferno batch worker`: the proxy to send items to, an admin key (it acts on behalf
+    # of each batch's owner), and the proxy's store.
+    proxy_url: str = "http://127.0.0.1:8080"
+    api_key: SecretStr | None = None
+    data_dir: Path = Field(default_factory=data_dir)
+    database_url: SecretStr | None = None
+    database_schema: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")] | None = None
+
+
 class ServeSettings(ComponentSettings):
     section: ClassVar[str] = "serve"
     model_config = SettingsConfigDict(env_prefix="INFERNO_SERVE_", extra="forbid", frozen=True)

@@ -5,12 +5,13 @@ a fraction of a general-purpose framework; see each module for its contract.
 """
 
 from .client import HttpClient, UpstreamResponse, get_json
-from .server import Handler, HttpServer, Request, Response, StreamingResponse
+from .server import BodySink, Handler, HttpServer, Request, Response, StreamingResponse
 from .sse import EVENT_ENDS, SSE_DONE, SSEDecoder, last_event_end, sse_event
 
 __all__ = [
     "EVENT_ENDS",
     "SSE_DONE",
+    "BodySink",
     "Handler",
     "HttpClient",
     "HttpServer",

@@ -9,11 +9,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from ._http import find_header
+
+
+class BodySink(Protocol):
+    """Where a request's body goes instead of ``Request.body``, chunk by chunk as it is read
+    (an upload streamed to disk). A ``before_body`` hook sets ``request.sink``; the
+    connection then allows up to ``limit`` bytes, calls ``write`` per chunk and ``finish``
+    at the end (an ``InfernoError`` from either is the answer), or ``abort`` when the body
+    is refused or the client goes away. All three run on the event loop: keep them short."""
+
+    limit: int
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Request:
@@ -28,6 +44,7 @@ class Request:
         "method",
         "path",
         "query",
+        "sink",
     )
 
     def __init__(
@@ -51,6 +68,7 @@ class Request:
         # Whatever a ``before_body`` hook established from the headers (the proxy: the
         # authenticated principal), so the handler does not redo it.
         self.auth: object | None = None
+        self.sink: BodySink | None = None
         self._keep_alive = keep_alive
         self._http10 = http10
 

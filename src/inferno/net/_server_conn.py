@@ -31,7 +31,7 @@ from ..core.errors import (
     RequestTimeout,
 )
 from ._http import CONN_CLOSE
-from ._messages import Request, Response, StreamingResponse
+from ._messages import BodySink, Request, Response, StreamingResponse
 from ._server_write import GENERIC_500, ResponseWriter
 
 if TYPE_CHECKING:
@@ -62,6 +62,8 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_limit = server._max_body_size
+        self._sink: BodySink | None = None  # the body goes there instead (an upload)
         self._header_bytes = 0
         self._partial = 0
         self._in_headers = False
@@ -120,6 +122,7 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
             if isinstance(item, Request):
                 item.disconnected.set()
         self._pipeline.clear()
+        self._drop_sink()
         if self._task is not None:
             self._task.cancel()
         self._wake_drain()
@@ -164,6 +167,7 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
+        self._body_limit = self._server._max_body_size
         self._header_bytes = 0
         self._partial = 0
         self._expect = False
@@ -201,7 +205,7 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
         self._in_headers = False
         self._in_body = True
         server = self._server
-        if self._content_length > server._max_body_size:
+        if self._content_length > max(server._max_body_size, server._max_stream_size):
             raise self._abort(PayloadTooLarge("Request body too large."))
         parser = self._parser
         http10 = parser.get_http_version() == "1.0"
@@ -224,6 +228,12 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
             except Exception:
                 log.exception("before_body failed for %s %s", req.method, req.path)
                 raise self._abort(InfernoError()) from None
+            sink = req.sink
+            if sink is not None:
+                self._sink = sink
+                self._body_limit = min(sink.limit, server._max_stream_size)
+        if self._content_length > self._body_limit:
+            raise self._abort(PayloadTooLarge("Request body too large."))
         if self._task is None:  # one deadline for the whole body, never extended
             self.deadline = self._loop.time() + server._body_timeout
         if self._expect and self._task is None and not self._pipeline and self._transport:
@@ -257,15 +267,29 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
 
     def on_body(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
-        if self._body_size > self._server._max_body_size:
+        if self._body_size > self._body_limit:
             raise self._abort(PayloadTooLarge("Request body too large."))
-        self._body.append(chunk)
+        sink = self._sink
+        if sink is None:
+            self._body.append(chunk)
+            return
+        try:
+            sink.write(chunk)
+        except InfernoError as err:
+            raise self._abort(err) from None
 
     def on_message_complete(self) -> None:
         self._in_body = False
         req = self._head
         assert req is not None  # on_headers_complete built it
         self._head = None
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.finish()
+            except InfernoError as err:
+                sink.abort()
+                raise self._abort(err) from None
         body = self._body
         if body:
             req.body = body[0] if len(body) == 1 else b"".join(body)
@@ -278,7 +302,17 @@ class ServerConnection(ResponseWriter, asyncio.Protocol):
 
     def _abort(self, err: InfernoError) -> _Abort:
         self._error = err
+        self._drop_sink()
         return _Abort()
+
+    def _drop_sink(self) -> None:
+        """A body being streamed into a sink will not complete: let the sink clean up."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            try:
+                sink.abort()
+            except Exception:
+                log.exception("a body sink failed to abort")
 
     # ---- dispatch ------------------------------------------------------------------
     def _fail(self, err: InfernoError) -> None:

@@ -19,7 +19,9 @@ Contract:
 - ``before_body(request)`` runs as soon as the headers are parsed, before any body byte is
   read (the request's ``body`` is still empty): an ``InfernoError`` it raises is the
   answer, and the connection closes without reading the body. Authentication goes here,
-  so an unauthenticated client cannot make the server hold its upload;
+  so an unauthenticated client cannot make the server hold its upload. It may also set
+  ``request.sink`` (a :class:`BodySink`): that body then streams into the sink, up to the
+  sink's own ``limit`` (at most ``max_stream_size``), instead of into memory;
 - chunked trailers are parsed and dropped: they never join the request's headers;
 - a HEAD request is answered with the headers its GET would get and no body;
 - a client disconnect sets ``request.disconnected`` and cancels the handler task, which
@@ -37,10 +39,10 @@ from collections.abc import Callable
 
 from ..core.errors import InfernoError
 from ._http import HeadEncoder
-from ._messages import Handler, Request, Response, StreamingResponse
+from ._messages import BodySink, Handler, Request, Response, StreamingResponse
 from ._server_conn import ServerConnection
 
-__all__ = ["Handler", "HttpServer", "Request", "Response", "StreamingResponse"]
+__all__ = ["BodySink", "Handler", "HttpServer", "Request", "Response", "StreamingResponse"]
 
 
 class HttpServer:
@@ -49,6 +51,7 @@ class HttpServer:
         handler: Handler,
         *,
         max_body_size: int = 4 * 1024 * 1024,
+        max_stream_size: int = 0,
         max_header_size: int = 64 * 1024,
         keepalive_timeout: float = 75.0,
         header_timeout: float = 30.0,
@@ -65,6 +68,8 @@ class HttpServer:
         self.on_reject = on_reject
         self._handler = handler
         self._max_body_size = max_body_size
+        # The largest body a before_body hook may stream into a sink (0: none may).
+        self._max_stream_size = max_stream_size
         self._max_header_size = max_header_size
         self._keepalive_timeout = keepalive_timeout
         self._header_timeout = header_timeout

@@ -4,26 +4,44 @@ A request goes out at once if one of its candidate nodes is under its cap. Other
 waits in the proxy's queue, woken as soon as any request finishes. A full queue, or a
 wait past ``queue_wait``, is answered at once with 503 and ``Retry-After``: overload is
 refused fast instead of piling up until clients time out.
+
+Background work (batch items) is admitted at a lower priority: only onto a node's own
+slots (its ``capacity``, never the queue beyond it), less a reserve that follows the
+interactive traffic seen in the last ``reserve_window`` seconds (one slot per node plus
+that peak spread over the nodes), and only while no interactive request waits. A waiting
+background request is woken after every interactive one. So a batch at full speed fills
+idle capacity, and an interactive request arriving finds a free slot instead of queueing
+behind batch work. Beyond that, :class:`BackgroundLimit` caps background requests in
+flight while interactive requests get slower than they are without background work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Sequence
 
 from inferno.core.errors import Overloaded
+from inferno.proxy.background import BackgroundLimit
 from inferno.proxy.pool import Node
 
 
 class Admission:
-    def __init__(self, *, max_per_node: int, queue_size: int, queue_wait: float) -> None:
+    def __init__(self, *, max_per_node: int, queue_size: int, queue_wait: float,
+                 reserve_window: float = 2.0) -> None:
         self._max_per_node = max_per_node
         self._queue_size = queue_size
         self._queue_wait = queue_wait
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._background: deque[asyncio.Future[None]] = deque()
+        self._window = reserve_window
+        self._peak = 0  # interactive requests in flight at most, lately
+        self._peak_at = 0.0
+        self.background = BackgroundLimit(idle=reserve_window)
+        self.background_in_flight = 0
         self.rejected = 0
 
     def cap(self, node: Node) -> int:
@@ -31,6 +49,41 @@ class Admission:
 
     def has_room(self, nodes: Sequence[Node]) -> bool:
         return any(n.outstanding < self.cap(n) for n in nodes)
+
+    def note_interactive(self, in_flight: int) -> None:
+        """Interactive requests in flight now (called as each one starts)."""
+        now = time.monotonic()
+        if in_flight >= self._peak or now - self._peak_at > self._window:
+            self._peak, self._peak_at = in_flight, now
+
+    def background_cap(self, node: Node, n_nodes: int) -> int:
+        peak = self._peak if time.monotonic() - self._peak_at <= self._window else 0
+        reserve = 1 + math.ceil(peak / max(1, n_nodes)) if peak else 0
+        return min(self.cap(node), max(0, max(node.capacity, 1) - reserve))
+
+    def background_room(self, nodes: Sequence[Node]) -> list[Node]:
+        """The nodes that may take background work now (none while interactive waits)."""
+        if self._waiters or self.background_in_flight >= self.background.current():
+            return []
+        return [n for n in nodes if n.outstanding < self.background_cap(n, len(nodes))]
+
+    async def wait_background(self, deadline: float) -> None:
+        """Wait until a request finishes with no interactive one waiting, or a short while
+        (the interactive reserve decays with time, not only on releases)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Overloaded("Background work found no room in time; retry later.",
+                             retry_after=1)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._background.append(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, min(0.5, remaining))
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._background.remove(waiter)
 
     @property
     def queued(self) -> int:
@@ -59,9 +112,11 @@ class Admission:
                 self._waiters.remove(waiter)
 
     def release(self) -> None:
-        """A request finished somewhere: let the longest waiter re-check."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        """A request finished somewhere: let the longest waiter re-check (interactive
+        waiters first, then background ones)."""
+        for queue in (self._waiters, self._background):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return

@@ -9,12 +9,16 @@ translation (:mod:`inferno.proxy.anthropic`, :mod:`inferno.proxy.responses`): th
 handlers build a chat-completions body and hand it to :meth:`ProxyAPI.chat`, which runs
 the same guard, routing and forwarding, logged under their own route. The chat path pays
 one ``is None`` check for them.
+Other components serve routes through :meth:`ProxyAPI.mount` (a :class:`Mount`: the Batch
+and Files API), and run requests through the same pipeline with :meth:`ProxyAPI.dispatch`:
+as a given principal, at background priority (see ``admission.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -31,7 +35,7 @@ from inferno.core.errors import (
     NotReady,
 )
 from inferno.core.validation import json_object
-from inferno.net import Request, Response, StreamingResponse
+from inferno.net import BodySink, Request, Response, StreamingResponse
 from inferno.proxy.admission import Admission
 from inferno.proxy.anthropic import COUNT, MESSAGES, AnthropicAPI, shape
 from inferno.proxy.forward import Forwarder
@@ -49,20 +53,27 @@ if TYPE_CHECKING:
 
 
 
-class Mount(Protocol):
-    """Routes another component serves on the API port (the dashboard at /ui)."""
-
-    def owns(self, path: str) -> bool: ...
-
-    async def handle(self, req: Request) -> Response | StreamingResponse: ...
-
-
 _INFERENCE = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 # Other APIs, served by translating to chat completions (proxy.anthropic, proxy.responses).
 _TRANSLATED = (MESSAGES, RESPONSES)
 _ROUTES = _INFERENCE | {MESSAGES, COUNT, RESPONSES}
 _CHAT = "/v1/chat/completions"
 Api = Callable[[Request, str], Awaitable[Response | StreamingResponse]]
+
+# Set while a request runs for background work (ProxyAPI.dispatch): admitted at low priority.
+_BACKGROUND: ContextVar[bool] = ContextVar("inferno_background", default=False)
+
+
+class Mount(Protocol):
+    """Routes another component serves on the API port. The proxy authenticates on the
+    headers first (``check_head``); ``body_sink`` may then take the body as it streams in
+    (an upload), instead of the proxy reading it into memory."""
+
+    def owns(self, path: str) -> bool: ...
+
+    def body_sink(self, req: Request) -> BodySink | None: ...
+
+    async def handle(self, req: Request) -> Response | StreamingResponse: ...
 
 
 class ProxyAPI:
@@ -83,7 +94,7 @@ class ProxyAPI:
         self._metrics = metrics
         self._request_timeout = request_timeout
         self.accepting = True
-        self.mounts: list[Mount] = []
+        self._mounts: list[Mount] = []
         self.tracing: ProxyTracing | None = None  # OTEL_* variables turn it on
         self.in_flight = 0
         self.requests_total = 0
@@ -106,12 +117,42 @@ class ProxyAPI:
                 if req.path.startswith(MESSAGES):
                     shape(exc)  # Anthropic clients read Anthropic's error shape
                 raise
+        for mount in self._mounts:
+            if mount.owns(req.path):
+                req.sink = mount.body_sink(req)
+                return
+
+    def mount(self, mount: Mount) -> None:
+        self._mounts.append(mount)
+
+    async def dispatch(self, principal: object, path: str, body: bytes) -> Response:
+        """Run one inference request through the whole pipeline (auth already decided:
+        ``principal``; limits, routing, accounting) at background priority."""
+        req = Request("POST", path, "", [(b"content-type", b"application/json")], body,
+                      None, True, False)
+        req.auth = principal
+        token = _BACKGROUND.set(True)
+        try:
+            resp = await self._inference(req, path)
+        finally:
+            _BACKGROUND.reset(token)
+        if isinstance(resp, StreamingResponse):  # never asked for, but read it whole
+            chunks = [c async for c in resp.chunks]
+            resp = Response(resp.status, b"".join(chunks), headers=resp.headers,
+                            content_type=resp.content_type)
+        return resp
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path
         if path in _INFERENCE:
             if req.method != "POST":
                 raise MethodNotAllowed(f"{req.method} is not allowed on {path}; use POST.")
+            if req.header("x-inferno-priority") == "background":  # batch workers' requests
+                token = _BACKGROUND.set(True)
+                try:
+                    return await self._inference(req, path)
+                finally:
+                    _BACKGROUND.reset(token)
             return await self._inference(req, path)
         if path.startswith(_TRANSLATED):
             return await self._translated(req, path)
@@ -128,7 +169,7 @@ class ProxyAPI:
             return self._model(unquote(path.removeprefix("/v1/models/")))
         if self._admin is not None and self._admin.owns(path):
             return await self._admin.handle(req)
-        for mount in self.mounts:
+        for mount in self._mounts:
             if mount.owns(path):
                 return await mount.handle(req)
         raise NotFound(f"Unknown route {req.method} {path}.")
@@ -172,6 +213,12 @@ class ProxyAPI:
         started = time.perf_counter()
         self.in_flight += 1
         self.requests_total += 1
+        background = _BACKGROUND.get()
+        admission = self._admission
+        if background:
+            admission.background_in_flight += 1
+        else:
+            admission.note_interactive(self.in_flight - admission.background_in_flight)
         status = 500
         streaming = False
         try:
@@ -188,8 +235,14 @@ class ProxyAPI:
             status = resp.status
             if isinstance(resp, StreamingResponse):
                 # Still in flight until the stream ends: the chunks take the decrement.
-                resp.chunks = _InFlightChunks(resp.chunks, self)
+                timed = not background and admission.background.wants_sample(
+                    admission.background_in_flight)
+                resp.chunks = _InFlightChunks(resp.chunks, self, background,
+                                              started if timed else None)
                 streaming = True
+            elif not background and status == 200:
+                admission.background.observe(time.perf_counter() - started,
+                                             admission.background_in_flight)
             return resp
         except InfernoError as exc:
             status = exc.status_code
@@ -197,6 +250,8 @@ class ProxyAPI:
         finally:
             if not streaming:
                 self.in_flight -= 1
+                if background:
+                    admission.background_in_flight -= 1
             counter = self._count.get(path) if status == 200 else None
             (counter or self._metrics.requests.labels(path, str(status))).inc()
             self._latency[path].observe(time.perf_counter() - started)
@@ -205,6 +260,7 @@ class ProxyAPI:
                                  model: str, stream: bool, user: str | None,
                                  body: bytes | None = None) -> Response | StreamingResponse:
         deadline = time.monotonic() + self._request_timeout
+        background = _BACKGROUND.get()
         body = req.body if body is None else body
         target = self._router.target_model(model)
         if target != model:  # canary: only these requests pay for re-serialising
@@ -222,7 +278,14 @@ class ProxyAPI:
             if not decision.order:
                 raise NoBackendAvailable(f"No healthy node serves '{target}' right now.",
                                          retry_after=1)
+            if background:
+                order = self._admission.background_room(decision.order)
+                if order:
+                    break
+                await self._admission.wait_background(deadline)
+                continue
             if self._admission.has_room(decision.order):
+                order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
                 break
             queued_at = queued_at or time.perf_counter()
             await self._admission.wait(deadline)  # raises Overloaded when refused
@@ -254,22 +317,40 @@ class _InFlightChunks:
     (once). Iteration goes straight to the wrapped iterator: nothing added per chunk.
     """
 
-    __slots__ = ("_api", "_chunks")
+    __slots__ = ("_api", "_background", "_chunks", "_started")
 
-    def __init__(self, chunks: AsyncIterator[bytes], api: ProxyAPI) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], api: ProxyAPI, background: bool,
+                 started: float | None) -> None:
         self._chunks = chunks
         self._api: ProxyAPI | None = api
+        self._background = background
+        self._started = started  # an interactive stream: its first chunk is timed
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks.__aiter__()
+        # Only a timed stream is iterated through here; others go straight to the chunks.
+        return self if self._started is not None else self._chunks.__aiter__()
 
     def __anext__(self) -> Awaitable[bytes]:
+        if self._started is not None:
+            return self._first()
         return self._chunks.__anext__()
+
+    async def _first(self) -> bytes:
+        chunk = await self._chunks.__anext__()
+        started, self._started = self._started, None
+        api = self._api
+        if started is not None and api is not None:
+            admission = api._admission
+            admission.background.observe(time.perf_counter() - started,
+                                         admission.background_in_flight)
+        return chunk
 
     async def aclose(self) -> None:
         api, self._api = self._api, None
         if api is not None:
             api.in_flight -= 1
+            if self._background:
+                api._admission.background_in_flight -= 1
         aclose = getattr(self._chunks, "aclose", None)
         if aclose is not None:
             await aclose()

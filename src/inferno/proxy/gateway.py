@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -43,8 +43,18 @@ from inferno.proxy.tracing import ProxyTracing
 log = logging.getLogger("inferno.proxy")
 
 
+class Attached(Protocol):
+    """A service run with the proxy (e.g. the batch workers): started once the store is
+    open and before the API port listens; drained after the API port closes."""
+
+    async def start(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
 class Gateway:
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, *, max_upload_size: int = 0) -> None:
+        """``max_upload_size``: the largest body a mounted route may stream to disk."""
         self.settings = settings
         self.state: NodeState = "loading"
         self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
@@ -98,10 +108,11 @@ class Gateway:
         if self.tracing is not None:
             self.api.tracing = observer.tracing = ProxyTracing(self.tracing)
         if s.ui:
-            self.api.mounts.append(self._dashboard())
+            self.api.mount(self._dashboard())
         self.alerts = self._alerts() if s.alert_webhooks else None
         self.server = HttpServer(
-            self.api.handle, max_body_size=s.max_body_size, max_header_size=s.max_header_size,
+            self.api.handle, max_body_size=s.max_body_size, max_stream_size=max_upload_size,
+            max_header_size=s.max_header_size,
             header_timeout=s.header_timeout, body_timeout=s.body_timeout,
             keepalive_timeout=s.keepalive_timeout, send_timeout=s.stream_idle_timeout,
             max_connections=s.max_connections,
@@ -116,11 +127,17 @@ class Gateway:
                     ("GET", "/router/state"): state.get},
             own_thread=s.ops_health == "thread", own_process=s.ops_health == "process")
         self._tasks: list[asyncio.Task[None]] = []
+        self._attached: list[Attached] = []
+
+    def attach(self, service: Attached) -> None:
+        self._attached.append(service)
 
     async def start(self) -> None:
         s = self.settings
         await self.security.start()  # migrations, keys; refuses an unauthenticated public bind
         self.stored.start()
+        for service in self._attached:
+            await service.start()
         await self.ops.start(s.host, s.ops_port)
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
@@ -141,6 +158,8 @@ class Gateway:
         self.state = "draining"  # /health says 503 first, so a load balancer moves away
         self.api.accepting = False
         await self.server.stop(grace=self.settings.drain_timeout)
+        for service in self._attached:
+            await service.drain()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

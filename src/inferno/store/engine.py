@@ -71,6 +71,8 @@ class Store:
     def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 5) -> None:
         """``schema`` (PostgreSQL only) puts every table in its own schema (tests use it)."""
         from inferno.store.audit import AuditRepo
+        from inferno.store.batch import BatchRepo, FileRepo, ScheduleRepo
+        from inferno.store.batch_items import ItemRepo
         from inferno.store.governator import GovernatorRepo
         from inferno.store.repos import KeyRepo, RequestRepo
         from inferno.store.responses import ResponseRepo
@@ -96,6 +98,10 @@ class Store:
         self.governator = GovernatorRepo(self.engine)
         self.audit = AuditRepo(self.engine)
         self.responses = ResponseRepo(self.engine)
+        self.files = FileRepo(self.engine)
+        self.batches = BatchRepo(self.engine)
+        self.batch_items = ItemRepo(self.engine)
+        self.schedules = ScheduleRepo(self.engine)
 
     def __repr__(self) -> str:
         return f"<Store {redact(self.url)}>"

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from inferno.api.dashboard import DataSource, Viewer
 from inferno.core.errors import AuthenticationError, NotFound, PermissionDenied
-from inferno.net import Request, Response, StreamingResponse
+from inferno.net import BodySink, Request, Response, StreamingResponse
 from inferno.ui.assets import StaticFiles, templates
 from inferno.ui.live import live
 from inferno.ui.pages import Pages
@@ -37,6 +37,9 @@ class Dashboard:
 
     def owns(self, path: str) -> bool:
         return path == PREFIX or path.startswith(PREFIX + "/")
+
+    def body_sink(self, req: Request) -> BodySink | None:
+        return None  # the login form's few bytes are read like any other body
 
     async def handle(self, req: Request) -> Response | StreamingResponse:
         path = req.path.rstrip("/") or "/"

@@ -5,6 +5,11 @@ when no ``Authorization`` header is present.
 
 Synchronous and in-memory (a dict lookup and one SHA-256, or a cached JWT check): the
 request path never waits on the database. Error messages never echo what was presented.
+
+Acting for another key: an admin credential with ``X-Inferno-On-Behalf-Of: <key id>``
+runs the request as that key (its model permissions, limits and accounting). Batch
+workers outside the proxy use it to run a batch's lines as the batch's owner. The header
+is refused from any other scope.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from inferno.proxy.security.jwt_tokens import JwtVerifier
 from inferno.proxy.security.keys import ANONYMOUS, KeyCache, Principal
 
 _MAX_CREDENTIAL = 8192
+ON_BEHALF_OF = "x-inferno-on-behalf-of"
 
 
 class Authenticator:
@@ -53,6 +59,14 @@ class Authenticator:
         if principal is None:
             self._on_failure("invalid")
             raise AuthenticationError("Incorrect API key provided.")
+        behalf = req.header(ON_BEHALF_OF)
+        if behalf is not None:
+            if not principal.is_admin:
+                raise PermissionDenied(f"Only an admin credential may send {ON_BEHALF_OF}.")
+            other = self.keys.principal(behalf.strip())
+            if other is None:
+                raise PermissionDenied(f"{ON_BEHALF_OF} names no active API key.")
+            return other
         return principal
 
 

@@ -101,6 +101,11 @@ class KeyCache:
         ok = hmac.compare_digest(digest, entry.digest if entry else b"\0" * 32)
         return entry.principal if ok and entry is not None else None
 
+    def principal(self, key_id: str) -> Principal | None:
+        """The principal of an active key, by its public id (acting on behalf of it)."""
+        entry = self._entries.get(key_id)
+        return entry.principal if entry is not None else None
+
     def replace(self, rows: list[ApiKeyRow]) -> None:
         entries = {}
         for r in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from inferno.store import audit, governator  # noqa: F401  (their tables join the metadata)
+from inferno.store import audit, batch, governator  # noqa: F401  (their tables join the metadata)
 from inferno.store.models import metadata
 
 connection = context.config.attributes["connection"]
