@@ -18,39 +18,53 @@ one run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ("steps", "ramps", "diurnal", "heavy-tail", "two-models")
 
 
-def pool_for(model: str) -> object:
+def pool_for(model: str, examples: Path = ROOT / "examples") -> object:
     from inferno.governator.spec import load_policy, load_prices
 
     # The example policy's targets and timings, local-cpu only, 1 to 8 replicas.
-    prices_path = ROOT / "examples" / "prices.yaml"
-    example = load_policy(ROOT / "examples" / "policy.yaml", load_prices(prices_path),
+    prices_path = examples / "prices.yaml"
+    example = load_policy(examples / "policy.yaml", load_prices(prices_path),
                           prices_path).pools[0]
     return example.model_copy(update={"model": model, "node_types": ["local-cpu"],
                                       "min_replicas": 1, "max_replicas": 8})
 
 
-def table(seeds: list[int], duration: float) -> list[dict[str, object]]:
+def _synthetic() -> Any:
+    """This checkout's generator, also when ``inferno`` comes from a baseline's sources."""
+    spec = importlib.util.spec_from_file_location(
+        "synthetic", ROOT / "src" / "inferno" / "governator" / "synthetic.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def table(seeds: list[int], duration: float, examples: Path = ROOT / "examples"
+          ) -> list[dict[str, object]]:
     from inferno.governator.planner import plan
     from inferno.governator.spec import load_prices
-    from inferno.governator.synthetic import compare, synthetic_trace
 
-    prices = load_prices(ROOT / "examples" / "prices.yaml")
+    synthetic = _synthetic()
+    compare, synthetic_trace = synthetic.compare, synthetic.synthetic_trace
+    prices = load_prices(examples / "prices.yaml")
     out: list[dict[str, object]] = []
     for shape in SHAPES:
         for seed in seeds:
             rows = synthetic_trace(shape, seed, duration)
             for model in dict.fromkeys(r.model for r in rows):
-                auto, static = compare(plan(rows, prices, pool_for(model)))  # type: ignore[arg-type]
+                auto, static = compare(plan(rows, prices, pool_for(model, examples)))  # type: ignore[arg-type]
                 assert auto is not None
                 out.append({"shape": shape, "seed": seed, "pool": model,
                             "attainment": auto.attainment, "auto_h": auto.node_hours,
@@ -82,23 +96,25 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=1800.0, help="trace length, s")
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON (internal)")
+    ap.add_argument("--examples", type=Path, default=ROOT / "examples",
+                    help="where prices.yaml and policy.yaml are (internal)")
     args = ap.parse_args()
     if "-" in args.seeds:
         lo, hi = args.seeds.split("-")
         seeds = list(range(int(lo), int(hi) + 1))
     else:
         seeds = [int(s) for s in args.seeds.split(",")]
-    rows = table(seeds, args.duration)
     if args.json:
-        print(json.dumps(rows))
+        print(json.dumps(table(seeds, args.duration, args.examples)))
         return 0
+    rows = table(seeds, args.duration)
     if args.baseline_src is not None:
-        # The baseline has no synthetic module of its own: this checkout's generator is
-        # put after the baseline's sources, so only its policy and planner differ.
-        env_path = f"{args.baseline_src}:{ROOT / 'src'}"
+        # The baseline's policy, planner and example policy, with this checkout's traces.
         base = subprocess.run([sys.executable, __file__, "--json", "--seeds", args.seeds,
-                               "--duration", str(args.duration)], capture_output=True,
-                              text=True, check=True, env={**os.environ, "PYTHONPATH": env_path})
+                               "--duration", str(args.duration), "--examples",
+                               str(args.baseline_src.parent / "examples")],
+                              capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(args.baseline_src)})
         show(f"before ({args.baseline_src})", json.loads(base.stdout.splitlines()[-1]))
     show("after (this checkout)", rows)
     return 0
