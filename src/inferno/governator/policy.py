@@ -8,7 +8,10 @@ Load is concurrency (requests running + queued). Two moving averages of it are k
 the *stable* window (long) sizes the fleet; the *panic* window (short) catches bursts.
 When the short window wants ``panic_threshold`` times the running nodes, the pool enters
 panic: it scales up at once and does not scale down until a stable window has passed.
-Scale-down is slow: not within ``scale_down_delay_s`` of a scale-up, at most
+Load shows only what the nodes already carry, so the pool is also sized from demand
+(demand.py: arrival rate x service time, queue growth, burstiness), in one step; the
+larger of the two wins, up and down. A missed target adds a node only when none is
+starting. Scale-down is slow: not within ``scale_down_delay_s`` of a scale-up, at most
 ``scale_down_step`` nodes per ``scale_down_cooldown_s``, never while a target is missed.
 """
 
@@ -124,10 +127,11 @@ def decide(spec: PoolSpec, node_type_name: str, node_type: NodeType, sig: PoolSi
     in_panic = now < state.panic_until
     if want_panic > current and want_panic >= spec.panic_threshold * max(current, 1):
         state = replace(state, panic_until=now + spec.stable_window_s)
-        n, note = clamp(want_panic)
+        n, note = clamp(max(want_panic, need.nodes))
         if n > current:
+            rate_txt = f"; {need.text} wants {need.nodes}" if need.nodes > want_panic else ""
             return out(n, "up", f"panic: {load_txt} wants {want_panic} nodes, "
-                       f">= {spec.panic_threshold:g}x the {current} running{note}",
+                       f">= {spec.panic_threshold:g}x the {current} running{rate_txt}{note}",
                        replace(state, last_up=now))
         in_panic = True
 
