@@ -152,7 +152,8 @@ def test_rate_sizes_the_pool_in_one_step_with_a_reason() -> None:
 
 def test_a_few_requests_close_together_are_not_a_burst() -> None:
     # A quiet base (0.1/s), then 2 requests in the last seconds: within Poisson noise.
-    quiet = samples(0.1, 0.2, seconds=58) + ((T - 2, 1.0, 1.0, 1.0, 0.0),)
+    quiet = (*((T - i, 0.1, 0.2, 0.1, 0.0) for i in range(60, 2, -1)),
+             (T - 2, 1.0, 1.0, 1.0, 0.0), (T - 1, 0.0, 1.0, 0.0, 0.0))
     state = PoolState(history=steady(0.2), samples=quiet)
     decision, _ = decide(SPEC, "cpu", NT, PoolSignals(at=T, ready=1, in_flight=2,
                                                       request_rate=1.0, arrival_rate=1.0),
