@@ -378,16 +378,28 @@ def governator_status(
 
 @governator_app.command("plan")
 def governator_plan(
-    trace: Annotated[Path, typer.Option(help="Request trace (CSV or JSONL).")],
     prices: Annotated[Path, typer.Option(help="Price list YAML.")],
+    trace: Annotated[Path | None, typer.Option(help="Request trace (CSV or JSONL).")] = None,
+    synthetic: Annotated[str | None, typer.Option(
+        help="A generated trace instead of --trace: steps, ramps, diurnal, heavy-tail, "
+             "two-models.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --synthetic trace.")] = 0,
+    duration: Annotated[float, typer.Option(help="Length of the --synthetic trace, s.")] = 1800,
     policy: Annotated[Path | None, typer.Option(help="Policy YAML (targets, bounds).")] = None,
     max_nodes: Annotated[int, typer.Option(help="Largest static fleet tried.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per fleet row.")
+                       ] = False,
 ) -> None:
     """Replay a trace against candidate fleets: SLO attainment, node-hours, cost."""
-    from inferno.governator.planner import run_plan
+    from inferno.governator.planner import load_trace, run_plan
+    from inferno.governator.synthetic import synthetic_trace
 
     try:
-        run_plan(trace, prices, policy, max_nodes=max_nodes)
+        if (trace is None) == (synthetic is None):
+            raise ConfigError("give exactly one of --trace FILE or --synthetic SHAPE")
+        rows = (load_trace(trace) if trace is not None
+                else synthetic_trace(synthetic or "", seed, duration))
+        run_plan(rows, prices, policy, max_nodes=max_nodes, as_json=as_json)
     except ConfigError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc

@@ -183,3 +183,24 @@ def test_plan_finds_the_cheapest_fleet_for_the_sample_trace() -> None:
     auto = results["autoscaled 1..4 x local-cpu"]
     assert auto.node_hours < results["static 4 x local-cpu"].node_hours
     assert results["api hosted-small"].cost_usd > 0
+
+
+def test_arrivals_count_requests_the_proxy_holds() -> None:
+    """Live signals for the demand sizing: requests reaching nodes per second plus the
+    growth of what the proxy holds (its in-flight less its nodes' outstanding)."""
+    from inferno.governator.signals import NodeSample, SignalCollector, _held_by_proxy
+
+    def proxy(in_flight: int) -> dict[str, Any]:
+        return {"in_flight": in_flight, "nodes": [
+            {"models": ["a"], "outstanding": 4}, {"models": ["b"], "outstanding": 2}]}
+
+    assert _held_by_proxy(proxy(6), ["a", "b"]) == {}  # all on nodes
+    assert _held_by_proxy(proxy(12), ["a", "b"]) == {"a": 4, "b": 2}  # shared by load
+    collector = SignalCollector(HttpClient(), "127.0.0.1", 1)
+    node = NodeSample("n1", "a", "ready", in_flight=2, capacity=2, requests_total=10)
+    first = collector._pool_signals(100.0, "a", [node], [None], 0.0, held=0)
+    busier = NodeSample("n1", "a", "ready", in_flight=2, capacity=2, requests_total=14)
+    second = collector._pool_signals(102.0, "a", [busier], [None], 0.0, held=6)
+    assert first.queued == 0 and second.queued == 6
+    assert second.request_rate == 2.0  # 4 more reached the node in 2 s
+    assert second.arrival_rate == 5.0  # and the proxy's hold grew by 6

@@ -129,3 +129,49 @@ def test_state_history_is_bounded_by_the_stable_window() -> None:
     _, new = decide(SPEC, "cpu", NT, sig(2, load=3), state)
     assert all(T - at <= SPEC.stable_window_s for at, _ in new.history)
     assert new.last_busy == T and state.last_busy == NEVER  # input never mutated
+
+
+# Demand: arrival rate x service time (demand.py), read from the samples in the state.
+
+def samples(arrivals: float, in_flight: float, seconds: int = 60, queued: float = 0.0
+            ) -> tuple[tuple[float, float, float, float, float], ...]:
+    return tuple((T - i, arrivals, in_flight, arrivals, queued) for i in range(seconds, 0, -1))
+
+
+def test_rate_sizes_the_pool_in_one_step_with_a_reason() -> None:
+    # 2 req/s of 2 s each: 4 running on average; Erlang C wants 6 slots (3 nodes) for
+    # the queue wait, though the load (2 running, 2 per node) fits the one node there is.
+    state = PoolState(history=steady(2), samples=samples(2.0, 4.0))
+    decision, new = decide(SPEC, "cpu", NT, PoolSignals(at=T, ready=1, in_flight=4,
+                                                        request_rate=2.0, arrival_rate=2.0),
+                           state)
+    assert (decision.desired, decision.action) == (3, "up"), decision.reason
+    assert "arrivals 2.00/s x service 2.0s" in decision.reason
+    assert new.samples[-1] == (T, 2.0, 4.0, 2.0, 0.0) and len(new.samples) <= 61
+
+
+def test_a_few_requests_close_together_are_not_a_burst() -> None:
+    # A quiet base (0.1/s), then 2 requests in the last seconds: within Poisson noise.
+    quiet = (*((T - i, 0.1, 0.2, 0.1, 0.0) for i in range(60, 2, -1)),
+             (T - 2, 1.0, 1.0, 1.0, 0.0), (T - 1, 0.0, 1.0, 0.0, 0.0))
+    state = PoolState(history=steady(0.2), samples=quiet)
+    decision, _ = decide(SPEC, "cpu", NT, PoolSignals(at=T, ready=1, in_flight=2,
+                                                      request_rate=1.0, arrival_rate=1.0),
+                         state)
+    assert (decision.desired, decision.action) == (1, "hold"), decision.reason
+
+
+def test_a_growing_queue_is_projected_over_the_start_up_time() -> None:
+    # The queue grew by 1/s over the short window: 5 s of start-up adds 5 more to drain.
+    before = tuple((T - i, 0.5, 2.0, 0.5, 0.0) for i in range(60, 6, -1))
+    growing = before + tuple((T - 6 + i, 0.5, 2.0, 0.5, float(i)) for i in range(6))
+    state = PoolState(history=steady(2), samples=growing)
+    decision, _ = decide(SPEC, "cpu", NT, sig(1, load=8, queued=6, rate=0.5), state)
+    assert decision.action == "up" and decision.desired >= 3, decision.reason
+    assert "backlog 11 drained in 5s" in decision.reason
+
+
+def test_no_extra_node_for_a_missed_target_while_one_is_starting() -> None:
+    decision, _ = decide(SPEC, "cpu", NT, sig(2, load=4, queued=2, wait=3.5, starting=1),
+                         PoolState(history=steady(4)))
+    assert decision.desired == 3 and decision.action == "hold", decision.reason

@@ -109,8 +109,8 @@ def simulate(rows: list[TraceRow], nt: NodeType, target_wait: float, *, nodes: i
     queue: deque[tuple[float, TraceRow]] = deque()
     waits: list[float] = [math.nan] * len(rows)
     recent: deque[tuple[float, float]] = deque()
-    finished = 0
-    i, t, next_tick = 0, 0.0, 0.0
+    arrived = dispatched = 0
+    i, t, next_tick, last_tick = 0, 0.0, 0.0, 0.0
     end = rows[-1].ts
     index = {id(r): k for k, r in enumerate(rows)}
     peak = len(fleet)
@@ -120,23 +120,23 @@ def simulate(rows: list[TraceRow], nt: NodeType, target_wait: float, *, nodes: i
         while i < len(rows) and rows[i].ts <= t:
             queue.append((rows[i].ts, rows[i]))
             i += 1
+            arrived += 1
         for n in fleet:
-            before = len(n.slots)
             n.slots = [e for e in n.slots if e > t]
-            finished += before - len(n.slots)
             if n.draining and not n.slots and n.removed is None:
                 n.removed = t
         for n in fleet:
             if n.removed is not None or n.draining or n.ready_at > t:
                 continue
             while queue and len(n.slots) < nt.capacity:
-                arrived, row = queue.popleft()
-                waits[index[id(row)]] = t - arrived
-                recent.append((t, t - arrived))
+                since, row = queue.popleft()
+                waits[index[id(row)]] = t - since
+                recent.append((t, t - since))
+                dispatched += 1
                 n.slots.append(t + row.prompt_tokens / nt.prefill_tokens_per_second
                                + row.completion_tokens / per_seq)
         if spec is not None and t >= next_tick:
-            next_tick = t + 1.0
+            next_tick, dt, last_tick = t + 1.0, max(t - last_tick, STEP), t
             while recent and t - recent[0][0] > 10:
                 recent.popleft()
             live = [n for n in fleet if n.removed is None and not n.draining]
@@ -145,9 +145,9 @@ def simulate(rows: list[TraceRow], nt: NodeType, target_wait: float, *, nodes: i
                 at=t, ready=sum(1 for n in live if n.ready_at <= t),
                 starting=sum(1 for n in live if n.ready_at > t),
                 in_flight=sum(len(n.slots) for n in live), queued=len(queue),
-                request_rate=finished, queue_wait_p95_s=max(
+                request_rate=dispatched / dt, arrival_rate=arrived / dt, queue_wait_p95_s=max(
                     head, percentile([w for _, w in recent], 0.95) or 0.0))
-            finished = 0
+            arrived = dispatched = 0
             decision, state = decide(spec, type_name, nt, sig, state)
             if decision.desired > len(live):
                 fleet += [_Node(ready_at=t + nt.startup_s, created=t)
@@ -202,8 +202,21 @@ def plan(rows: list[TraceRow], prices: PriceList, spec: PoolSpec,
     return out
 
 
-def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
-             max_nodes: int = 8) -> list[FleetResult]:
+def default_policy_for(rows: list[TraceRow], prices: PriceList, prices_src: str) -> Policy:
+    """One pool per model in the trace, every node type a candidate, default targets."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    policy = Policy(pools=[PoolSpec(model=m, node_types=list(prices.node_types))
+                           for m in models])
+    check_node_types(policy, prices, "the default policy", prices_src)
+    return policy
+
+
+def run_plan(rows: list[TraceRow], prices_path: Path, policy_path: Path | None,
+             max_nodes: int = 8, *, as_json: bool = False) -> list[FleetResult]:
+    """Plan every pool of the policy (or one per model of the trace) and print the tables,
+    or with ``as_json`` one JSON object per fleet row."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
@@ -211,25 +224,27 @@ def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
     if policy_path is not None:
         policy = load_policy(policy_path, prices, prices_path)
     else:
-        policy = Policy(pools=[PoolSpec(model=load_trace(trace)[0].model,
-                                        node_types=list(prices.node_types))])
-        check_node_types(policy, prices, "the default policy", str(prices_path))
-    rows = load_trace(trace)
+        policy = default_policy_for(rows, prices, str(prices_path))
     # Piped output would otherwise be squeezed into 80 columns and wrap every fleet name.
     console = Console(width=None if Console().is_terminal else 140)
     results: list[FleetResult] = []
     for spec in policy.pools:
         res = plan(rows, prices, spec, max_nodes)
         results += res
-        span = rows[-1].ts - rows[0].ts
-        table = Table(title=f"{spec.model}: {len(rows)} requests over {span / 60:.1f} min, "
+        meeting = [r for r in res if r.meets]
+        best = min(meeting, key=lambda r: r.cost_usd) if meeting else None
+        if as_json:
+            for r in res:
+                sys.stdout.buffer.write(orjson.dumps(_row_json(spec, r, r is best)) + b"\n")
+            continue
+        pool_rows = [r for r in rows if r.model == spec.model] or rows
+        span = pool_rows[-1].ts - pool_rows[0].ts
+        table = Table(title=f"{spec.model}: {len(pool_rows)} requests over {span / 60:.1f} min, "
                       f"target queue wait p95 <= {spec.targets.queue_wait_p95_s:g}s")
         for col in ("fleet", "SLO minutes", "wait p95", "peak nodes", "node-hours", "cost $",
                     "$/1M tok", "meets"):
             table.add_column(col, justify="left" if col == "fleet" else "right",
                              no_wrap=True)
-        meeting = [r for r in res if r.meets]
-        best = min(meeting, key=lambda r: r.cost_usd) if meeting else None
         for r in res:
             style = "bold green" if r is best else None
             table.add_row(r.name, f"{r.attainment:.0%}",
@@ -241,3 +256,11 @@ def run_plan(trace: Path, prices_path: Path, policy_path: Path | None,
                       f"(${best.cost_usd:.4f})" if best else
                       "[red]No candidate fleet meets the targets.[/red]")
     return results
+
+
+def _row_json(spec: PoolSpec, r: FleetResult, cheapest: bool) -> dict[str, object]:
+    return {"pool": spec.model, "fleet": r.name, "attainment": round(r.attainment, 4),
+            "wait_p95_s": None if math.isinf(r.wait_p95_s) else round(r.wait_p95_s, 3),
+            "peak_nodes": r.peak_nodes, "node_hours": round(r.node_hours, 4),
+            "cost_usd": round(r.cost_usd, 6), "usd_per_1m_tokens": round(r.usd_per_1m_tokens, 4),
+            "meets": r.meets, "cheapest_meeting": cheapest}

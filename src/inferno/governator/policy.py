@@ -8,7 +8,10 @@ Load is concurrency (requests running + queued). Two moving averages of it are k
 the *stable* window (long) sizes the fleet; the *panic* window (short) catches bursts.
 When the short window wants ``panic_threshold`` times the running nodes, the pool enters
 panic: it scales up at once and does not scale down until a stable window has passed.
-Scale-down is slow: not within ``scale_down_delay_s`` of a scale-up, at most
+Load shows only what the nodes already carry, so the pool is also sized from demand
+(demand.py: arrival rate x service time, queue growth, burstiness), in one step; the
+larger of the two wins, up and down. A missed target adds a node only when none is
+starting. Scale-down is slow: not within ``scale_down_delay_s`` of a scale-up, at most
 ``scale_down_step`` nodes per ``scale_down_cooldown_s``, never while a target is missed.
 """
 
@@ -18,6 +21,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from inferno.governator.demand import Sample, demand
 from inferno.governator.signals import PoolSignals
 from inferno.governator.spec import NodeType, PoolSpec
 
@@ -34,6 +38,7 @@ class PoolState:
     last_down: float = NEVER
     panic_until: float = NEVER
     last_busy: float = NEVER
+    samples: tuple[Sample, ...] = ()  # for the arrival rate and service time (demand.py)
 
 
 @dataclass(slots=True)
@@ -72,8 +77,17 @@ def decide(spec: PoolSpec, node_type_name: str, node_type: NodeType, sig: PoolSi
                     if now - t <= spec.stable_window_s)
     stable = _mean([v for _, v in history])
     panic_load = _mean([v for t, v in history if now - t <= spec.panic_window_s])
+    arrivals = sig.request_rate if sig.arrival_rate is None else sig.arrival_rate
+    samples = tuple(s for s in (*state.samples, (now, arrivals, float(sig.in_flight),
+                                                 sig.request_rate, float(sig.queued)))
+                    if now - s[0] <= spec.stable_window_s)
     busy = load > 0 or sig.request_rate > 0 or sig.unserved_rate > 0
-    state = replace(state, history=history, last_busy=now if busy else state.last_busy)
+    state = replace(state, history=history, samples=samples,
+                    last_busy=now if busy else state.last_busy)
+    need = demand(samples, now, per_node=per_node, startup_s=node_type.startup_s,
+                  target_wait_s=spec.targets.queue_wait_p95_s,
+                  panic_window_s=spec.panic_window_s, stable_window_s=spec.stable_window_s,
+                  starting=sig.starting)
     current = sig.running
     want_stable = _nodes_for(stable, per_node)
     want_panic = _nodes_for(panic_load, per_node)
@@ -113,20 +127,26 @@ def decide(spec: PoolSpec, node_type_name: str, node_type: NodeType, sig: PoolSi
     in_panic = now < state.panic_until
     if want_panic > current and want_panic >= spec.panic_threshold * max(current, 1):
         state = replace(state, panic_until=now + spec.stable_window_s)
-        n, note = clamp(want_panic)
+        n, note = clamp(max(want_panic, need.nodes))
         if n > current:
+            rate_txt = f"; {need.text} wants {need.nodes}" if need.nodes > want_panic else ""
             return out(n, "up", f"panic: {load_txt} wants {want_panic} nodes, "
-                       f">= {spec.panic_threshold:g}x the {current} running{note}",
+                       f">= {spec.panic_threshold:g}x the {current} running{rate_txt}{note}",
                        replace(state, last_up=now))
         in_panic = True
 
     # 3. Targets missed: add a node (or what the load wants), respecting the cooldown.
     want = max(want_stable, want_panic if in_panic else 0)
-    if misses and sig.queued > 0:
+    # A missed target adds a node only when none is on its way: a node that is starting
+    # will already help, and the waits it fixes show up only after it is ready.
+    if misses and sig.queued > 0 and sig.starting == 0:
         want = max(want, current + 1)
+    by_rate = need.nodes > want
+    want = max(want, need.nodes)
     if want > current:
         n, note = clamp(want)
-        why = "; ".join(misses) if misses else f"{load_txt} wants {want} nodes"
+        why = ("; ".join(misses) if misses and not by_rate else f"{need.text} wants {want} nodes"
+               if by_rate else f"{load_txt} wants {want} nodes")
         if n <= current:
             return out(current, "hold", f"{why}, but at max_replicas {spec.max_replicas}", state)
         if now - state.last_up < spec.scale_up_cooldown_s:
@@ -136,6 +156,8 @@ def decide(spec: PoolSpec, node_type_name: str, node_type: NodeType, sig: PoolSi
 
     # 4. Too many nodes: scale down slowly, never while targets are missed or in panic.
     target, note = clamp(want)
+    if need.text and need.nodes >= want:
+        load_txt = need.text
     if target < current:
         if misses:
             return out(current, "hold", f"{load_txt} wants {target} but {'; '.join(misses)}",

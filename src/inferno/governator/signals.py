@@ -5,9 +5,12 @@ requests and failures; total requests) and each node's ``GET /telemetry`` (queue
 in flight, tokens/s, capacity, state) and ``GET /metrics`` (the time-to-first-token
 histogram). Node addresses come from the provider, which started the nodes.
 
-Queue wait is estimated per pool with Little's law (queued / completion rate), and its
-p95 is taken over the estimates of the last few ticks; TTFT p95 comes from the bucket
-deltas of the nodes' histograms since the previous tick.
+Requests the proxy holds because every node of a model is full count as queued for the
+pool, and their growth as arrivals (``arrival_rate``: requests reaching the nodes per
+second plus that growth). Queue wait is estimated per pool with Little's law
+(queued / rate of leaving the queue), and its p95 is taken over the estimates of the
+last few ticks; TTFT p95 comes from the bucket deltas of the nodes' histograms since the
+previous tick.
 """
 
 from __future__ import annotations
@@ -49,13 +52,16 @@ class PoolSignals:
     draining: int = 0
     in_flight: int = 0  # generating now, on the pool's nodes
     queued: int = 0  # waiting for a slot on the pool's nodes
-    request_rate: float = 0.0  # requests finished per second
+    request_rate: float = 0.0  # requests handed to the pool's nodes per second
     tokens_per_second: float = 0.0
     queue_wait_p95_s: float | None = None
     ttft_p95_s: float | None = None
     # Requests the proxy saw while the pool had no node (what wakes a pool at zero).
     unserved_rate: float = 0.0
     errors: int = 0
+    # Requests arriving for the pool per second (handed to nodes + the growth of what waits
+    # for one); None where unknown, and the policy then reads ``request_rate``.
+    arrival_rate: float | None = None
 
     @property
     def running(self) -> int:
@@ -116,6 +122,7 @@ class _PoolMemory:
     ttft: dict[str, dict[float, float]] = field(default_factory=dict)
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=10))
     queued_since: float | None = None
+    held: int = 0  # requests the proxy held for the pool at the previous tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +175,7 @@ class SignalCollector:
         node_vitals: list[dict[str, Any] | None] = list(results[1:1 + n])
         node_metrics: list[bytes | None] = list(results[1 + n:])
         unserved = self._unserved_rate(now)
+        held = _held_by_proxy(self.proxy, pools)
         served_models = set(self.proxy.get("models", [])) if self.proxy else set()
         samples: list[NodeSample] = []
         out: dict[str, PoolSignals] = {}
@@ -177,7 +185,7 @@ class SignalCollector:
             samples.extend(pool_samples)
             out[pool] = self._pool_signals(
                 now, pool, pool_samples, [node_metrics[i] for i in idx],
-                unserved if pool not in served_models else 0.0)
+                unserved if pool not in served_models else 0.0, held.get(pool, 0))
         return out, samples
 
     def _unserved_rate(self, now: float) -> float:
@@ -190,17 +198,21 @@ class SignalCollector:
         return max(0, total - prev[1]) / (now - prev[0])
 
     def _pool_signals(self, now: float, pool: str, samples: list[NodeSample],
-                      metrics: list[bytes | None], unserved: float) -> PoolSignals:
+                      metrics: list[bytes | None], unserved: float, held: int = 0
+                      ) -> PoolSignals:
         mem = self._memory.setdefault(pool, _PoolMemory())
         dt = now - mem.at if mem.at else 0.0
-        finished = 0
+        started = 0  # a node counts a request when it arrives (queued there or running)
         for s in samples:
             before = mem.requests.get(s.id)
             if before is not None and s.requests_total >= before:
-                finished += s.requests_total - before
+                started += s.requests_total - before
         mem.requests = {s.id: s.requests_total for s in samples}
-        rate = finished / dt if dt > 0 else 0.0
-        queued = sum(s.queued for s in samples)
+        rate = started / dt if dt > 0 else 0.0
+        # Arrivals: requests that reached a node, plus the growth of those the proxy holds.
+        arrivals = max(0.0, rate + (held - mem.held) / dt) if dt > 0 else 0.0
+        mem.held = held
+        queued = sum(s.queued for s in samples) + held
         # Little's law: time in queue = queue length / rate of leaving it.
         if queued == 0:
             mem.queued_since = None
@@ -222,7 +234,7 @@ class SignalCollector:
             starting=sum(1 for s in samples if s.state in ("starting", "loading", "down")),
             draining=sum(1 for s in samples if s.state == "draining"),
             in_flight=max(0, sum(s.in_flight for s in samples) - queued),
-            queued=queued, request_rate=round(rate, 3),
+            queued=queued, request_rate=round(rate, 3), arrival_rate=round(arrivals, 3),
             tokens_per_second=round(sum(s.tokens_per_second for s in samples), 2),
             queue_wait_p95_s=_round(percentile(list(mem.waits), 0.95)),
             ttft_p95_s=_round(ttft), unserved_rate=round(unserved, 3))
@@ -242,6 +254,23 @@ class SignalCollector:
                 delta[bound] = delta.get(bound, 0.0) + max(0.0, count - before.get(bound, 0.0))
         mem.ttft = current
         return histogram_quantile(sorted(delta.items()), 0.95)
+
+
+def _held_by_proxy(proxy: dict[str, Any] | None, pools: Sequence[str]) -> dict[str, int]:
+    """Requests in the proxy not yet on a node (its ``in_flight`` less the outstanding
+    requests of its nodes), per pool: a proxy holds requests when every node of the
+    model has its fill. The proxy does not say which model each one is for, so they are
+    shared among pools by their nodes' outstanding requests (exact with one pool)."""
+    if not proxy or not pools:
+        return {}
+    nodes = [n for n in proxy.get("nodes", []) if isinstance(n, dict)]
+    outstanding = {p: sum(int(n.get("outstanding", 0)) for n in nodes
+                          if p in n.get("models", [])) for p in pools}
+    held = int(proxy.get("in_flight", 0)) - sum(int(n.get("outstanding", 0)) for n in nodes)
+    total = sum(outstanding.values())
+    if held <= 0 or total <= 0:
+        return {}
+    return {p: round(held * o / total) for p, o in outstanding.items()}
 
 
 def _round(v: float | None) -> float | None:
