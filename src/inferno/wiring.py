@@ -170,7 +170,7 @@ def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None) -
                            identify=lambda req: _owner(gw.security.auth.authenticate(req)),
                            lookup=lambda key_id: _lookup(gw, key_id),
                            dispatch=lambda owner, path, body: _dispatch(gw, owner, path, body),
-                           registry=gw.metrics.registry)
+                           registry=gw.metrics.registry, audit=gw.security.audit.record)
     gw.api.mount(service)
     gw.attach(service)
     return gw

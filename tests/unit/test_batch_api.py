@@ -205,6 +205,21 @@ async def test_cancel_keeps_finished_lines(env: Env) -> None:
     with pytest.raises(openai.BadRequestError):
         await client.batches.cancel(batch.id)
 
+    # The audit trail has the create, both cancels (one refused), and the node joining.
+    store = env.gw.security.store
+    assert store is not None
+
+    async def audited() -> list[tuple[str, str, str]]:
+        rows = await store.audit.find(action="batch")
+        return [(r["action"], r["target"], r["outcome"]) for r in rows] if len(rows) == 3 \
+            else []
+
+    assert await eventually(audited, what="batch actions audited") == [
+        ("batch.cancel", batch.id, "refused: cancelled"), ("batch.cancel", batch.id, "ok"),
+        ("batch.create", batch.id, "ok")]
+    nodes = await store.audit.find(action="node")
+    assert [r["action"] for r in nodes] == ["node.registered"] and nodes[0]["actor"] == "system"
+
 
 @pytest.mark.batch(workers=2, node={"token_delay": 0.05, "parallel": 2})
 async def test_expiry_keeps_finished_lines(env: Env) -> None:

@@ -25,13 +25,16 @@ from inferno.core.errors import InvalidRequest, MethodNotAllowed, NotFound
 from inferno.core.validation import json_object
 from inferno.net import Request, Response
 from inferno.store import Store
+from inferno.store.audit import AuditEvent
 
 
 class BatchesAPI:
-    def __init__(self, store: Store, files: FilesAPI, wake: Callable[[], None]) -> None:
+    def __init__(self, store: Store, files: FilesAPI, wake: Callable[[], None],
+                 audit: Callable[[AuditEvent], None] = lambda event: None) -> None:
         self._store = store
         self._files = files
         self._wake = wake  # the supervisor: a new batch or a cancel needs it
+        self._audit = audit  # creates and cancels go to the audit trail, off this path
 
     async def handle(self, req: Request, owner: Owner) -> Response:
         parts = req.path.rstrip("/").split("/")[3:]  # after /v1/batches
@@ -47,6 +50,10 @@ class BatchesAPI:
         if len(parts) == 1 and req.method == "GET":
             return Response.json(await self._object(row))
         if parts[1:] == ["cancel"] and req.method == "POST":
+            self._audit(AuditEvent("batch.cancel", row["id"], owner.key_id or "local",
+                                   "ok" if row["status"] in ("validating", "in_progress",
+                                                             "cancelling")
+                                   else f"refused: {row['status']}", req.header("x-request-id")))
             return await self._cancel(row)
         raise NotFound(f"Unknown route {req.method} {req.path}.")
 
@@ -81,6 +88,11 @@ class BatchesAPI:
                                  param="Idempotency-Key")
         row = await create_batch(self._store, owner=owner.key_id, **template,
                                  idempotency=f"{owner.key_id}:{key}" if key else None)
+        self._audit(AuditEvent("batch.create", row["id"], owner.key_id or "local", "ok",
+                               req.header("x-request-id"),
+                               {"endpoint": template["endpoint"],
+                                "input_file_id": template["input_file_id"],
+                                "completion_window": template["completion_window"]}))
         self._wake()
         return Response.json(await self._object(row))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,7 @@ from inferno.batch.types import Dispatch, Identify
 from inferno.core.config import BatchSettings
 from inferno.net import Request, Response, StreamingResponse
 from inferno.store import Store
+from inferno.store.audit import AuditEvent
 
 
 def runner_config(s: BatchSettings) -> RunnerConfig:
@@ -34,7 +36,8 @@ def _under(path: str, prefix: str) -> bool:
 class BatchService:
     def __init__(self, store: Store, settings: BatchSettings, *, data_dir: Path,
                  identify: Identify, lookup: Lookup, dispatch: Dispatch | None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 audit: Callable[[AuditEvent], None] = lambda event: None) -> None:
         s = settings
         self.instance = f"b-{secrets.token_hex(6)}"
         self._identify = identify
@@ -50,7 +53,7 @@ class BatchService:
             lease=s.lease, max_lines=s.max_lines, missed_runs=s.missed_runs,
             metrics=self.metrics, on_ready=self.runner.wake if self.runner else lambda: None)
         self.files_api = FilesAPI(store, self.files, max_size=s.files_max_size)
-        self.batches_api = BatchesAPI(store, self.files_api, self.supervisor.wake)
+        self.batches_api = BatchesAPI(store, self.files_api, self.supervisor.wake, audit)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _digest_of(self, file_id: str) -> str | None:

@@ -22,7 +22,7 @@ from inferno.proxy.alert_rules import build_rules
 from inferno.proxy.alerts import AlertManager, WebhookSender
 from inferno.proxy.app import ProxyAPI
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
-from inferno.proxy.events import EventLog
+from inferno.proxy.events import Event, EventLog
 from inferno.proxy.forward import Forwarder, Timeouts
 from inferno.proxy.health.active import ActiveHealth
 from inferno.proxy.health.breaker import BreakerPolicy
@@ -39,6 +39,10 @@ from inferno.proxy.routing import build_router
 from inferno.proxy.security.setup import Security
 from inferno.proxy.state import RouterState
 from inferno.proxy.tracing import ProxyTracing
+from inferno.store.audit import AuditEvent
+
+_AUDITED_NODE_EVENTS = frozenset({"registered", "deregistered", "expired", "ejected",
+                                  "readmitted"})
 
 log = logging.getLogger("inferno.proxy")
 
@@ -94,6 +98,9 @@ class Gateway:
         self.metrics.waiting.set_function(lambda: float(self.admission.queued))
         self.security = Security(s, registry)  # auth, limits, cache, request log, store
         self.stored = ResponseStore(self.security.store, flush_interval=s.log_flush_interval)
+        # Node membership and ejections are administrative facts too: the audit trail
+        # keeps them (the timeline forgets; the trail is for later questions).
+        self.events.listeners.append(self._audit_node_event)
         observer = RequestObserver(self.metrics, self.stats)
         self.security.log.on_record = observer
         self.tracing = tracing_from_env("inferno-proxy")  # None unless OTEL_* say so
@@ -204,6 +211,12 @@ class Gateway:
         wait = max(0.0, node.breaker.open_until - time.monotonic())
         self.events.emit("ejected", node.id, f"breaker open for {wait:.1f} s after "
                          f"{node.last_error} (ejection #{node.breaker.ejections})")
+
+    def _audit_node_event(self, event: Event) -> None:
+        if event.kind in _AUDITED_NODE_EVENTS and event.node is not None:
+            self.security.audit.record(AuditEvent(
+                f"node.{event.kind}", event.node[:512], "system",
+                detail={"detail": event.detail[:500]}, ts=event.ts))
 
     def _readmitted(self, node: Node) -> None:
         self.metrics.readmissions.inc()
