@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from inferno.backend.engines.base import EngineStats
+from inferno.backend.gpu import Gpu
 from inferno.ops.tracing import Tracing, node_spans
 
 # vLLM's bucket edges, so its users' dashboards read the same.
@@ -37,6 +38,14 @@ class BackendMetrics:
                                   registry=registry)
         self.queue_depth = Gauge("inferno_backend_queue_depth",
                                  "Requests waiting for an engine slot", registry=registry)
+        labels = ["gpu", "name"]
+        self.gpu_memory_used = Gauge("inferno_gpu_memory_used_bytes", "GPU memory in use",
+                                     labels, registry=registry)
+        self.gpu_memory_total = Gauge("inferno_gpu_memory_total_bytes", "GPU memory",
+                                      labels, registry=registry)
+        self.gpu_utilization = Gauge("inferno_gpu_utilization",
+                                     "GPU busy fraction over the driver's sample period",
+                                     labels, registry=registry)
         # Gauges reading the engine's running totals (counters cannot take a callback).
         self.prompt_reused = Gauge("inferno_backend_prompt_tokens_reused",
                                    "Prompt tokens served from the prefix cache, since start",
@@ -88,3 +97,10 @@ class BackendMetrics:
         self.waiting.set_function(lambda: stats().queued)
         self.prompt_reused.set_function(lambda: stats().prompt_tokens_reused)
         self.prompt_computed.set_function(lambda: stats().prompt_tokens_computed)
+
+    def set_gpus(self, gpus: Sequence[Gpu]) -> None:
+        for g in gpus:
+            labels = (str(g.index), g.name)
+            self.gpu_memory_used.labels(*labels).set(g.memory_used_bytes)
+            self.gpu_memory_total.labels(*labels).set(g.memory_total_bytes)
+            self.gpu_utilization.labels(*labels).set(g.utilization)

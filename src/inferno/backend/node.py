@@ -24,6 +24,7 @@ from inferno import __version__
 from inferno.api.node import NodeState, Registration, Vitals
 from inferno.backend.api import BackendAPI
 from inferno.backend.engines.base import AnyEngine
+from inferno.backend.gpu import GpuProbe
 from inferno.backend.metrics import BackendMetrics
 from inferno.backend.model_admin import ModelAdmin
 from inferno.backend.models import EngineFactory, LoadedModels
@@ -59,6 +60,7 @@ class BackendNode:
         self.api = BackendAPI(self.models, self.metrics, lambda: self.state,
                               admin=ModelAdmin(self.models, token=token), load_wait=load_wait)
         self._tokens = RateMeter(lambda: float(self.models.stats().tokens_generated))
+        self._gpu = GpuProbe()  # reports nothing on a machine without nvidia-smi
         self.server = HttpServer(self.api.handle)
         self.ops = OpsServer(health=lambda: self.state, telemetry=self.vitals, registry=registry)
         self._client = HttpClient()
@@ -133,6 +135,8 @@ class BackendNode:
     async def _sample_rates(self) -> None:
         while True:
             self._tokens.sample()
+            if self._gpu.available:  # a subprocess every few seconds, in a worker thread
+                self.metrics.set_gpus(await self._gpu.refresh())
             await asyncio.sleep(1.0)
 
     def vitals(self) -> dict[str, Any]:
@@ -142,7 +146,9 @@ class BackendNode:
         extra: dict[str, Any] = {
             "capabilities": sorted(info.capabilities), "engine": self.settings.engine,
             "price_per_mtok_input": info.price_per_mtok_input,
-            "price_per_mtok_output": info.price_per_mtok_output}
+            "price_per_mtok_output": info.price_per_mtok_output,
+            "gpus": [g.to_dict() for g in self._gpu.gpus],
+            "gpu_layers": self.settings.gpu_layers}
         return Vitals(
             id=self.node_id, component="backend", version=__version__,
             state=self.state,
