@@ -15,6 +15,7 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 
 from inferno.backend.node import BackendNode
+from inferno.core.errors import InvalidRequest
 from inferno.proxy.gateway import Gateway
 from inferno.proxy.security.keys import create_key
 from tests.batch_support import (
@@ -99,6 +100,14 @@ async def test_sdk_end_to_end(env: Env, tmp_path: Path) -> None:
     with pytest.raises(openai.BadRequestError):
         await client.files.delete(uploaded.id)
     await wait_status(client, again.id, ("completed",))
+    # The admin SDK reads the same objects (no auth here: the local caller is admin).
+    from inferno.client import AsyncClient
+
+    async with AsyncClient(env.url) as admin:
+        assert [b["id"] for b in await admin.batches(limit=5)] == [again.id, batch.id]
+        assert (await admin.batch(batch.id))["status"] == "completed"
+        with pytest.raises(InvalidRequest):  # a finished batch cannot be cancelled
+            await admin.cancel_batch(batch.id)
     deleted = await client.files.delete(uploaded.id)
     assert deleted.deleted
     with pytest.raises(openai.NotFoundError):

@@ -6,6 +6,7 @@
         key = admin.create_key("ci", scope="user", rpm=600)   # key.key: shown once
         admin.deploy_model("smol:v2", replace="smol:v1")
         for entry in admin.audit(action="key").entries: ...
+        admin.cancel_batch("batch_...")                       # batches of every key
 
 :class:`AsyncClient` has the same methods, awaited. Error answers raise the classes of
 :mod:`inferno.core.errors` (``AuthenticationError``, ``PermissionDenied``, ``NotFound``...)
@@ -132,6 +133,16 @@ class Client(_Base):
                      node: str | None = None) -> list[NodeResult]:
         return self._run(c.models_change("deploy", model, replace=replace, node=node))
 
+    def batches(self, *, after: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """Batch objects, newest first (an admin key sees every key's)."""
+        return self._run(c.list_batches(after, limit))
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        return self._run(c.get_batch(batch_id))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._run(c.cancel_batch(batch_id))
+
     def router_state(self) -> dict[str, Any]:
         return self._run(c.router_state())
 
@@ -204,6 +215,16 @@ class AsyncClient(_Base):
     async def deploy_model(self, model: str, *, replace: str,
                            node: str | None = None) -> list[NodeResult]:
         return await self._run(c.models_change("deploy", model, replace=replace, node=node))
+
+    async def batches(self, *, after: str | None = None,
+                      limit: int = 20) -> list[dict[str, Any]]:
+        return await self._run(c.list_batches(after, limit))
+
+    async def batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._run(c.get_batch(batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._run(c.cancel_batch(batch_id))
 
     async def router_state(self) -> dict[str, Any]:
         return await self._run(c.router_state())

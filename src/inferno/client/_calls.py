@@ -139,6 +139,18 @@ def models_change(verb: str, model: str, **extra: Any) -> Call[list[NodeResult]]
     return Call("POST", f"/v1/models/{verb}", _nodes, json=body)
 
 
+def list_batches(after: str | None, limit: int) -> Call[list[dict[str, Any]]]:
+    return Call("GET", "/v1/batches", _data, params=_query(after=after, limit=limit))
+
+
+def get_batch(batch_id: str) -> Call[dict[str, Any]]:
+    return Call("GET", f"/v1/batches/{batch_id}", dict)
+
+
+def cancel_batch(batch_id: str) -> Call[dict[str, Any]]:
+    return Call("POST", f"/v1/batches/{batch_id}/cancel", dict)
+
+
 def router_state() -> Call[dict[str, Any]]:
     return Call("GET", "/router/state", dict, ops=True)
 
