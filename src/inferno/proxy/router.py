@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from inferno.core.config import RoutingConfig
+from inferno.core.routing_config import RoutingConfig
 from inferno.proxy.pool import Node
 from inferno.proxy.routing import Decision, Profile, RouteContext
 

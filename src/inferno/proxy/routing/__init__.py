@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from inferno.core.config import RoutingConfig
 from inferno.core.errors import ConfigError
+from inferno.core.routing_config import RoutingConfig
 from inferno.proxy.routing.base import Filter, Picker, RouteContext, Scorer
 from inferno.proxy.routing.filters.healthy import Healthy
 from inferno.proxy.routing.filters.not_draining import NotDraining
