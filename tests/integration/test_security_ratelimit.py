@@ -24,15 +24,18 @@ pytestmark = pytest.mark.integration
 SECONDS, OFFERED, LIMIT_RPS = 10.0, 50, 10
 
 
-async def offer(urls: list[str], key: str, per_second: float, seconds: float) -> list[int]:
-    """Send ``per_second`` requests for ``seconds`` on a fixed schedule; their statuses."""
+async def offer(urls: list[str], key: str, per_second: float, seconds: float
+                ) -> list[tuple[int, float]]:
+    """Send ``per_second`` requests for ``seconds`` on a fixed schedule; their statuses and
+    when each was actually sent (a busy machine can delay several past their slot)."""
     body = {"model": "fake-model", "prompt": "x", "max_tokens": 1}
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(timeout=10) as http:
-        async def one(i: int) -> int:
+        async def one(i: int) -> tuple[int, float]:
+            sent = time.monotonic()
             r = await http.post(f"{urls[i % len(urls)]}/v1/completions", json=body,
                                 headers=headers)
-            return r.status_code
+            return r.status_code, sent
 
         tasks = []
         start = time.monotonic()
@@ -55,8 +58,10 @@ async def run_accuracy(gateways: list[Gateway], node: BackendNode) -> None:
                                     metrics_port=6100, models=["fake-model"], lease_seconds=60))
         await gw.security.keys.refresh()
     urls = [f"http://127.0.0.1:{gw.server.port}" for gw in gateways]
-    hot_codes, calm_codes = await asyncio.gather(
+    hot_sent, calm_sent = await asyncio.gather(
         offer(urls, hot, OFFERED, SECONDS), offer(urls, calm, 5, SECONDS))
+    hot_codes = [code for code, _ in hot_sent]
+    calm_codes = [code for code, _ in calm_sent]
     ok = hot_codes.count(200)
     expected = LIMIT_RPS * SECONDS
     print(f"\nrate limit: {ok} of {len(hot_codes)} admitted, expected {expected:.0f} "
@@ -64,7 +69,15 @@ async def run_accuracy(gateways: list[Gateway], node: BackendNode) -> None:
           f"{len(calm_codes)} admitted")
     assert set(hot_codes) <= {200, 429}
     assert abs(ok - expected) <= 0.05 * expected
-    assert calm_codes == [200] * len(calm_codes)
+    assert set(calm_codes) <= {200, 429}
+    # The calm key is offered half its limit. A stalled client (a loaded machine) sends
+    # its overdue requests at once, and a burst beyond the bucket's few requests is
+    # rightly refused; any other refusal is the limiter throttling a key under its limit.
+    times = [t for _, t in calm_sent]
+    unexplained = [i for i, (code, t) in enumerate(calm_sent) if code == 429 and sum(
+        t - 0.4 <= u <= t for u in times) < 4]
+    assert not unexplained, ("a key under its limit was throttled", unexplained, calm_sent)
+    assert calm_codes.count(200) >= 0.9 * len(calm_codes), calm_codes
 
 
 async def test_rate_limit_accuracy_one_proxy(tmp_path: Path) -> None:

@@ -310,3 +310,40 @@ async def test_an_upload_cut_short_leaves_nothing(env: Env) -> None:
     await eventually(lambda: any(tmp_dir.iterdir()), what="the upload being written")
     writer.close()
     await eventually(lambda: not any(tmp_dir.iterdir()), what="the partial upload removed")
+
+
+@pytest.mark.batch(workers=2, node={"token_delay": 0.05, "parallel": 2})
+async def test_a_stale_validating_row_never_revalidates_a_running_batch(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A supervisor tick reads the open batches, then acts on each row; a validation that
+    # finishes in between leaves the tick a stale "validating" row. Acting on it would
+    # discard the items of the running batch, finished ones included.
+    client = env.client()
+    store = env.gw.security.store
+    assert store is not None
+    service = next(s for s in env.gw._attached if hasattr(s, "supervisor"))
+    lines = [completion(f"s{i}", f"slow {i}") for i in range(30)]
+    f = await client.files.create(file=("in.jsonl", jsonl(lines)), purpose="batch")
+    batch = await client.batches.create(input_file_id=f.id, endpoint="/v1/completions",
+                                        completion_window="24h")
+
+    async def some_done() -> bool:
+        return (await store.batch_items.counts(batch.id)).get("done", 0) >= 3
+    await eventually(some_done, timeout=20, interval=0.05, what="a few lines done")
+    row = await store.batches.get(batch.id)
+    assert row is not None and row["status"] == "in_progress"
+    stale = {**row, "status": "validating", "lease_owner": None, "lease_expires": None}
+
+    async def stale_rows(*statuses: str) -> list[dict[str, object]]:
+        return [stale]
+    monkeypatch.setattr(store.batches, "with_status", stale_rows)
+    before = await store.batch_items.counts(batch.id)
+    await service.supervisor.tick()
+    assert batch.id not in service.supervisor._validating, "a second validation started"
+    monkeypatch.undo()
+    after = await store.batch_items.counts(batch.id)
+    assert "new" not in after and after.get("done", 0) >= before["done"], (before, after)
+    done = await wait_status(client, batch.id, ("completed",))
+    assert done.output_file_id and done.error_file_id is None
+    out = parse_lines((await client.files.content(done.output_file_id)).content)
+    assert sorted(o["custom_id"] for o in out) == sorted(f"s{i}" for i in range(30))

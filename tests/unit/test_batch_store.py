@@ -93,6 +93,10 @@ async def test_batches_idempotency_and_compare_and_set(store: Store) -> None:
     assert again["id"] == "batch_1"  # the same key returns the first batch
     assert await store.batches.update("batch_1", when=("validating",), status="in_progress")
     assert not await store.batches.update("batch_1", when=("validating",), status="failed")
-    assert await store.batches.lease("batch_1", "p1", 10.0, 5)
-    assert not await store.batches.lease("batch_1", "p2", 11.0, 5)
-    assert await store.batches.lease("batch_1", "p2", 16.0, 5)
+    lease = store.batches.lease
+    # A lease is taken only while the batch is in the status the caller acts on: a row
+    # read before the batch moved on never starts a second validation.
+    assert not await lease("batch_1", "p1", 10.0, 5, when=("validating",))
+    assert await lease("batch_1", "p1", 10.0, 5, when=("in_progress",))
+    assert not await lease("batch_1", "p2", 11.0, 5, when=("in_progress",))
+    assert await lease("batch_1", "p2", 16.0, 5, when=("in_progress",))

@@ -50,17 +50,15 @@ class FileStore:
 
     async def write(self, chunks: AsyncIterator[bytes]) -> tuple[str, int]:
         """Store generated content; returns (sha256, size)."""
-        tmp = self.temp()
-        digest = hashlib.sha256()
-        size = 0
-        with tmp.open("wb") as f:
+        with self.generated() as out:
             async for chunk in chunks:
-                digest.update(chunk)
-                size += len(chunk)
-                f.write(chunk)
-        sha = digest.hexdigest()
-        await asyncio.to_thread(self.adopt, tmp, sha)
-        return sha, size
+                out.write(chunk)
+            return await out.store()
+
+    def generated(self) -> GeneratedFile:
+        """A file to write piece by piece (several at once, from one pass over the data),
+        then :meth:`GeneratedFile.store` under its digest."""
+        return GeneratedFile(self)
 
     async def read(self, sha256: str, start: int = 0, end: int | None = None, *,
                    chunk: int = CHUNK) -> AsyncIterator[bytes]:
@@ -85,6 +83,37 @@ class FileStore:
 
     def remove(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+
+class GeneratedFile:
+    """Content being generated into a temporary file, hashed on the way; removed if left
+    unstored (a context manager)."""
+
+    def __init__(self, files: FileStore) -> None:
+        self._files = files
+        self._tmp = files.temp()
+        self._f = self._tmp.open("wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._digest.update(chunk)
+        self.size += len(chunk)
+        self._f.write(chunk)
+
+    async def store(self) -> tuple[str, int]:
+        """Move it into place; returns (sha256, size)."""
+        self._f.close()
+        sha = self._digest.hexdigest()
+        await asyncio.to_thread(self._files.adopt, self._tmp, sha)
+        return sha, self.size
+
+    def __enter__(self) -> GeneratedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def _pread(path: Path, offset: int, length: int) -> bytes:

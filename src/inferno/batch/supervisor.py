@@ -89,7 +89,7 @@ class Supervisor:
             status = row["status"]
             if status == "validating":
                 if row["id"] not in self._validating and await store.batches.lease(
-                        row["id"], self._instance, now, self._lease):
+                        row["id"], self._instance, now, self._lease, when=("validating",)):
                     task = asyncio.create_task(self._validate(row))
                     self._validating[row["id"]] = task
                     task.add_done_callback(functools.partial(self._validated, row["id"]))
@@ -149,7 +149,7 @@ class Supervisor:
             await asyncio.sleep(self._lease / 3)
             with contextlib.suppress(Exception):
                 await self._store.batches.lease(batch_id, self._instance, time.time(),
-                                                self._lease)
+                                                self._lease, when=("validating",))
 
     async def _fail(self, batch_id: str, errors: list[dict[str, Any]]) -> None:
         await self._store.batches.update(
@@ -171,9 +171,15 @@ class Supervisor:
                                                   status="finalizing", finalizing_at=now):
                     return
                 status = "finalizing"
-        if not await store.batches.lease(row["id"], self._instance, now, self._lease):
-            return  # another replica is finalising it
-        columns = await write_results(store, self._files, row)
+        if not await store.batches.lease(row["id"], self._instance, now, self._lease,
+                                         when=(status,)):
+            return  # another replica is finalising it, or already has
+        if end == "completed" and await store.batch_items.open_states(row["id"]):
+            # Never write a completed batch's files while an item may still change (its
+            # outcome would be in neither file); the item ends, and a later tick finishes.
+            log.error("batch %s: finalizing with open items; finishing later", row["id"])
+            return
+        columns = await write_results(store, self._files, row, end)
         await store.batches.update(row["id"], when=(status,), status=end,
                                    **{f"{end}_at": time.time()}, **columns,
                                    lease_owner=None, lease_expires=None)

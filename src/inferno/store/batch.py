@@ -132,13 +132,21 @@ class FileRepo:
         self._engine = engine
 
     async def create(self, row: Row) -> bool:
-        """Insert a file row; ``False`` when its id exists (a generated file written again)."""
+        """Insert a file row; ``False`` when its id exists."""
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(insert(files).values(**row))
         except IntegrityError:
             return False
         return True
+
+    async def put(self, file_id: str, row: Row) -> None:
+        """Insert or replace a generated file's row (a finalisation repeated after a crash
+        names the content it wrote, whatever an earlier try wrote)."""
+        async with self._engine.begin() as conn:
+            if not (await conn.execute(update(files).where(files.c.id == file_id)
+                                       .values(**row))).rowcount:
+                await conn.execute(insert(files).values(id=file_id, **row))
 
     async def get(self, file_id: str) -> Row | None:
         async with self._engine.connect() as conn:
@@ -233,10 +241,14 @@ class BatchRepo:
         async with self._engine.begin() as conn:
             return bool((await conn.execute(q.values(**values))).rowcount)
 
-    async def lease(self, batch_id: str, owner: str, now: float, seconds: float) -> bool:
+    async def lease(self, batch_id: str, owner: str, now: float, seconds: float, *,
+                    when: tuple[str, ...]) -> bool:
         """Take the batch's supervisor lease if it is free or expired (one replica works on
-        a batch's validation or finalisation at a time)."""
-        q = (update(batches).where(batches.c.id == batch_id, or_(
+        a batch's validation or finalisation at a time) and the batch is still in one of
+        the statuses ``when``: a caller acting on a row it read earlier must not act on a
+        batch that has moved on since (a validation started from a stale row would discard
+        the items of a running batch)."""
+        q = (update(batches).where(batches.c.id == batch_id, batches.c.status.in_(when), or_(
             batches.c.lease_expires.is_(None), batches.c.lease_expires < now,
             batches.c.lease_owner == owner))
             .values(lease_owner=owner, lease_expires=now + seconds))
