@@ -33,11 +33,11 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             rest = [s for s in any_of if s.get("type") != "null"]
             if len(rest) == 1 and len(rest) < len(any_of):
                 merged = {**{k: v for k, v in node.items() if k != "anyOf"}, **rest[0]}
-                out = walk(merged)
-                out["nullable"] = True
-                if out.get("default", 0) is None:
-                    del out["default"]
-                return out
+                nullable: dict[str, Any] = walk(merged)
+                nullable["nullable"] = True
+                if nullable.get("default", 0) is None:
+                    del nullable["default"]
+                return nullable
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in _DROP:
