@@ -15,6 +15,7 @@ import typer
 from inferno import __version__
 from inferno.cli_audit import audit_app
 from inferno.cli_batch import batch_app
+from inferno.cli_k8s import k8s_app
 from inferno.cli_models import models_app
 from inferno.core.config import (
     BackendSettings,
@@ -37,6 +38,7 @@ app.add_typer(governator_app, name="governator")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of the proxy (stored hashed).")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(k8s_app, name="k8s")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.")]
 HostOpt = Annotated[str | None, typer.Option(help="Interface to bind. [default: 127.0.0.1]")]
