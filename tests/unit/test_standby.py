@@ -213,6 +213,25 @@ async def test_proxy_drain_ends_held_requests(tmp_path: Path) -> None:
     assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
 
 
+async def test_setting_standby_models_needs_a_node_token_where_they_are_set(
+    tmp_path: Path
+) -> None:
+    gw = await start_gateway(tmp_path, node_tokens=["node-secret"])
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            url = f"{ops(gw)}/standby"
+            r = await http.put(url, json={"models": ["fake-model"]})
+            assert r.status_code == 401 and gw.standby.configured == frozenset()
+            auth = {"authorization": "Bearer node-secret"}
+            r = await http.put(url, json={"models": "fake-model"}, headers=auth)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "models"
+            r = await http.put(url, json={"models": ["fake-model"]}, headers=auth)
+            assert r.status_code == 200 and gw.standby.configured == {"fake-model"}
+            assert (await http.get(url)).json()["configured"] == ["fake-model"]
+    finally:
+        await gw.drain()
+
+
 @pytest.mark.parametrize(
     ("proxy", "expected"),
     [

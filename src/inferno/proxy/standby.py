@@ -55,14 +55,15 @@ class Standby:
 
     def notify(self, snapshot: PoolSnapshot) -> None:
         """The pool published ``snapshot``: remember its models, wake every held request."""
-        now = self._clock()
-        # Models of the previous snapshot too: one whose last node just left was served
-        # until now (a model present for hours is otherwise only stamped when it arrived).
-        for model in self._last_models | snapshot.models:
-            self._seen[model] = now
-        self._last_models = snapshot.models
-        if self._ttl > 0 and len(self._seen) > len(snapshot.models):
-            self._seen = {m: t for m, t in self._seen.items() if now - t <= self._ttl}
+        if self._ttl > 0:
+            now = self._clock()
+            # Models of the previous snapshot too: one whose last node just left was served
+            # until now (a model present for hours is otherwise only stamped when it came).
+            for model in self._last_models | snapshot.models:
+                self._seen[model] = now
+            self._last_models = snapshot.models
+            if len(self._seen) > len(snapshot.models):
+                self._seen = {m: t for m, t in self._seen.items() if now - t <= self._ttl}
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
@@ -70,7 +71,7 @@ class Standby:
         if model in self.configured:
             return True
         seen = self._seen.get(model)
-        return seen is not None and self._ttl > 0 and self._clock() - seen <= self._ttl
+        return seen is not None and self._clock() - seen <= self._ttl
 
     def holds(self, model: str, snapshot: PoolSnapshot) -> bool:
         """Whether a request for ``model`` waits for a node rather than failing now."""
@@ -120,8 +121,7 @@ class Standby:
         now = self._clock()
         return {
             "configured": sorted(self.configured),
-            "remembered": sorted(m for m, t in self._seen.items()
-                                 if self._ttl > 0 and now - t <= self._ttl),
+            "remembered": sorted(m for m, t in self._seen.items() if now - t <= self._ttl),
             "held": dict(self.held), "unserved": dict(self.unserved),
             "timeouts": self.timeouts, "rejected": self.rejected,
         }
