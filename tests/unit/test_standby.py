@@ -177,6 +177,8 @@ async def test_a_model_whose_nodes_left_is_remembered(tmp_path: Path) -> None:
             await node.drain()  # scaled to zero: its registration is withdrawn
             node = None
             await eventually(lambda: not gw.pool.snapshot.nodes, what="the pool empty")
+            listed = (await http.get(f"{api(gw)}/v1/models")).json()["data"]
+            assert [m["id"] for m in listed] == ["fake-model"]  # still offered
             waiting = asyncio.create_task(http.post(url, json=CHAT))
             await eventually(_count(http, gw, 1), what="the request held")
             node = await join(gw)
@@ -198,7 +200,8 @@ async def test_without_memory_a_model_whose_nodes_left_fails_at_once(tmp_path: P
         await eventually(lambda: not gw.pool.snapshot.nodes, what="the pool empty")
         async with httpx.AsyncClient(timeout=30) as http:
             r = await http.post(f"{api(gw)}/v1/chat/completions", json=CHAT)
-        assert r.status_code == 503 and gw.standby.unserved == {}
+            listed = (await http.get(f"{api(gw)}/v1/models")).json()["data"]
+        assert r.status_code == 503 and gw.standby.unserved == {} and listed == []
     finally:
         await gw.drain()
 

@@ -306,13 +306,18 @@ class ProxyAPI:
         return await self._forwarder.forward(path, headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)
 
+    def _listed(self) -> frozenset[str]:
+        """Models served now, and standby ones (a request for them waits for a node)."""
+        models = self._pool.snapshot.models
+        return models if self.standby is None else models | self.standby.models()
+
     def _models(self) -> Response:
         created = int(time.time())
-        cards = [oa.model_card(m, created=created) for m in sorted(self._pool.snapshot.models)]
+        cards = [oa.model_card(m, created=created) for m in sorted(self._listed())]
         return Response.json(oa.model_list(cards))
 
     def _model(self, model_id: str) -> Response:
-        if model_id not in self._pool.snapshot.models:
+        if model_id not in self._listed():
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return Response.json(oa.model_card(model_id))
 

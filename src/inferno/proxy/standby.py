@@ -73,6 +73,11 @@ class Standby:
         seen = self._seen.get(model)
         return seen is not None and self._clock() - seen <= self._ttl
 
+    def models(self) -> frozenset[str]:
+        """Every standby model now (configured, or served within the ttl)."""
+        now = self._clock()
+        return self.configured | {m for m, t in self._seen.items() if now - t <= self._ttl}
+
     def holds(self, model: str, snapshot: PoolSnapshot) -> bool:
         """Whether a request for ``model`` waits for a node rather than failing now."""
         return not self._closed and not snapshot.by_model.get(model) and self.is_standby(model)
@@ -118,10 +123,9 @@ class Standby:
         self.notify(self._pool.snapshot)  # a model no longer standby: its held requests fail
 
     def state(self) -> dict[str, Any]:
-        now = self._clock()
         return {
             "configured": sorted(self.configured),
-            "remembered": sorted(m for m, t in self._seen.items() if now - t <= self._ttl),
+            "standby": sorted(self.models()),
             "held": dict(self.held), "unserved": dict(self.unserved),
             "timeouts": self.timeouts, "rejected": self.rejected,
         }
