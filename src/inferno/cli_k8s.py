@@ -36,6 +36,8 @@ def render_cmd(
         "--crds/--no-crds", help="Include the CustomResourceDefinitions.")] = True,
 ) -> None:
     """Print every manifest of an install (what the Helm chart installs), without Helm."""
+    from pydantic import ValidationError
+
     from inferno.k8s.render import apply_set, dump_yaml, render, write_manifests
     from inferno.k8s.values import RenderValues
 
@@ -48,7 +50,12 @@ def render_cmd(
         if namespace is not None:
             data["namespace"] = namespace
         objects = render(RenderValues.model_validate(data), crds=crds)
-    except (OSError, yaml.YAMLError, ValueError) as exc:  # ValidationError is a ValueError
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "values"
+            typer.secho(f"error: invalid value '{where}': {err['msg']}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    except (OSError, yaml.YAMLError, ValueError) as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
         raise typer.Exit(2) from exc
     if output == "-":
