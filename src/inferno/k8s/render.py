@@ -137,12 +137,18 @@ def write_manifests(objects: list[dict[str, Any]], directory: Path) -> list[Path
 
 
 def dump_yaml(objects: list[dict[str, Any]]) -> str:
-    """One YAML stream, keys in the order built, no anchors (``kubectl`` and reviewers
-    read it; an alias between two objects would tie them together)."""
+    """One YAML stream, keys in the order built, multi-line strings (the dashboard) as
+    literal blocks, no anchors (``kubectl`` and reviewers read it; an alias between two
+    objects would tie them together)."""
     import yaml
 
     class _Plain(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    return yaml.dump_all(objects, Dumper=_Plain, sort_keys=False)
+    def text(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in data else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    _Plain.add_representer(str, text)
+    return yaml.dump_all(objects, Dumper=_Plain, sort_keys=False, width=100)

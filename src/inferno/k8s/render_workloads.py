@@ -4,9 +4,12 @@ Every container runs the one image as uid 10001 with a read-only root filesystem
 goes to ``INFERNO_DATA_DIR`` (an emptyDir here: the proxy keeps nothing there worth
 keeping once PostgreSQL is configured).
 
-The operator's environment is its contract with these manifests: the namespace it
-watches, the image its nodes run, where nodes register (the proxy's ops Service) and the
-Secret holding the node token.
+The operator's environment is its contract with these manifests:
+``INFERNO_K8S_NAMESPACE`` (the namespace it watches: its own), ``INFERNO_K8S_IMAGE`` (what
+node pods run unless an InfernoDeployment names another), ``INFERNO_K8S_PROXY_OPS``
+(host:port where nodes register: the proxy's ops Service) and
+``INFERNO_K8S_NODE_TOKEN_SECRET`` / ``INFERNO_K8S_NODE_TOKEN_KEY`` (the Secret whose key
+node pods read their registration token from).
 """
 
 from __future__ import annotations
