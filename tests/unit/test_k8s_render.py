@@ -27,10 +27,12 @@ EVERYTHING = ["governator.enabled=true", "serviceMonitor.enabled=true",
               "proxy.serviceType=LoadBalancer"]
 
 
-def values(*sets: str) -> RenderValues:
+def values(*sets: str, **extra: Any) -> RenderValues:
     data: dict[str, Any] = {}
     for s in sets:
         apply_set(data, s)
+    for section, more in extra.items():
+        data.setdefault(section, {}).update(more)
     return RenderValues.model_validate(data)
 
 
@@ -71,16 +73,33 @@ def test_strict_validation_catches_a_misspelt_field() -> None:
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
-def test_service_monitor_selects_the_proxy_service_ops_port() -> None:
+def test_service_monitor_selects_the_proxy_ops_service_only() -> None:
     objects = render(values("serviceMonitor.enabled=true"))
     monitor = one(objects, "ServiceMonitor", "inferno-proxy")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    service = one(objects, "Service", "inferno-proxy")
-    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+    assert monitor["metadata"]["namespace"] == "inferno"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    selected = [s for s in by_kind(objects, "Service")
+                if selector.items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == ["inferno-proxy-ops"]
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
     assert not by_kind(render(values()), "ServiceMonitor")  # off by default
+
+
+def test_only_the_api_port_may_leave_the_cluster() -> None:
+    objects = render(values("proxy.serviceType=LoadBalancer"))
+    api = one(objects, "Service", "inferno-proxy")
+    ops = one(objects, "Service", "inferno-proxy-ops")
+    assert api["spec"]["type"] == "LoadBalancer"
+    assert [p["name"] for p in api["spec"]["ports"]] == ["http"]
+    assert ops["spec"]["type"] == "ClusterIP" and ops["spec"]["ports"][0]["port"] == 6100
+    pods = one(objects, "Deployment", "inferno-proxy")["spec"]["template"]["metadata"]
+    assert api["spec"]["selector"] == ops["spec"]["selector"] == pods["labels"]
+    # Nodes register, and the governator drains, through the ops Service.
+    operator = container_env(one(objects, "Deployment", "inferno-operator"))
+    assert operator["INFERNO_K8S_PROXY_OPS"] == "inferno-proxy-ops.inferno.svc:6100"
 
 
 def test_options_switch_objects_on_and_off() -> None:
@@ -101,7 +120,8 @@ def test_options_switch_objects_on_and_off() -> None:
 def test_proxy_environment_is_what_the_proxy_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every variable the proxy container gets is one ProxySettings reads (a misspelt name
     would be silently ignored by the proxy, and the setting left at its default)."""
-    proxy = one(render(values(*EVERYTHING)), "Deployment", "inferno-proxy")
+    extra = {"extraEnv": [{"name": "INFERNO_PROXY_QUEUE_SIZE", "value": "64"}]}
+    proxy = one(render(values(*EVERYTHING, proxy=extra)), "Deployment", "inferno-proxy")
     env = container_env(proxy)
     secrets = {"INFERNO_PROXY_NODE_TOKENS": "tok-0123456789abcdef",
                "INFERNO_DATABASE_URL": "postgresql+asyncpg://u:p@pg/db",
@@ -114,7 +134,7 @@ def test_proxy_environment_is_what_the_proxy_reads(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv(name, secrets.get(name, value))
     settings = ProxySettings()
     assert settings.host == "0.0.0.0" and settings.port == 8080 and settings.ops_port == 6100
-    assert settings.auth == "on"
+    assert settings.auth == "on" and settings.queue_size == 64
     assert settings.database_url is not None and settings.redis_url is not None
     assert [t.get_secret_value() for t in settings.node_tokens] == ["tok-0123456789abcdef"]
     assert str(settings.data_dir) == env["INFERNO_DATA_DIR"]
@@ -134,7 +154,7 @@ def test_governator_environment_is_what_the_governator_reads(
         monkeypatch.setenv(name, "inferno" if isinstance(value, dict) else value)
     settings = GovernatorSettings()
     assert settings.host == "0.0.0.0" and settings.ops_port == 6300
-    assert settings.proxy_ops == "inferno-proxy:6100"
+    assert settings.proxy_ops == "inferno-proxy-ops:6100"
     assert settings.k8s_namespace == "inferno"  # from the pod's namespace (fieldRef)
     (container,) = gov["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["governator", "run", "--provider", "kubernetes"]

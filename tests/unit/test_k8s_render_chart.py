@@ -39,6 +39,19 @@ VALUE_SETS = [
      "proxy.serviceType=LoadBalancer", "database.secretRef.name=pg",
      "database.secretRef.key=dsn"],
 ]
+EXTRA_ENV = {"proxy": {"extraEnv": [{"name": "INFERNO_PROXY_QUEUE_SIZE", "value": "64"}]},
+             "governator": {"enabled": True, "extraEnv": [
+                 {"name": "INFERNO_GOVERNATOR_INTERVAL", "value": "2"}]}}
+
+
+def _values(sets: list[str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for s in sets:
+        apply_set(data, s)
+    return data
+
+
+VALUES = [*map(_values, VALUE_SETS), EXTRA_ENV]
 
 
 def test_values_schema_is_generated_from_the_values_model() -> None:
@@ -96,17 +109,13 @@ def test_dashboard_copies_are_the_dashboard() -> None:
     assert (ROOT / "src/inferno/k8s/grafana-dashboard.json").read_text() == source
 
 
-def _helm_template(sets: list[str]) -> list[dict[str, Any]]:
-    data: dict[str, Any] = {}
-    for s in sets:
-        apply_set(data, s)
+def _helm_template(data: dict[str, Any], tmp_path: Path) -> list[dict[str, Any]]:
     helm = shutil.which("helm")
     if helm is not None:
-        args = [helm, "template", "inferno", str(CHART)]
-        for s in sets:
-            args += ["--set", s]
-        text = subprocess.run(args, check=True, capture_output=True, text=True,
-                              timeout=60).stdout
+        values = tmp_path / "values.yaml"
+        values.write_text(yaml.safe_dump(data))
+        text = subprocess.run([helm, "template", "inferno", str(CHART), "-f", str(values)],
+                              check=True, capture_output=True, text=True, timeout=60).stdout
         docs = list(yaml.safe_load_all(text))
     else:
         try:
@@ -120,12 +129,9 @@ def _helm_template(sets: list[str]) -> list[dict[str, Any]]:
     return [d for d in docs if d]
 
 
-@pytest.mark.parametrize("sets", VALUE_SETS, ids=["defaults", "everything", "others"])
-def test_helm_template_equals_render(sets: list[str]) -> None:
-    helm = _helm_template(sets)
-    data: dict[str, Any] = {}
-    for s in sets:
-        apply_set(data, s)
+@pytest.mark.parametrize("data", VALUES, ids=["defaults", "everything", "others", "extra-env"])
+def test_helm_template_equals_render(data: dict[str, Any], tmp_path: Path) -> None:
+    helm = _helm_template(data, tmp_path)
     ours = render(RenderValues.model_validate(data), crds=False)
 
     def key(o: dict[str, Any]) -> tuple[str, str]:

@@ -87,7 +87,7 @@ def render(v: RenderValues, *, crds: bool = True) -> list[dict[str, Any]]:
     if v.service_monitor.enabled:
         out.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
                     "metadata": meta("proxy"),
-                    "spec": {"selector": {"matchLabels": labels(v, "proxy")},
+                    "spec": {"selector": {"matchLabels": labels(v, "proxy-ops")},
                              "namespaceSelector": {"matchNames": [v.namespace]},
                              "endpoints": [{"port": "ops", "path": "/metrics",
                                             "interval": "15s"}]}})

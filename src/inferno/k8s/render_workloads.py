@@ -93,7 +93,8 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
            _env("INFERNO_PROXY_OPS_PORT", str(p.ops_port)), _env("INFERNO_PROXY_AUTH", p.auth),
            *_secret_env("INFERNO_PROXY_NODE_TOKENS", refs["nodeToken"]),
            *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
-           *_secret_env("INFERNO_REDIS_URL", refs["redis"])]
+           *_secret_env("INFERNO_REDIS_URL", refs["redis"]),
+           *(_env(e.name, e.value) for e in p.extra_env)]
     container = _container(v, "proxy", ["proxy"], env, p.resources)
     container["ports"] = [{"name": "http", "containerPort": p.port, "protocol": "TCP"},
                           {"name": "ops", "containerPort": p.ops_port, "protocol": "TCP"}]
@@ -101,14 +102,18 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     dep = _deployment(v, meta, "proxy", p.replicas, container)
     # Requests in flight finish before the pod goes (the proxy drains on SIGTERM).
     dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
-    m = meta("proxy")
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": m,
-               "spec": {"type": p.service_type, "selector": dict(m["labels"]),
-                        "ports": [{"name": "http", "port": p.port, "targetPort": "http",
-                                   "protocol": "TCP"},
-                                  {"name": "ops", "port": p.ops_port, "targetPort": "ops",
-                                   "protocol": "TCP"}]}}
-    return [dep, service]
+    pods = meta("proxy")["labels"]
+    # The API may be public (serviceType); the ops port (registration, metrics, drains)
+    # stays inside the cluster, behind a Service of its own.
+    api = {"apiVersion": "v1", "kind": "Service", "metadata": meta("proxy"),
+           "spec": {"type": p.service_type, "selector": dict(pods),
+                    "ports": [{"name": "http", "port": p.port, "targetPort": "http",
+                               "protocol": "TCP"}]}}
+    ops = {"apiVersion": "v1", "kind": "Service", "metadata": meta("proxy-ops"),
+           "spec": {"type": "ClusterIP", "selector": dict(pods),
+                    "ports": [{"name": "ops", "port": p.ops_port, "targetPort": "ops",
+                               "protocol": "TCP"}]}}
+    return [dep, api, ops]
 
 
 def operator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
@@ -116,7 +121,7 @@ def operator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     token = refs["nodeToken"]
     env = [_namespace_env("INFERNO_K8S_NAMESPACE"), _env("INFERNO_K8S_IMAGE", v.image),
            _env("INFERNO_K8S_PROXY_OPS",
-                f"{v.name}-proxy.{v.namespace}.svc:{v.proxy.ops_port}")]
+                f"{v.name}-proxy-ops.{v.namespace}.svc:{v.proxy.ops_port}")]
     if token is not None:
         env += [_env("INFERNO_K8S_NODE_TOKEN_SECRET", token.name),
                 _env("INFERNO_K8S_NODE_TOKEN_KEY", token.key)]
@@ -129,9 +134,10 @@ def governator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     g = v.governator
     env = [_env("INFERNO_GOVERNATOR_HOST", "0.0.0.0"),
            _env("INFERNO_GOVERNATOR_OPS_PORT", str(g.ops_port)),
-           _env("INFERNO_GOVERNATOR_PROXY_OPS", f"{v.name}-proxy:{v.proxy.ops_port}"),
+           _env("INFERNO_GOVERNATOR_PROXY_OPS", f"{v.name}-proxy-ops:{v.proxy.ops_port}"),
            _namespace_env("INFERNO_GOVERNATOR_K8S_NAMESPACE"),
-           *_secret_env("INFERNO_DATABASE_URL", refs["database"])]
+           *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
+           *(_env(e.name, e.value) for e in g.extra_env)]
     container = _container(v, "governator", ["governator", "run", "--provider", "kubernetes"],
                            env, g.resources)
     container["ports"] = [{"name": "ops", "containerPort": g.ops_port, "protocol": "TCP"}]

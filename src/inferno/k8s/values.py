@@ -41,6 +41,13 @@ class Resources(_Values):
     limits: dict[str, Quantity] = {}
 
 
+class EnvVar(_Values):
+    """A setting for which the values have no field: ``INFERNO_PROXY_QUEUE_SIZE``, say."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    value: str
+
+
 class Proxy(_Values):
     # More than one needs PostgreSQL (database): keys and logs are shared through it.
     replicas: Annotated[int, Field(ge=1, le=100)] = 1
@@ -52,6 +59,8 @@ class Proxy(_Values):
     auth: Literal["on", "none"] = "on"
     resources: Resources = Resources(requests={"cpu": "500m", "memory": "512Mi"},
                                      limits={"memory": "1Gi"})
+    # Any other proxy setting as its environment variable (README "Configuration").
+    extra_env: Annotated[list[EnvVar], Field(alias="extraEnv")] = []
 
 
 class Operator(_Values):
@@ -65,6 +74,7 @@ class Governator(_Values):
     ops_port: Annotated[Port, Field(alias="opsPort")] = 6300
     resources: Resources = Resources(requests={"cpu": "100m", "memory": "256Mi"},
                                      limits={"memory": "512Mi"})
+    extra_env: Annotated[list[EnvVar], Field(alias="extraEnv")] = []
 
 
 class NodeToken(_Values):
