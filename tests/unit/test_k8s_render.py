@@ -102,6 +102,25 @@ def test_only_the_api_port_may_leave_the_cluster() -> None:
     assert operator["INFERNO_K8S_PROXY_OPS"] == "inferno-proxy-ops.inferno.svc:6100"
 
 
+def test_operator_and_proxy_share_the_node_token() -> None:
+    # The user's Secret (the default), then one rendered from an inline value.
+    for sets in [(), ("nodeToken.value=0123456789abcdefXY",)]:
+        secret = "inferno-node-token"
+        objects = render(values(*sets))
+        operator = container_env(one(objects, "Deployment", "inferno-operator"))
+        proxy = container_env(one(objects, "Deployment", "inferno-proxy"))
+        ref = {"secretKeyRef": {"name": secret, "key": "token"}}
+        assert proxy["INFERNO_PROXY_NODE_TOKENS"] == operator["INFERNO_K8S_NODE_TOKEN"] == ref
+        assert operator["INFERNO_K8S_NODE_TOKEN_SECRET"] == secret
+        assert operator["INFERNO_K8S_NODE_TOKEN_KEY"] == "token"
+        assert bool(by_kind(objects, "Secret")) == bool(sets)
+    mine = render(values("nodeToken.secretRef.name=tokens", "nodeToken.secretRef.key=node"))
+    operator = container_env(one(mine, "Deployment", "inferno-operator"))
+    assert operator["INFERNO_K8S_NODE_TOKEN"] == {"secretKeyRef": {"name": "tokens",
+                                                                   "key": "node"}}
+    assert not by_kind(mine, "Secret")
+
+
 def test_options_switch_objects_on_and_off() -> None:
     default = render(values())
     assert one(default, "Deployment", "inferno-operator")

@@ -9,7 +9,9 @@ The operator's environment is its contract with these manifests:
 node pods run unless an InfernoDeployment names another), ``INFERNO_K8S_PROXY_OPS``
 (host:port where nodes register: the proxy's ops Service) and
 ``INFERNO_K8S_NODE_TOKEN_SECRET`` / ``INFERNO_K8S_NODE_TOKEN_KEY`` (the Secret whose key
-node pods read their registration token from).
+node pods read their registration token from) and ``INFERNO_K8S_NODE_TOKEN`` (the token
+itself, for the proxy's ops routes such as ``PUT /standby``; the operator never reads
+Secrets through the API).
 """
 
 from __future__ import annotations
@@ -122,9 +124,10 @@ def operator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     env = [_namespace_env("INFERNO_K8S_NAMESPACE"), _env("INFERNO_K8S_IMAGE", v.image),
            _env("INFERNO_K8S_PROXY_OPS",
                 f"{v.name}-proxy-ops.{v.namespace}.svc:{v.proxy.ops_port}")]
-    if token is not None:
-        env += [_env("INFERNO_K8S_NODE_TOKEN_SECRET", token.name),
-                _env("INFERNO_K8S_NODE_TOKEN_KEY", token.key)]
+    if token is not None:  # the Secret for node pods; the token itself for the proxy's
+        env += [_env("INFERNO_K8S_NODE_TOKEN_SECRET", token.name),  # PUT /standby
+                _env("INFERNO_K8S_NODE_TOKEN_KEY", token.key),
+                *_secret_env("INFERNO_K8S_NODE_TOKEN", token)]
     container = _container(v, "operator", ["k8s", "operator"], env, v.operator.resources)
     return [_deployment(v, meta, "operator", 1, container, recreate=True)]
 
