@@ -68,7 +68,10 @@ async def fill(store: Store, rows: int) -> float:
 async def dashboard(settings: dict[str, Any], rows: int, samples: int, paints: int,
                     label: str) -> None:
     gw = Gateway(ProxySettings(port=0, ops_port=0, auth="none", **settings))
+    started = time.perf_counter()
     await gw.security.store.start()  # type: ignore[union-attr]
+    print(f"[{label}] store started (migrations) in {time.perf_counter() - started:.1f} s",
+          flush=True)
     store = gw.security.store
     assert store is not None
     have = await store.requests.count()

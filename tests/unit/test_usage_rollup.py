@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from inferno.core.errors import InvalidRequest
 from inferno.proxy.accounting import new_row
-from inferno.store import Store, usage
+from inferno.store import Store
 from inferno.store.engine import _MIGRATIONS
 from inferno.store.models import request_log, usage_rollup
 from inferno.store.usage import UsageRow
@@ -106,20 +106,6 @@ async def test_the_hour_and_day_follow_the_logged_day(store: Store) -> None:
     h0 = DAY0 // 3600
     assert [(int(h), int(n)) for h, n in hours] == [(h0 + 2, 1), (h0 + 3, 1), (h0 + 23, 1),
                                                     (h0 + 24, 1)]
-
-
-async def test_sqlite_without_returning_looks_the_ids_up(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(usage, "SQLITE_RETURNING", False)
-    store = await open_store("sqlite", tmp_path)
-    try:
-        rows = varied_rows(900)
-        await store.requests.insert_many(rows[:600])
-        await store.requests.insert_many(rows[300:])  # overlaps the first batch
-        assert await store.requests.count() == 900
-        assert_same(await store.requests.usage(), await store.requests.usage_from_log())
-    finally:
-        await store.close()
 
 
 async def test_pruning_the_log_leaves_usage_totals(store: Store) -> None:

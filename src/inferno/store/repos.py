@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from inferno.store import usage as rollup
 from inferno.store.models import api_keys, request_log
@@ -97,12 +97,12 @@ def _utc_day(days_since_epoch: int) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _insert_sql(n_rows: int, returning: bool) -> str:
-    """SQLite's request-log INSERT for ``n_rows`` rows, returning the ids it inserted."""
+def _insert_sql(n_rows: int) -> str:
+    """SQLite's request-log INSERT for ``n_rows`` rows."""
     row = f"({', '.join(['?'] * len(_LOG_COLUMNS))})"
     names = ", ".join(name for name, _ in _LOG_COLUMNS)
     return (f"INSERT INTO {request_log.name} ({names}) VALUES {', '.join([row] * n_rows)} "
-            "ON CONFLICT (request_id) DO NOTHING" + (" RETURNING request_id" if returning else ""))
+            "ON CONFLICT (request_id) DO NOTHING")
 
 
 @functools.lru_cache(maxsize=16)
@@ -112,6 +112,10 @@ def _stored_sql(n_rows: int) -> str:
 
 
 _POSTGRES_INSERT = rollup.postgres_insert([name for name, _ in _LOG_COLUMNS])
+
+
+class _Overlap(Exception):
+    """Some rows of a batch are stored already (a retry of a batch that was written)."""
 
 
 def _firsts(chunk: Sequence[dict[str, Any]], new: set[str]) -> list[dict[str, Any]]:
@@ -151,35 +155,44 @@ class RequestRepo:
         for row in rows:
             if "day" not in row:  # the proxy leaves it to us: derived here, off its hot path
                 row["day"] = _utc_day(int(row["ts"] // 86_400))
-        async with self._engine.begin() as conn:
-            if self._engine.dialect.name == "postgresql":
-                columns = tuple([row.get(name, default) for row in rows]
-                                for name, default in _LOG_COLUMNS)
+        if self._engine.dialect.name == "postgresql":
+            columns = tuple([row.get(name, default) for row in rows]
+                            for name, default in _LOG_COLUMNS)
+            async with self._engine.begin() as conn:
                 await conn.exec_driver_sql(_POSTGRES_INSERT, columns)
-                return
-            # Values are gathered one statement at a time, between awaits: this runs on the
-            # proxy's event loop, and a whole 4,096-row batch at once held it for ~5 ms.
-            counts: rollup.Tally = {}
-            i = 0
-            for size in _ladder(len(rows)):
-                chunk = rows[i:i + size]
-                i += size
-                flat = tuple(row.get(name, default) for row in chunk
-                             for name, default in _LOG_COLUMNS)
-                returning = rollup.SQLITE_RETURNING
-                if not returning:
-                    ids = tuple(row["request_id"] for row in chunk)
-                    stored = {r[0] for r in await conn.exec_driver_sql(_stored_sql(size), ids)}
-                result = await conn.exec_driver_sql(_insert_sql(size, returning), flat)
-                if returning:
-                    new = {r[0] for r in result.all()}
-                else:
-                    new = {row["request_id"] for row in chunk} - stored
-                if len(new) == size:
-                    rollup.tally(chunk, counts)
-                else:  # a retried batch: only what was not stored yet (first of a repeated id)
-                    rollup.tally(_firsts(chunk, new), counts)
-            await rollup.add(conn, counts)
+            return
+        try:
+            async with self._engine.begin() as conn:
+                await self._insert_sqlite(conn, rows, careful=False)
+        except _Overlap:  # rolled back; again, looking up which rows are stored already
+            async with self._engine.begin() as conn:
+                await self._insert_sqlite(conn, rows, careful=True)
+
+    async def _insert_sqlite(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]], *,
+                             careful: bool) -> None:
+        """The log rows and their roll-up. A batch none of whose rows is stored yet (every
+        first attempt) is tallied as given; a statement that inserts fewer rows than it
+        holds raises :class:`_Overlap`, and the batch is written again ``careful``ly: each
+        statement's ids looked up first, only the new rows tallied."""
+        # Values are gathered one statement at a time, between awaits: this runs on the
+        # proxy's event loop, and a whole 4,096-row batch at once held it for ~5 ms.
+        counts: rollup.Tally = {}
+        i = 0
+        for size in _ladder(len(rows)):
+            chunk = rows[i:i + size]
+            i += size
+            flat = tuple(row.get(name, default) for row in chunk
+                         for name, default in _LOG_COLUMNS)
+            if careful:
+                ids = tuple(row["request_id"] for row in chunk)
+                stored = {r[0] for r in await conn.exec_driver_sql(_stored_sql(size), ids)}
+                await conn.exec_driver_sql(_insert_sql(size), flat)
+                rollup.tally(_firsts(chunk, set(ids) - stored), counts)
+            elif (await conn.exec_driver_sql(_insert_sql(size), flat)).rowcount == size:
+                rollup.tally(chunk, counts)
+            else:
+                raise _Overlap
+        await rollup.add(conn, counts)
 
     async def usage(self, *, since_day: str | None = None, until_day: str | None = None,
                     key_id: str | None = None) -> list[UsageRow]:

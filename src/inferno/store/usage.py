@@ -10,8 +10,9 @@ database lock roll-up rows in one order and never deadlock each other.
 
 - PostgreSQL: one statement per batch: the log rows go in as column arrays (``unnest``);
   the insert returns what it inserted, which is grouped and upserted in the same statement.
-- SQLite: each multi-row insert returns the ids it inserted (``RETURNING``, SQLite 3.35+;
-  older versions look the ids up first), the rows are tallied here and upserted.
+- SQLite: the rows are tallied here and upserted after the log's multi-row inserts. A
+  statement that inserts fewer rows than it holds (a retry of a batch that was written)
+  rolls the batch back, and it is written again with each statement's ids looked up first.
 
 A page of usage then reads a few rows per hour instead of every request (1,000,000 log
 rows: bench/ui.py). Migration 0007 rolls up the rows logged before it.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import calendar
 import math
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,7 +38,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from inferno.core.errors import InvalidRequest
 from inferno.store.models import request_log, usage_rollup
 
-SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 _FIGURES = ("requests", "errors", "cache_hits", "prompt_tokens", "completion_tokens", "cost")
 # (hour, key_id, model) -> [requests, errors, cache_hits, prompt, completion, cost]
 Tally = dict[tuple[int, str, str], list[Any]]
