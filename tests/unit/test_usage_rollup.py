@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from inferno.core.errors import InvalidRequest
 from inferno.proxy.accounting import new_row
-from inferno.store import Store
+from inferno.store import Store, repos
 from inferno.store.engine import _MIGRATIONS
 from inferno.store.models import request_log, usage_rollup
 from inferno.store.usage import UsageRow
@@ -147,3 +147,21 @@ async def test_the_migration_rolls_up_rows_logged_before_it(store: Store) -> Non
 async def test_a_day_that_is_not_a_date_is_refused(store: Store) -> None:
     with pytest.raises(InvalidRequest, match="'since' must be a date"):
         await store.requests.usage(since_day="2026-11")
+
+
+async def test_large_payloads_are_split_across_statements(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # PostgreSQL sends a statement's column arrays in one message: bodies are cut into
+    # runs of PG_PAYLOAD_CHARS, one transaction still (SQLite's statements are row-sized).
+    monkeypatch.setattr(repos, "PG_PAYLOAD_CHARS", 10_000)
+    rows = varied_rows(60)
+    for i, row in enumerate(rows):
+        row.update(request_body="q" * 3000, response_body="a" * (i * 100))
+    assert len(repos._by_payload(rows)) > 10
+    await store.requests.insert_many(rows)
+    await store.requests.insert_many(rows[30:])  # a retry across those runs
+    assert await store.requests.count() == 60
+    stored = {r["request_id"]: len(r["response_body"] or "")
+              for r in await store.requests.recent(limit=100)}
+    assert stored == {r["request_id"]: i * 100 for i, r in enumerate(rows)}
+    assert_same(await store.requests.usage(), await store.requests.usage_from_log())

@@ -114,6 +114,25 @@ def _stored_sql(n_rows: int) -> str:
 _POSTGRES_INSERT = rollup.postgres_insert([name for name, _ in _LOG_COLUMNS])
 
 
+# Stored payload characters per PostgreSQL statement, at most (one row always goes): a
+# statement's arrays travel in one message, and PostgreSQL refuses a value over 1 GB.
+PG_PAYLOAD_CHARS = 8 << 20
+
+
+def _by_payload(rows: Sequence[dict[str, Any]]) -> list[Sequence[dict[str, Any]]]:
+    """``rows`` in runs whose stored bodies hold at most ``PG_PAYLOAD_CHARS`` in all."""
+    out: list[Sequence[dict[str, Any]]] = []
+    start = size = 0
+    for i, row in enumerate(rows):
+        n = len(row.get("request_body") or "") + len(row.get("response_body") or "")
+        if size + n > PG_PAYLOAD_CHARS and i > start:
+            out.append(rows[start:i])
+            start, size = i, 0
+        size += n
+    out.append(rows[start:])
+    return out
+
+
 class _Overlap(Exception):
     """Some rows of a batch are stored already (a retry of a batch that was written)."""
 
@@ -156,10 +175,11 @@ class RequestRepo:
             if "day" not in row:  # the proxy leaves it to us: derived here, off its hot path
                 row["day"] = _utc_day(int(row["ts"] // 86_400))
         if self._engine.dialect.name == "postgresql":
-            columns = tuple([row.get(name, default) for row in rows]
-                            for name, default in _LOG_COLUMNS)
             async with self._engine.begin() as conn:
-                await conn.exec_driver_sql(_POSTGRES_INSERT, columns)
+                for chunk in _by_payload(rows):
+                    columns = tuple([row.get(name, default) for row in chunk]
+                                    for name, default in _LOG_COLUMNS)
+                    await conn.exec_driver_sql(_POSTGRES_INSERT, columns)
             return
         try:
             async with self._engine.begin() as conn:
