@@ -6,7 +6,9 @@
    - the Requests page (the dashboard's request-log API: server-side filters, keyset
      pages) per filter: p50 / p95 over ``--samples`` loads;
    - first contentful paint of /ui, /ui/requests and /ui/usage in Chromium (Playwright,
-     /usr/bin/chromium), median of ``--paints`` fresh pages.
+     /usr/bin/chromium), median of ``--paints`` fresh pages;
+   - the Usage page's query (7 days by day, key and model) from the usage roll-up against
+     the same figures scanned from the request log, alternating, ``--samples`` each.
 2. Tracing: the same in-process proxy + fake node serve ``--requests`` sequential chat
    completions with tracing off, then on (OTLP/HTTP to an in-process receiver), three
    rounds alternating; CPU time of the whole process per request, and p50 latency.
@@ -33,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import httpx2 as httpx  # noqa: E402
+from tests.ui_seed import log_rows  # noqa: E402
 
 from inferno.core.config import ProxySettings  # noqa: E402
 from inferno.proxy.gateway import Gateway  # noqa: E402
 from inferno.store import Store  # noqa: E402
-from tests.ui_seed import log_rows  # noqa: E402
 
 PG_URL = os.environ.get("INFERNO_BENCH_POSTGRES_URL",
                         "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -66,7 +68,10 @@ async def fill(store: Store, rows: int) -> float:
 async def dashboard(settings: dict[str, Any], rows: int, samples: int, paints: int,
                     label: str) -> None:
     gw = Gateway(ProxySettings(port=0, ops_port=0, auth="none", **settings))
+    started = time.perf_counter()
     await gw.security.store.start()  # type: ignore[union-attr]
+    print(f"[{label}] store started (migrations) in {time.perf_counter() - started:.1f} s",
+          flush=True)
     store = gw.security.store
     assert store is not None
     have = await store.requests.count()
@@ -102,6 +107,7 @@ async def dashboard(settings: dict[str, Any], rows: int, samples: int, paints: i
                   f"{pct(times, 0.95):>9.1f}")
             print(f"{'all':<16}{statistics.median(allp):>9.1f}{pct(allp, 0.95):>9.1f}")
         await paint(base, paints)
+        await usage_query(store, samples)
     finally:
         await gw.drain()
 
@@ -126,10 +132,31 @@ async def paint(base: str, n: int) -> None:
         await browser.close()
 
 
+async def usage_query(store: Store, samples: int) -> None:
+    since = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 6 * 86_400))
+    times: dict[str, list[float]] = {"roll-up": [], "log scan": []}
+    answers = {}
+    for _ in range(max(3, samples // 5)):  # a scan takes seconds: fewer rounds
+        for name, read in (("roll-up", store.requests.usage),
+                           ("log scan", store.requests.usage_from_log)):
+            t = time.perf_counter()
+            answers[name] = await read(since_day=since)
+            times[name].append((time.perf_counter() - t) * 1000)
+    rolled, scanned = answers["roll-up"], answers["log scan"]
+    assert sum(u.requests for u in rolled) == sum(u.requests for u in scanned) > 0
+    print(f"{'Usage query':<16}{'median ms':>10}{'max ms':>9}   "
+          f"({sum(u.requests for u in rolled):,} requests in the window)")
+    for name, xs in times.items():
+        print(f"{name:<16}{statistics.median(xs):>10.1f}{max(xs):>9.1f}")
+    ratio = statistics.median(times["log scan"]) / statistics.median(times["roll-up"])
+    print(f"roll-up {ratio:.0f}x faster than the scan")
+
+
 async def tracing(requests: int) -> None:
+    from tests.conftest import start_fake_node
+
     from inferno.api.node import Registration
     from inferno.net import HttpServer, Request, Response
-    from tests.conftest import start_fake_node
 
     async def ok(req: Request) -> Response:
         return Response(200, b"", content_type="application/x-protobuf")

@@ -22,8 +22,6 @@ from inferno.proxy.security.auth import Authenticator
 from inferno.proxy.security.keys import KeyCache, create_key, display
 from inferno.store import LogFilter, RequestQuery, Store
 
-_PAST_TTL = 300.0
-
 
 class ProxyDashboardSource:
     def __init__(self, pool: Pool, events: EventLog, stats: LiveStats, admission: Admission,
@@ -38,8 +36,6 @@ class ProxyDashboardSource:
         self._keys = keys
         self._store = store
         self._log = RequestQuery(store.engine) if store is not None else None
-        # since_day -> (the day it was computed, when, rows): usage before today.
-        self._past: dict[str, tuple[str, float, list[dict[str, Any]]]] = {}
 
     @property
     def serving(self) -> bool:
@@ -130,26 +126,10 @@ class ProxyDashboardSource:
         return None if self._log is None else await self._log.get(request_id)
 
     async def usage(self, since_day: str) -> list[dict[str, Any]]:
-        """Past days from a cache (kept five minutes: late rows of a flushed backlog still
-        show up), today from the database: a page load reads one day, not the window."""
+        """From the store's usage roll-up (an hour per key and model, not every request)."""
         if self._store is None:
             return []
-        repo = self._store.requests
-        now = time.time()
-        today = time.strftime("%Y-%m-%d", time.gmtime(now))
-        past: list[dict[str, Any]] = []
-        if since_day < today:
-            hit = self._past.get(since_day)
-            if hit is None or hit[0] != today or now - hit[1] > _PAST_TTL:
-                yesterday = time.strftime("%Y-%m-%d", time.gmtime(now - 86_400))
-                rows = [asdict(u) for u in await repo.usage(since_day=since_day,
-                                                            until_day=yesterday)]
-                if len(self._past) >= 8:
-                    self._past.clear()
-                hit = self._past[since_day] = (today, now, rows)
-            past = hit[2]
-        live = await repo.usage(since_day=max(since_day, today))
-        return past + [asdict(u) for u in live]
+        return [asdict(u) for u in await self._store.requests.usage(since_day=since_day)]
 
     async def keys(self) -> list[dict[str, Any]]:
         if self._store is None:

@@ -78,3 +78,20 @@ responses = Table(
     Column("messages", JSON, nullable=False),
 )
 Index("ix_inferno_responses_owner", responses.c.owner, responses.c.created_at)
+
+# Usage per UTC hour, key and model, kept up to date in the transaction that writes the
+# request-log rows (store/usage.py): what usage queries read instead of scanning the log.
+# "No key" / "no model" are stored as "" (key columns cannot be NULL) and read back as None.
+# Rows outlive the request-log rows they count: pruning the log leaves usage totals alone.
+usage_rollup = Table(
+    "inferno_usage_rollup", metadata,
+    Column("hour", Integer, primary_key=True),  # unix hours: floor(ts / 3600)
+    Column("key_id", String(64), primary_key=True),
+    Column("model", String(256), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("cache_hits", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cost", Float, nullable=False),
+)
