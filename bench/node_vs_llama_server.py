@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llamacpp_batching as lb  # noqa: E402  (the subprocess and prompt helpers)
+import llamacpp_batching as lb  # the subprocess and prompt helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOKENS = 64
