@@ -98,33 +98,58 @@ class Cluster:
     async def delete(self, kind: str, name: str) -> None:
         await self.kube.call("DELETE", self.kube.path(kind, NS, name))
 
-    async def drop_connections(self) -> None:
-        """Every open connection, watch streams included, dropped: the API server restarts
-        on the same address (the emulator keeps its objects)."""
-        port = self.server.port
-        await self.server.__aexit__(None, None, None)
-        self.server = kmock.Server(self.em, port=port)
-        await self.server.__aenter__()
+    async def drop_connections(self) -> int:
+        """Every open connection to the API, watch streams included, cut (as a restarting
+        API server or a load balancer would); returns how many."""
+        web = self.server._managed_server.runner.server  # aiohttp's web_server.Server
+        transports = list(web._connections.values())
+        for t in transports:
+            t.close()
+        return len(transports)
 
     def history(self, group_version_plural: str, name: str) -> list[Any]:
         """Every stored version of one object (None where it was deleted)."""
-        key = (group_version_plural, NS, name)
-        return list(self.em.objects[key].history) if key in self.em.objects else []
+        try:
+            return list(self.em.objects[group_version_plural, NS, name].history)
+        except KeyError:
+            return []
 
-    def inject(self, when: Callable[[Any], bool], status: int, times: int = 1) -> list[Any]:
-        """Answer the next ``times`` requests matching ``when`` with ``status``; returns the
-        list the matched requests are appended to."""
-        hits: list[Any] = []
+    def inject(self, when: Callable[[Any], bool], status: int,
+               times: int = 1) -> Injection:
+        """Answer the next ``times`` requests matching ``when`` with ``status`` (a
+        Kubernetes ``Status`` body). The emulator still applies a write it answers so: the
+        server did it, the reply was lost."""
+        inj = Injection(when, times)
+        self.em[inj.match] << status << {"kind": "Status", "apiVersion": "v1", "code": status,
+                                         "status": "Failure", "reason": "Injected",
+                                         "message": f"injected {status}"}
+        return inj
 
-        def match(req: Any) -> bool:
-            if len(hits) < times and when(req):
-                hits.append(req)
-                return True
-            return False
-        self.em[match] << status << {"kind": "Status", "apiVersion": "v1", "code": status,
-                                     "status": "Failure", "reason": "Injected",
-                                     "message": f"injected {status}"}
-        return hits
+
+class Injection:
+    def __init__(self, when: Callable[[Any], bool], times: int) -> None:
+        self.when = when
+        self.left = times
+        self.hits = 0
+
+    def match(self, req: Any) -> bool:
+        if self.left > 0 and self.when(req):
+            self.left -= 1
+            self.hits += 1
+            return True
+        return False
+
+    def off(self) -> None:
+        self.left = 0
+
+
+def request(action: str, plural: str, subresource: str | None = None) -> Callable[[Any], bool]:
+    """A request matcher: ``action`` is kmock's (create, update, fetch, list, watch, delete)."""
+    def when(req: Any) -> bool:
+        return (req.resource is not None and req.resource.plural == plural
+                and req.action is not None and req.action.value == action.upper()
+                and req.subresource == subresource)
+    return when
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
