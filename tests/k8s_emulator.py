@@ -27,7 +27,8 @@ from inferno.k8s.resources import API_VERSION
 NS = "default"
 _VERBS = {"list", "watch", "get", "create", "patch", "update", "delete"}
 RESOURCES = {
-    "v1/events": ("Event", set()), "v1/persistentvolumeclaims": ("PersistentVolumeClaim", {"status"}),
+    "v1/events": ("Event", set()),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", {"status"}),
     "v1/configmaps": ("ConfigMap", set()), "v1/services": ("Service", {"status"}),
     "v1/pods": ("Pod", {"status"}),
     "apps/v1/deployments": ("Deployment", {"status", "scale"}),

@@ -17,7 +17,8 @@ pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
 
-from tests.k8s_emulator import Cluster, cluster, condition, is_, resource  # noqa: E402
+from tests.k8s_emulator import Cluster, cluster, condition, is_, resource
+
 
 async def until(cond: Any, what: str) -> Any:
     """Polls the emulator gently (each read is an HTTP call); kopf retries take a moment."""

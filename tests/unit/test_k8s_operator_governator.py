@@ -16,7 +16,7 @@ pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
 
-from tests.k8s_emulator import NS, cluster, is_, resource  # noqa: E402
+from tests.k8s_emulator import NS, cluster, is_, resource
 
 
 def pod(name: str, labels: dict[str, str], ready: bool) -> dict[str, Any]:

@@ -15,7 +15,7 @@ pytest.importorskip("kopf")
 pytest.importorskip("kmock")
 pytest.importorskip("kubernetes")
 
-from tests.k8s_emulator import Cluster, cluster, is_, request, resource  # noqa: E402
+from tests.k8s_emulator import Cluster, cluster, is_, request, resource
 
 MODEL = {"source": "hf://org/repo/model.gguf"}
 
@@ -107,7 +107,8 @@ async def test_restart_half_way_through_a_reconcile_makes_no_duplicates(k8s: Clu
     await k8s.start_operator()
     await until(lambda: k8s.get("Deployment", "inferno-node-d"),
                 what="the Deployment after the restart")
-    for plural, name in [("v1/services", "inferno-node-d"), ("apps/v1/deployments", "inferno-node-d"),
+    for plural, name in [("v1/services", "inferno-node-d"),
+                         ("apps/v1/deployments", "inferno-node-d"),
                          ("batch/v1/jobs", "inferno-pull-m"),
                          ("v1/persistentvolumeclaims", "inferno-model-m")]:
         assert created_once(k8s, plural, name), plural

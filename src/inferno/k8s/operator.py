@@ -55,6 +55,11 @@ def plain(x: Any) -> Any:
     return x
 
 
+def ident(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body["metadata"]
+    return str(meta.get("namespace") or ""), str(meta["name"])
+
+
 @contextlib.contextmanager
 def _retrying(delay: float) -> Iterator[None]:
     try:
@@ -142,7 +147,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                 "conditions": st.model_conditions(job)})
 
     @on.delete(GROUP, VERSION, "infernomodels", registry=reg)
-    async def model_delete(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    async def model_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await kube().delete("Job", namespace, ob.pull_job_name(name))
             await kube().delete("PersistentVolumeClaim", namespace, ob.cache_name(name))
@@ -158,18 +164,21 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @on.event("batch", "v1", "jobs", labels={ob.LABEL_MODEL: kopf.PRESENT,
                                              "app.kubernetes.io/managed-by": ob.MANAGED_BY},
               registry=reg)
-    async def job_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def job_event(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
         await model_refresh(namespace, body["metadata"]["labels"][ob.LABEL_MODEL])
 
     @kopf.timer(GROUP, VERSION, "infernomodels", interval=cfg.refresh_interval, registry=reg)
-    async def model_timer(namespace: str, name: str, **_: Any) -> None:
+    async def model_timer(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         await model_refresh(namespace, name)
 
     # ---- InfernoDeployment ----
     @on.resume(GROUP, VERSION, "infernodeployments", registry=reg)
     @on.create(GROUP, VERSION, "infernodeployments", registry=reg)
     @on.update(GROUP, VERSION, "infernodeployments", registry=reg)
-    async def deployment_reconcile(body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def deployment_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
         dep = plain(body)
         with _retrying(cfg.retry_delay):
             spec = DeploymentSpec.model_validate(dep["spec"])
@@ -187,7 +196,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             await set_status("InfernoDeployment", dep, st.deployment_status(dep, node))
 
     @on.delete(GROUP, VERSION, "infernodeployments", registry=reg)
-    async def deployment_delete(namespace: str, name: str, **_: Any) -> None:
+    async def deployment_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await kube().delete("Deployment", namespace, ob.node_name(name))
             await kube().delete("Service", namespace, ob.node_name(name))
@@ -201,12 +211,14 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @on.event("apps", "v1", "deployments", labels={ob.LABEL_DEPLOYMENT: kopf.PRESENT,
                                                    "app.kubernetes.io/managed-by": ob.MANAGED_BY},
               registry=reg)
-    async def node_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def node_event(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
         await deployment_refresh(namespace, body["metadata"]["labels"][ob.LABEL_DEPLOYMENT])
 
     @kopf.timer(GROUP, VERSION, "infernodeployments", interval=cfg.refresh_interval,
                 registry=reg)
-    async def deployment_timer(namespace: str, name: str, **_: Any) -> None:
+    async def deployment_timer(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         await deployment_refresh(namespace, name)
 
     # ---- InfernoRoute ----
@@ -233,7 +245,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @on.resume(GROUP, VERSION, "infernoroutes", registry=reg)
     @on.create(GROUP, VERSION, "infernoroutes", registry=reg)
     @on.update(GROUP, VERSION, "infernoroutes", registry=reg)
-    async def route_reconcile(body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def route_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
         route = plain(body)
         with _retrying(cfg.retry_delay):
             spec = RouteSpec.model_validate(route["spec"])
@@ -248,7 +261,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                                           delay=cfg.retry_delay)
 
     @on.delete(GROUP, VERSION, "infernoroutes", registry=reg)
-    async def route_delete(namespace: str, name: str, **_: Any) -> None:
+    async def route_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await render_routes(namespace, without=name)
 
@@ -256,7 +270,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @on.resume(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
     @on.create(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
     @on.update(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
-    async def policy_reconcile(body: kopf.Body, namespace: str, **_: Any) -> None:
+    async def policy_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
         policy = plain(body)
         with _retrying(cfg.retry_delay):
             spec = ScalingPolicySpec.model_validate(policy["spec"])
@@ -274,7 +289,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                 "conditions": [st.condition("Ready", True, "Rendered")]})
 
     @on.delete(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
-    async def policy_delete(namespace: str, name: str, **_: Any) -> None:
+    async def policy_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await kube().delete("ConfigMap", namespace, policy_name(name))
 
