@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from inferno.k8s.operator_api import ApiError
 from tests.polling import eventually
 
 pytest.importorskip("kopf")
@@ -84,7 +85,15 @@ async def test_changes_made_while_watches_are_down_are_reconciled(k8s: Cluster) 
     assert await k8s.drop_connections() >= 3  # the watches of InfernoModels, Deployments,...
     # Made right after the drop, possibly before kopf watches again: it is found by the
     # listing kopf makes when it reconnects.
-    await k8s.create(resource("InfernoDeployment", "d", {"modelRef": "m", "replicas": 2}))
+    async def created() -> bool:
+        try:  # this client's pooled connection was cut too: the first try may fail
+            await k8s.create(resource("InfernoDeployment", "d", {"modelRef": "m",
+                                                                 "replicas": 2}))
+        except ApiError as exc:
+            assert exc.status == 503, exc
+            return False
+        return True
+    await until(created, what="the InfernoDeployment created")
     node = await until(lambda: k8s.get("Deployment", "inferno-node-d"),
                        what="the Deployment after the watch streams dropped")
     assert node["spec"]["replicas"] == 2
