@@ -41,8 +41,13 @@ def operator(
         typer.secho("error: give --namespace NS (repeatable) or --all-namespaces",
                     err=True, fg="red")
         raise typer.Exit(2)
+    from inferno.core.errors import ConfigError
     from inferno.k8s.objects import DEFAULT_IMAGE
     from inferno.k8s.operator import OperatorConfig, run
 
-    run(OperatorConfig(proxy_ops=proxy_ops, image=image or DEFAULT_IMAGE),
-        namespaces=list(namespace or []), clusterwide=all_namespaces, liveness=liveness)
+    try:
+        run(OperatorConfig(proxy_ops=proxy_ops, image=image or DEFAULT_IMAGE),
+            namespaces=list(namespace or []), clusterwide=all_namespaces, liveness=liveness)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2) from exc

@@ -28,8 +28,8 @@ pytest.importorskip("kubernetes")
 from tests.k8s_emulator import cluster, is_, resource  # noqa: E402
 
 
-async def until(cond: Any, what: str, timeout: float = 20) -> Any:
-    return await eventually(cond, what=what, timeout=timeout, interval=0.1)
+async def until(cond: Any, what: str, within: float = 20) -> Any:
+    return await eventually(cond, what=what, timeout=within, interval=0.1)
 
 
 def pod_process(template: dict[str, Any], pod_name: str, proxy_ops: int,
@@ -97,7 +97,7 @@ async def test_resources_to_a_routed_request(tmp_path: Path) -> None:
     pod = pod_process(template, "inferno-node-tiny-7d9f-abcde", gw.ops.port, tmp_path)
     try:
         await until(lambda: gw.pool.get("inferno-node-tiny-7d9f-abcde") is not None,
-                    what="the pod to register", timeout=60)
+                    what="the pod to register", within=60)
         # 4. A request for the route's public model reaches it.
         async with httpx.AsyncClient(timeout=20) as http:
             r = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/chat/completions",

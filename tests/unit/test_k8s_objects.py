@@ -157,3 +157,15 @@ def test_deployment_status_and_transition_times() -> None:
     flipped = st.merge_conditions(old, [st.condition("Ready", True, "x")], 4)
     assert same[0]["lastTransitionTime"] == "T0" and same[0]["observedGeneration"] == 4
     assert flipped[0]["lastTransitionTime"] != "T0"
+
+
+def test_operator_command_wants_namespaces_or_all() -> None:
+    from typer.testing import CliRunner
+
+    from inferno.cli_k8s import k8s_app
+
+    result = CliRunner().invoke(k8s_app, ["operator"])
+    assert result.exit_code == 2
+    assert "--namespace" in result.output
+    result = CliRunner().invoke(k8s_app, ["operator", "-n", "a", "--all-namespaces"])
+    assert result.exit_code == 2

@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from inferno.core.errors import ConfigError
 from inferno.k8s import objects as ob
 from inferno.k8s import status as st
 from inferno.k8s.objects_config import ROUTES, policy_configmap, policy_name, routes_configmap
@@ -305,6 +306,12 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
 def run(cfg: OperatorConfig, *, namespaces: list[str], clusterwide: bool,
         liveness: str | None = None) -> None:
     """Run the operator until SIGTERM/SIGINT (kopf handles both)."""
+    if cfg.api_client is None:
+        try:  # fail here, plainly, rather than in kopf's startup with a traceback
+            _load_api_client().close()
+        except Exception as exc:
+            raise ConfigError(f"no Kubernetes configuration found (kubeconfig or "
+                              f"in-cluster service account): {exc}") from exc
     asyncio.run(kopf.operator(registry=build_registry(cfg), clusterwide=clusterwide,
                               namespaces=namespaces, standalone=True,
                               liveness_endpoint=liveness))
