@@ -207,3 +207,55 @@ async def test_routes_and_scaling_policy_render_configmaps(k8s: Cluster) -> None
                 and await k8s.get("ConfigMap", "inferno-governator-p") is None
                 and await k8s.get("InfernoRoute", "r") is None)
     await until(cleaned, what="the ConfigMaps deleted with their resources")
+
+
+async def test_updates_reach_the_children(k8s: Cluster) -> None:
+    await downloaded_model(k8s)
+    await k8s.create(resource("InfernoDeployment", "d", {"modelRef": "m", "parallel": 2}))
+    await k8s.create(resource("InfernoRoute", "r", {"model": "chat", "backends": [
+        {"deployment": "d", "weight": 100}]}))
+    await until(lambda: k8s.get("ConfigMap", "inferno-routes"), what="the routes ConfigMap")
+
+    # A new source: the Job (its template immutable) is made anew, and the model is
+    # no longer Downloaded until it succeeds.
+    await k8s.spec_patch("InfernoModel", "m", {"source": "hf://org/other/model.gguf"})
+
+    async def repulling() -> bool:
+        job = await k8s.get("Job", "inferno-pull-m")
+        m = await k8s.get("InfernoModel", "m")
+        env = {e["name"]: e["value"] for e in
+               (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
+                   "containers", [{}])[0].get("env", [])}
+        c = condition(m, "Downloaded")
+        return (env.get("SOURCE") == "hf://org/other/model.gguf" and c is not None
+                and c["status"] == "False" and c["observedGeneration"] == 2)
+    await until(repulling, what="a new pull Job, Downloaded=False at generation 2")
+    assert None in k8s.history("batch/v1/jobs", "inferno-pull-m")  # the old one deleted
+    await k8s.status_patch("Job", "inferno-pull-m", {"succeeded": 1})
+
+    async def redownloaded() -> bool:
+        return is_(await k8s.get("InfernoModel", "m"), "Downloaded")
+    await until(redownloaded, what="Downloaded again")
+
+    # New arguments roll the Deployment (nodes wait while their model is re-pulled);
+    # new weights re-render the route.
+    await k8s.spec_patch("InfernoDeployment", "d", {"parallel": 6})
+
+    async def rolled() -> bool:
+        n = await k8s.get("Deployment", "inferno-node-d")
+        args = (n or {}).get("spec", {}).get("template", {}).get("spec", {}).get(
+            "containers", [{}])[0].get("args", [])
+        return "--parallel" in args and args[args.index("--parallel") + 1] == "6"
+    await until(rolled, what="the Deployment's args updated")
+
+    await k8s.create(resource("InfernoModel", "m2", {**MODEL, "servedName": "chat-v2"}))
+    await k8s.create(resource("InfernoDeployment", "d2", {"modelRef": "m2"}))
+    await k8s.spec_patch("InfernoRoute", "r", {"backends": [
+        {"deployment": "d", "weight": 70}, {"deployment": "d2", "weight": 30}]})
+
+    async def reweighted() -> bool:
+        cm = await k8s.get("ConfigMap", "inferno-routes")
+        data = yaml.safe_load((cm or {}).get("data", {}).get("proxy.yaml") or "{}")
+        return bool(data) and data["routing"]["canary"] == {
+            "chat": {"chat-v1": 70.0, "chat-v2": 30.0}}
+    await until(reweighted, what="the route re-rendered with both deployments")

@@ -112,7 +112,9 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         if current is None or current["metadata"].get("deletionTimestamp"):
             return
         old = current.get("status") or {}
-        gen = current["metadata"].get("generation")
+        # The generation this status describes: the one reconciled, even if a newer one
+        # arrived meanwhile (its own reconcile will report it).
+        gen = meta.get("generation")
         out = {**new, "conditions": st.merge_conditions(old.get("conditions") or [],
                                                         new.get("conditions") or [], gen)}
         if gen is not None:
