@@ -48,9 +48,10 @@ def created_once(c: Cluster, plural: str, name: str) -> bool:
 
 
 async def test_conflicts_and_server_errors_are_retried_without_duplicates(k8s: Cluster) -> None:
-    # kopf's own write (the finalizer) fails once; a create is refused as a conflict (the
-    # object was made); a create "fails" with a 500 after the server made it; a patch of an
-    # existing Deployment fails with a 500.
+    # The emulator applies a write even when it answers it with an error: a create or a
+    # patch "failing" here is one the server did and whose reply was lost. So: kopf's own
+    # write (the finalizer) fails once; a create is refused as a conflict (an earlier
+    # attempt made it); a create fails with a 500 after the server made it.
     finalizer = k8s.inject(request("update", "infernomodels"), 500)
     pvc = k8s.inject(request("create", "persistentvolumeclaims"), 409)
     job = k8s.inject(request("create", "jobs"), 500)
@@ -58,17 +59,22 @@ async def test_conflicts_and_server_errors_are_retried_without_duplicates(k8s: C
     await downloaded(k8s)
     assert (finalizer.hits, pvc.hits, job.hits) == (1, 1, 1)
 
+    # Reads that fail change nothing: only retrying the reconcile makes the Deployment
+    # (a Service is the first child each reconcile reads), and then scales it.
     node = k8s.inject(request("create", "deployments"), 500)
+    reads = k8s.inject(request("fetch", "services"), 500, times=2)
     await k8s.create(resource("InfernoDeployment", "d", {"modelRef": "m", "replicas": 1}))
     await until(lambda: k8s.get("Deployment", "inferno-node-d"), what="the node Deployment")
-    patch = k8s.inject(request("update", "deployments"), 500, times=2)
+    assert (node.hits, reads.hits) == (1, 2)
+    patch = k8s.inject(request("update", "deployments"), 500)
+    reads = k8s.inject(request("fetch", "services"), 503, times=2)
     await k8s.spec_patch("InfernoDeployment", "d", {"replicas": 3})
 
     async def scaled() -> bool:
         n = await k8s.get("Deployment", "inferno-node-d")
         return n is not None and n["spec"]["replicas"] == 3
-    await until(scaled, what="replicas 3 despite two failed patches")
-    assert node.hits == 1 and patch.hits == 2
+    await until(scaled, what="replicas 3 despite failed reads and a failed patch")
+    assert reads.hits == 2 and patch.hits == 1
     for plural, name in [("v1/persistentvolumeclaims", "inferno-model-m"),
                          ("batch/v1/jobs", "inferno-pull-m"),
                          ("apps/v1/deployments", "inferno-node-d"),
