@@ -5,6 +5,9 @@ resourceVersion or generation (the bodies made here carry them, as the API serve
 set them), garbage-collects nothing (the operator deletes children itself), and cannot
 list ``/api/v1/namespaces`` (kmock 0.8 parses that path as a namespace prefix), so kopf's
 namespace scanning is disabled and the operator watches the one namespace it is given.
+It applies every write it receives even when a reaction answers it with an injected
+error, so an injected error on a create or patch is "done, but the reply was lost"; one
+on a read changes nothing.
 """
 
 from __future__ import annotations
