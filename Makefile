@@ -27,7 +27,7 @@ endif
 endif
 STAMP := $(VENV)/.installed$(if $(GPU),-$(GPU))
 
-.PHONY: setup serve test test-unit lint wheel bench bench-gateway bench-engine clean
+.PHONY: setup serve test test-unit lint wheel bench bench-gateway bench-engine clean k8s-manifests
 
 setup: $(STAMP)
 
@@ -54,6 +54,7 @@ serve: setup
 test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 	$(BIN)/pytest -q
 
 test-unit: setup
@@ -67,6 +68,7 @@ lint: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 # Gateway benchmark (bench/README.md): nginx + wrk from Debian, aiohttp baseline; ~10 min.
 bench-gateway: setup
@@ -78,6 +80,15 @@ bench-gateway: setup
 bench-engine: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/llamacpp_batching.py --threads 2 --quantize q8_0 --rounds 5
+
+# The manifests `inferno k8s render` gives for the default values (kubectl apply -f deploy/k8s/),
+# the chart's CRDs and values schema, and the dashboard copies: regenerated from the code.
+k8s-manifests: setup
+	$(BIN)/inferno k8s render --output deploy/k8s
+	$(BIN)/inferno k8s crds > deploy/helm/inferno/crds/inferno-crds.yaml
+	$(BIN)/python -c 'import json; from inferno.k8s.values import values_schema; print(json.dumps(values_schema(), indent=2))' > deploy/helm/inferno/values.schema.json
+	cp deploy/grafana/inferno.json deploy/helm/inferno/files/inferno.json
+	cp deploy/grafana/inferno.json src/inferno/k8s/grafana-dashboard.json
 
 clean:
 	rm -rf $(VENV)

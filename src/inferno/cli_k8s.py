@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -51,3 +52,45 @@ def operator(
     except ConfigError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc
+@k8s_app.command("render")
+def render_cmd(
+    values: Annotated[Path | None, typer.Option(
+        "--values", "-f", help="Values YAML (the Helm chart's values.yaml schema).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="key.path=value, as Helm's --set (repeatable; after --values).")] = None,
+    namespace: Annotated[str | None, typer.Option(
+        help="Namespace of every object. [default: inferno]")] = None,
+    output: Annotated[str, typer.Option(
+        "--output", "-o", help="- (stdout, one YAML stream) or a directory: crds.yaml and "
+                               "inferno.yaml, for `kubectl apply -f DIR`.")] = "-",
+    crds: Annotated[bool, typer.Option(
+        "--crds/--no-crds", help="Include the CustomResourceDefinitions.")] = True,
+) -> None:
+    """Print every manifest of an install (what the Helm chart installs), without Helm."""
+    from pydantic import ValidationError
+
+    from inferno.k8s.render import apply_set, dump_yaml, render, write_manifests
+    from inferno.k8s.values import RenderValues
+
+    try:
+        data = yaml.safe_load(values.read_text()) if values else {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{values}: expected a mapping of values")
+        for assignment in set_ or []:
+            apply_set(data, assignment)
+        if namespace is not None:
+            data["namespace"] = namespace
+        objects = render(RenderValues.model_validate(data), crds=crds)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in err["loc"]) or "values"
+            typer.secho(f"error: invalid value '{where}': {err['msg']}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+    if output == "-":
+        sys.stdout.write(dump_yaml(objects))
+        return
+    for path in write_manifests(objects, Path(output)):
+        typer.echo(f"wrote {path}", err=True)

@@ -250,6 +250,15 @@ class ProxySettings(ComponentSettings):
     # max_requests_per_connection-th request is answered with "connection: close".
     max_connections: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
     max_requests_per_connection: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
+    # Scale from zero (README "Scale to zero"): a request for a standby model with no ready
+    # node waits for one (the governator starts it) instead of failing. Standby: these
+    # models, and every model the pool served within standby_ttl seconds (0: only these).
+    # At most max_held requests wait per model (beyond: 429), each up to hold_timeout
+    # seconds (then: 503).
+    standby_models: Annotated[list[str], NoDecode] = []
+    standby_ttl: Annotated[float, Field(ge=0, le=30 * 86400)] = 3600.0
+    hold_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    max_held: Annotated[int, Field(ge=1, le=1_000_000)] = 64
 
     # --- Store, auth, limits, cache, request log (README "Keys, limits, cache and logs").
     # Where the embedded SQLite database and the disk cache live
@@ -319,7 +328,7 @@ class ProxySettings(ComponentSettings):
 
     _csv = field_validator("backends", "jwt_algorithms", "registration_allowlist",
                            "node_tokens", "alert_webhooks", "alert_silences",
-                           mode="before")(_split_csv)
+                           "standby_models", mode="before")(_split_csv)
     _routing = field_validator("routing", mode="before")(_routing)
 
 

@@ -5,12 +5,12 @@ requests and failures; total requests) and each node's ``GET /telemetry`` (queue
 in flight, tokens/s, capacity, state) and ``GET /metrics`` (the time-to-first-token
 histogram). Node addresses come from the provider, which started the nodes.
 
-Requests the proxy holds because every node of a model is full count as queued for the
-pool, and their growth as arrivals (``arrival_rate``: requests reaching the nodes per
-second plus that growth). Queue wait is estimated per pool with Little's law
-(queued / rate of leaving the queue), and its p95 is taken over the estimates of the
-last few ticks; TTFT p95 comes from the bucket deltas of the nodes' histograms since the
-previous tick.
+Requests the proxy holds (because every node of a model is full, or, for a pool at zero,
+while a node starts) count as queued for the pool, and their growth as arrivals
+(``arrival_rate``: requests reaching the nodes per second plus that growth). Queue wait
+is estimated per pool with Little's law (queued / rate of leaving the queue), and its p95
+is taken over the estimates of the last few ticks; TTFT p95 comes from the bucket deltas
+of the nodes' histograms since the previous tick.
 """
 
 from __future__ import annotations
@@ -257,20 +257,31 @@ class SignalCollector:
 
 
 def _held_by_proxy(proxy: dict[str, Any] | None, pools: Sequence[str]) -> dict[str, int]:
-    """Requests in the proxy not yet on a node (its ``in_flight`` less the outstanding
-    requests of its nodes), per pool: a proxy holds requests when every node of the
-    model has its fill. The proxy does not say which model each one is for, so they are
-    shared among pools by their nodes' outstanding requests (exact with one pool)."""
+    """Requests in the proxy not yet on a node, per pool.
+
+    Two kinds. Requests for a model with no ready node, which the proxy holds while one
+    starts (scale from zero), come counted per model (``held``): the demand of a pool at
+    zero, seen at the first look. The rest of its ``in_flight`` less the outstanding
+    requests of its nodes waits because every node of the model has its fill; the proxy
+    does not say which model each one is for, so they are shared among pools by their
+    nodes' outstanding requests (exact with one pool)."""
     if not proxy or not pools:
         return {}
+    raw = proxy.get("held")
+    standby = {str(m): int(n) for m, n in raw.items()} if isinstance(raw, dict) else {}
     nodes = [n for n in proxy.get("nodes", []) if isinstance(n, dict)]
     outstanding = {p: sum(int(n.get("outstanding", 0)) for n in nodes
                           if p in n.get("models", [])) for p in pools}
-    held = int(proxy.get("in_flight", 0)) - sum(int(n.get("outstanding", 0)) for n in nodes)
+    held = (int(proxy.get("in_flight", 0)) - sum(int(n.get("outstanding", 0)) for n in nodes)
+            - sum(standby.values()))
     total = sum(outstanding.values())
-    if held <= 0 or total <= 0:
-        return {}
-    return {p: round(held * o / total) for p, o in outstanding.items()}
+    out: dict[str, int] = {}
+    if held > 0 and total > 0:
+        out = {p: round(held * o / total) for p, o in outstanding.items()}
+    for p in pools:
+        if standby.get(p, 0) > 0:
+            out[p] = out.get(p, 0) + standby[p]
+    return out
 
 
 def _round(v: float | None) -> float | None:

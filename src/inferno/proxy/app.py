@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from inferno.proxy.models_admin import ModelsAdmin
     from inferno.proxy.security.admin import AdminAPI
     from inferno.proxy.security.guard import RequestGuard
+    from inferno.proxy.standby import Standby
     from inferno.proxy.tracing import ProxyTracing
 
 
@@ -96,6 +97,7 @@ class ProxyAPI:
         self.accepting = True
         self._mounts: list[Mount] = []
         self.tracing: ProxyTracing | None = None  # OTEL_* variables turn it on
+        self.standby: Standby | None = None  # holds requests for models scaled to zero
         self.in_flight = 0
         self.requests_total = 0
         self._count = {p: metrics.requests.labels(p, "200") for p in _ROUTES}
@@ -272,6 +274,12 @@ class ProxyAPI:
             snapshot = self._pool.snapshot
             nodes = snapshot.by_model.get(target)
             if not nodes:
+                standby = self.standby
+                if standby is not None and standby.holds(target, snapshot):
+                    await standby.hold(target)  # until a node is ready; raises past bounds
+                    # The request's time runs from when a node could take it.
+                    deadline = time.monotonic() + self._request_timeout
+                    continue
                 raise _no_route(target, snapshot.models, bool(snapshot.nodes))
             decision = self._router.route(profile, nodes, model=target, stream=stream,
                                           user=user, session=session, body=data)
@@ -298,13 +306,18 @@ class ProxyAPI:
         return await self._forwarder.forward(path, headers, body, order, stream,
                                              deadline=deadline, route=decision.explain)
 
+    def _listed(self) -> frozenset[str]:
+        """Models served now, and standby ones (a request for them waits for a node)."""
+        models = self._pool.snapshot.models
+        return models if self.standby is None else models | self.standby.models()
+
     def _models(self) -> Response:
         created = int(time.time())
-        cards = [oa.model_card(m, created=created) for m in sorted(self._pool.snapshot.models)]
+        cards = [oa.model_card(m, created=created) for m in sorted(self._listed())]
         return Response.json(oa.model_list(cards))
 
     def _model(self, model_id: str) -> Response:
-        if model_id not in self._pool.snapshot.models:
+        if model_id not in self._listed():
             raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
         return Response.json(oa.model_card(model_id))
 

@@ -37,6 +37,7 @@ from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
 from inferno.proxy.security.setup import Security
+from inferno.proxy.standby import Standby, StandbyAPI, StandbyCollector
 from inferno.proxy.state import RouterState
 from inferno.proxy.tracing import ProxyTracing
 from inferno.store.audit import AuditEvent
@@ -114,6 +115,14 @@ class Gateway:
                             stored=self.stored)
         if self.tracing is not None:
             self.api.tracing = observer.tracing = ProxyTracing(self.tracing)
+        # Scale from zero: requests for a standby model with no ready node wait for one.
+        self.standby = Standby(self.pool, models=s.standby_models, ttl=s.standby_ttl,
+                               hold_timeout=s.hold_timeout, max_held=s.max_held)
+        self.pool.on_publish = self.standby.notify
+        self.api.standby = self.standby
+        registry.register(StandbyCollector(self.standby))
+        # Setting standby models needs what registering a node needs: a node token.
+        standby_api = StandbyAPI(self.standby, self.security.registration._token)
         if s.ui:
             self.api.mount(self._dashboard())
         self.alerts = self._alerts() if s.alert_webhooks else None
@@ -131,7 +140,9 @@ class Gateway:
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
             routes={("POST", "/registration"): registration.post,
                     ("DELETE", "/registration/*"): registration.delete,
-                    ("GET", "/router/state"): state.get},
+                    ("GET", "/router/state"): state.get,
+                    ("GET", "/standby"): standby_api.get,
+                    ("PUT", "/standby"): standby_api.put},
             own_thread=s.ops_health == "thread", own_process=s.ops_health == "process")
         self._tasks: list[asyncio.Task[None]] = []
         self._attached: list[Attached] = []
@@ -164,6 +175,7 @@ class Gateway:
             return
         self.state = "draining"  # /health says 503 first, so a load balancer moves away
         self.api.accepting = False
+        self.standby.close()  # held requests end now rather than at the drain deadline
         await self.server.stop(grace=self.settings.drain_timeout)
         for service in self._attached:
             await service.drain()
@@ -229,7 +241,7 @@ class Gateway:
 
     def vitals(self) -> dict[str, Any]:
         snap = self.pool.snapshot
-        return Vitals(
+        vitals = Vitals(
             id=self.id, component="proxy", version=__version__,
             state=self.state,
             uptime_s=round(time.monotonic() - self._started, 3), models=sorted(snap.models),
@@ -240,3 +252,8 @@ class Gateway:
                     "requests": n.requests, "failures": n.failures,
                     "last_error": n.last_error} for n in snap.nodes],
         ).model_dump()
+        # Requests waiting for a node of a standby model, per model (scale from zero), and
+        # requests for one that found no ready node.
+        vitals["held"] = dict(self.standby.held)
+        vitals["unserved"] = dict(self.standby.unserved)
+        return vitals

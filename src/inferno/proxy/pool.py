@@ -93,6 +93,8 @@ class Pool:
         self.snapshot = PoolSnapshot()
         # (kind, node id, detail) on membership changes, for the self-healing timeline.
         self.on_event: Callable[[str, str, str], None] | None = None
+        # Called with each new snapshot (held requests wait for a node: proxy/standby.py).
+        self.on_publish: Callable[[PoolSnapshot], None] | None = None
 
     def _emit(self, kind: str, node_id: str, detail: str = "") -> None:
         if self.on_event is not None:
@@ -100,6 +102,8 @@ class Pool:
 
     def _publish(self) -> None:
         self.snapshot = PoolSnapshot.build(list(self._nodes.values()))
+        if self.on_publish is not None:
+            self.on_publish(self.snapshot)
 
     def upsert(self, reg: Registration, source: Source = "registered") -> Node:
         """Add a node or renew its lease; a changed address or model list replaces it."""
