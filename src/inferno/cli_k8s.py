@@ -24,7 +24,8 @@ def crds() -> None:
 @k8s_app.command("operator")
 def operator(
     namespace: Annotated[list[str] | None, typer.Option(
-        "--namespace", "-n", help="Namespace to watch (repeatable).")] = None,
+        "--namespace", "-n", envvar="INFERNO_K8S_NAMESPACE",
+        help="Namespace to watch (repeatable).")] = None,
     all_namespaces: Annotated[bool, typer.Option(
         "--all-namespaces", "-A", help="Watch every namespace.")] = False,
     proxy_ops: Annotated[str, typer.Option(
@@ -33,6 +34,16 @@ def operator(
     ] = "inferno-proxy:6100",
     image: Annotated[str | None, typer.Option(
         "--image", envvar="INFERNO_K8S_IMAGE", help="Image of nodes and model-pull Jobs.")
+    ] = None,
+    node_token_secret: Annotated[str | None, typer.Option(
+        "--node-token-secret", envvar="INFERNO_K8S_NODE_TOKEN_SECRET",
+        help="Secret node pods read their registration token from.")] = None,
+    node_token_key: Annotated[str, typer.Option(
+        "--node-token-key", envvar="INFERNO_K8S_NODE_TOKEN_KEY",
+        help="That Secret's key.")] = "token",
+    node_token: Annotated[str | None, typer.Option(
+        envvar="INFERNO_K8S_NODE_TOKEN", hidden=True,
+        help="The node token, for the proxy's PUT /standby (from the environment only).")
     ] = None,
     liveness: Annotated[str | None, typer.Option(
         "--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
@@ -47,7 +58,9 @@ def operator(
     from inferno.k8s.operator import OperatorConfig, run
 
     try:
-        run(OperatorConfig(proxy_ops=proxy_ops, image=image or DEFAULT_IMAGE),
+        run(OperatorConfig(proxy_ops=proxy_ops, image=image or DEFAULT_IMAGE,
+                           node_token_secret=node_token_secret, node_token_key=node_token_key,
+                           node_token=node_token),
             namespaces=list(namespace or []), clusterwide=all_namespaces, liveness=liveness)
     except ConfigError as exc:
         typer.secho(f"error: {exc.message}", err=True, fg="red")

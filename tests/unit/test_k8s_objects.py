@@ -169,3 +169,22 @@ def test_operator_command_wants_namespaces_or_all() -> None:
     assert "--namespace" in result.output
     result = CliRunner().invoke(k8s_app, ["operator", "-n", "a", "--all-namespaces"])
     assert result.exit_code == 2
+
+
+def test_pods_run_as_the_install_does_and_nodes_get_the_registration_token() -> None:
+    dep = body("InfernoDeployment", "web", {"modelRef": "qwen"})
+    d = ob.node_deployment(dep, MODEL, "ops:6100", node_token=("tokens", "node"))
+    job = ob.model_job(MODEL)
+    for pod in (d["spec"]["template"]["spec"], job["spec"]["template"]["spec"]):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001
+        ctr = pod["containers"][0]
+        assert ctr["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"] for m in ctr["volumeMounts"]}
+        assert {"/tmp", "/var/lib/inferno", "/models"} <= mounts  # writable where needed
+    env = {e["name"]: e for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["INFERNO_BACKEND_NODE_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "tokens", "key": "node"}}
+    plain = ob.node_deployment(dep, MODEL, "ops:6100")
+    assert "INFERNO_BACKEND_NODE_TOKEN" not in {
+        e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from inferno.governator.providers.kubernetes import KubernetesProvider
@@ -75,3 +76,37 @@ async def test_scales_an_inferno_deployment_through_its_scale_subresource(
                              interval=0.1)
         finally:
             await client.aclose()
+
+
+async def test_scale_to_zero_deployments_are_the_proxys_standby_models(
+        gateway: Gateway) -> None:
+    async with cluster() as c:
+        await c.start_operator(proxy_ops=f"127.0.0.1:{gateway.ops.port}")
+        await c.create(resource("InfernoModel", "m", {"source": "hf://o/r/f.gguf",
+                                                      "servedName": "canary-v2"}))
+        await eventually(lambda: c.get("Job", "inferno-pull-m"), what="the pull Job",
+                         timeout=15, interval=0.1)
+        await c.status_patch("Job", "inferno-pull-m", {"succeeded": 1})
+        await c.create(resource("InfernoDeployment", "d", {
+            "modelRef": "m", "replicas": 0, "minReplicas": 0,
+            "scaleToZero": {"enabled": True}}))
+        http = HttpClient()
+
+        async def standby() -> list[str]:
+            resp = await http.request("127.0.0.1", gateway.ops.port, "GET", "/standby")
+            return list(orjson.loads(await resp.read()).get("configured") or [])
+        try:
+            await eventually(lambda: _has(standby, "canary-v2"),
+                             what="the proxy's standby models to name canary-v2",
+                             timeout=15, interval=0.2)
+            node = await c.get("Deployment", "inferno-node-d")
+            assert node is not None and node["spec"]["replicas"] == 0
+            await c.delete("InfernoDeployment", "d")
+            await eventually(lambda: _has(standby, "canary-v2", present=False),
+                             what="canary-v2 no longer standby", timeout=15, interval=0.2)
+        finally:
+            await http.aclose()
+
+
+async def _has(models: Any, name: str, present: bool = True) -> bool:
+    return (name in await models()) is present

@@ -18,7 +18,26 @@ LABEL_DEPLOYMENT = "inferno.dev/deployment"
 MODELS_DIR = "/models"  # where the cache volume is mounted (INFERNO_MODELS_DIR)
 NODE_PORT = 8000
 NODE_OPS_PORT = 6100
-DEFAULT_IMAGE = "ghcr.io/inferno-ai/inferno:latest"
+DEFAULT_IMAGE = "inferno:0.1.0"
+DATA_DIR = "/var/lib/inferno"  # the image's INFERNO_DATA_DIR: an emptyDir (read-only root)
+UID = 10001  # the image's user
+
+
+def _hardened(pod: dict[str, Any]) -> dict[str, Any]:
+    """As every pod of an install runs: non-root, read-only root filesystem, no
+    capabilities; writable data and /tmp directories of its own."""
+    for ctr in pod["containers"]:
+        ctr["securityContext"] = {"allowPrivilegeEscalation": False,
+                                  "readOnlyRootFilesystem": True,
+                                  "capabilities": {"drop": ["ALL"]}}
+        ctr["volumeMounts"] = [*ctr.get("volumeMounts", []),
+                               {"name": "data", "mountPath": DATA_DIR},
+                               {"name": "tmp", "mountPath": "/tmp"}]
+    pod["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+                              "fsGroup": UID, "seccompProfile": {"type": "RuntimeDefault"}}
+    pod["volumes"] = [*pod.get("volumes", []), {"name": "data", "emptyDir": {}},
+                      {"name": "tmp", "emptyDir": {}}]
+    return pod
 
 
 def owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
@@ -101,12 +120,12 @@ def model_job(model: dict[str, Any], image: str = DEFAULT_IMAGE) -> dict[str, An
             "metadata": meta(pull_job_name(name), model, lbl),
             "spec": {"backoffLimit": 4, "template": {
                 "metadata": {"labels": lbl},
-                "spec": {"restartPolicy": "OnFailure", "containers": [{
+                "spec": _hardened({"restartPolicy": "OnFailure", "containers": [{
                     "name": "pull", "image": image, "command": ["sh", "-c", _PULL_SCRIPT],
                     "env": env,
                     "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR}]}],
                     "volumes": [{"name": "models", "persistentVolumeClaim": {
-                        "claimName": cache_name(name)}}]}}}}
+                        "claimName": cache_name(name)}}]})}}}
 
 
 def desired_replicas(spec: DeploymentSpec) -> int:
@@ -142,7 +161,10 @@ def selector_string(deployment: str) -> str:
 
 
 def node_deployment(dep: dict[str, Any], model: dict[str, Any], proxy_ops: str,
-                    image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+                    image: str = DEFAULT_IMAGE,
+                    node_token: tuple[str, str] | None = None) -> dict[str, Any]:
+    """``node_token``: (Secret, key) of the token nodes register with, if the proxy wants
+    one (its ``node_tokens``)."""
     spec = DeploymentSpec.model_validate(dep["spec"])
     name = dep["metadata"]["name"]
     lbl = labels("node", name, **{LABEL_DEPLOYMENT: name,
@@ -156,7 +178,9 @@ def node_deployment(dep: dict[str, Any], model: dict[str, Any], proxy_ops: str,
             {"name": "INFERNO_BACKEND_ADVERTISE_HOST",
              "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "INFERNO_BACKEND_NODE_ID",
-             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *([{"name": "INFERNO_BACKEND_NODE_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": node_token[0], "key": node_token[1]}}}] if node_token else [])],
         "ports": [{"name": "http", "containerPort": NODE_PORT},
                   {"name": "ops", "containerPort": NODE_OPS_PORT}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": "ops"},
@@ -167,10 +191,12 @@ def node_deployment(dep: dict[str, Any], model: dict[str, Any], proxy_ops: str,
         container["resources"] = {k: v for k, v in resources.items() if v}
     pod: dict[str, Any] = {
         "containers": [container],
+        "terminationGracePeriodSeconds": 60,  # past the node's drain (30 s by default)
         "volumes": [{"name": "models", "persistentVolumeClaim": {
             "claimName": cache_name(str(model["metadata"]["name"])), "readOnly": True}}]}
     if spec.node_selector:
         pod["nodeSelector"] = dict(spec.node_selector)
+    _hardened(pod)
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": meta(node_name(name), dep, lbl),
             "spec": {"replicas": desired_replicas(spec),

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import kopf
+import orjson
 from pydantic import ValidationError
 
-from inferno.core.errors import ConfigError
+from inferno.core.errors import ConfigError, InfernoError
 from inferno.k8s import objects as ob
 from inferno.k8s import status as st
 from inferno.k8s.objects_config import ROUTES, policy_configmap, policy_name, routes_configmap
@@ -45,6 +46,9 @@ class OperatorConfig:
     retry_delay: float = 5.0  # before a reconcile that failed or waits is tried again
     refresh_interval: float = 30.0  # status refresh from the children, events missed or not
     api_client: Any = None  # a kubernetes.client.ApiClient; default: kubeconfig or in-cluster
+    node_token_secret: str | None = None  # the Secret (and key) node pods read their
+    node_token_key: str = "token"  # registration token from, when the proxy wants one
+    node_token: str | None = None  # the token itself, for the proxy's PUT /standby
 
 
 def plain(x: Any) -> Any:
@@ -71,6 +75,30 @@ def _retrying(delay: float) -> Iterator[None]:
         raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay) from exc
     except ValidationError as exc:
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+
+
+async def put_standby(cfg: OperatorConfig, models: list[str]) -> None:
+    from inferno.net import HttpClient
+
+    host, sep, port_text = cfg.proxy_ops.rpartition(":")
+    host, port = (host, int(port_text)) if sep else (cfg.proxy_ops, ob.NODE_OPS_PORT)
+    headers = [(b"content-type", b"application/json")]
+    if cfg.node_token:
+        headers.append((b"authorization", b"Bearer " + cfg.node_token.encode()))
+    client = HttpClient()
+    try:
+        resp = await client.request(host, port, "PUT", "/standby", headers=headers,
+                                    body=orjson.dumps({"models": models}),
+                                    connect_timeout=2.0, header_timeout=5.0)
+        await resp.read()
+    except InfernoError as exc:
+        raise kopf.TemporaryError(f"the proxy's PUT /standby failed: {exc.message}",
+                                  delay=cfg.retry_delay) from exc
+    finally:
+        await client.aclose()
+    if resp.status != 200:
+        raise kopf.TemporaryError(f"the proxy's PUT /standby answered {resp.status}",
+                                  delay=cfg.retry_delay)
 
 
 def _load_api_client() -> Any:
@@ -195,8 +223,12 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(f"InfernoModel {spec.model_ref} is not downloaded",
                                           delay=cfg.retry_delay)
             await kube().ensure(ob.node_service(dep))
-            node = await kube().ensure(ob.node_deployment(dep, model, cfg.proxy_ops, cfg.image))
+            token = ((cfg.node_token_secret, cfg.node_token_key) if cfg.node_token_secret
+                     else None)
+            node = await kube().ensure(ob.node_deployment(dep, model, cfg.proxy_ops, cfg.image,
+                                                          token))
             await set_status("InfernoDeployment", dep, st.deployment_status(dep, node))
+            await sync_standby(namespace)
 
     @on.delete(GROUP, VERSION, "infernodeployments", registry=reg)
     async def deployment_delete(body: kopf.Body, **_: Any) -> None:
@@ -204,6 +236,24 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         with _retrying(cfg.retry_delay):
             await kube().delete("Deployment", namespace, ob.node_name(name))
             await kube().delete("Service", namespace, ob.node_name(name))
+            await sync_standby(namespace, without=name)
+
+    standby_sent: list[set[str]] = [set()]
+
+    async def sync_standby(namespace: str, without: str | None = None) -> None:
+        """The proxy's standby models: those of deployments that scale to zero (a request
+        for one with no node is held while a replica starts, not refused)."""
+        models: set[str] = set()
+        for d in await kube().list("InfernoDeployment", namespace):
+            if d["metadata"]["name"] == without or d["metadata"].get("deletionTimestamp"):
+                continue
+            if DeploymentSpec.model_validate(d["spec"]).scale_to_zero.enabled:
+                model = await kube().get("InfernoModel", namespace, d["spec"]["modelRef"])
+                if model is not None:
+                    models.add(ob.served_name(model))
+        if models != standby_sent[0]:
+            await put_standby(cfg, sorted(models))
+            standby_sent[0] = models
 
     async def deployment_refresh(namespace: str, name: str) -> None:
         dep = await kube().get("InfernoDeployment", namespace, name)
