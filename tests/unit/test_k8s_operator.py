@@ -259,3 +259,23 @@ async def test_updates_reach_the_children(k8s: Cluster) -> None:
         return bool(data) and data["routing"]["canary"] == {
             "chat": {"chat-v1": 70.0, "chat-v2": 30.0}}
     await until(reweighted, what="the route re-rendered with both deployments")
+
+
+async def test_a_spec_the_schema_cannot_refuse_is_reported_in_status(k8s: Cluster) -> None:
+    await downloaded_model(k8s)
+    # Valid for the CRD's schema (each field alone), refused by the operator's model.
+    await k8s.create(resource("InfernoDeployment", "bad", {
+        "modelRef": "m", "minReplicas": 3, "maxReplicas": 2}))
+    await k8s.create(resource("InfernoRoute", "zero", {
+        "model": "chat", "backends": [{"deployment": "bad", "weight": 0}]}))
+
+    async def refused(kind: str, name: str) -> dict[str, Any] | None:
+        obj = await k8s.get(kind, name)
+        c = condition(obj, "Ready")
+        return c if c is not None and c["reason"] == "InvalidSpec" and is_(obj, "Degraded") \
+            else None
+    c = await until(lambda: refused("InfernoDeployment", "bad"), what="the deployment refused")
+    assert "minReplicas (3) > maxReplicas (2)" in c["message"]
+    c = await until(lambda: refused("InfernoRoute", "zero"), what="the route refused")
+    assert "weight above 0" in c["message"]
+    assert await k8s.get("Deployment", "inferno-node-bad") is None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +150,24 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         if not st.same(old, out):
             await kube().patch_status(kind, meta["namespace"], meta["name"], out)
 
+    @contextlib.asynccontextmanager
+    async def guard(kind: str, obj: dict[str, Any]) -> AsyncIterator[None]:
+        """A reconcile's errors as kopf's; a spec the resource models refuse (checks the
+        CRD's schema cannot make, e.g. minReplicas above maxReplicas) is also reported in
+        the status: Ready=False and Degraded=True, reason InvalidSpec."""
+        try:
+            with _retrying(cfg.retry_delay):
+                yield
+        except kopf.PermanentError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                why = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
+                                for e in exc.__cause__.errors(include_url=False))
+                with contextlib.suppress(ApiError):
+                    await set_status(kind, obj, {"conditions": [
+                        st.condition("Ready", False, "InvalidSpec", why),
+                        st.condition("Degraded", True, "InvalidSpec", why)]})
+            raise
+
     # ---- InfernoModel ----
     async def pull(model: dict[str, Any]) -> dict[str, Any]:
         want = ob.model_job(model, cfg.image)
@@ -170,7 +188,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     @on.update(GROUP, VERSION, "infernomodels", registry=reg)
     async def model_reconcile(body: kopf.Body, **_: Any) -> None:
         model = plain(body)
-        with _retrying(cfg.retry_delay):
+        async with guard("InfernoModel", model):
             await kube().ensure(ob.model_pvc(model))
             job = await pull(model)
             await set_status("InfernoModel", model, {
@@ -211,7 +229,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     async def deployment_reconcile(body: kopf.Body, **_: Any) -> None:
         namespace = ident(body)[0]
         dep = plain(body)
-        with _retrying(cfg.retry_delay):
+        async with guard("InfernoDeployment", dep):
             spec = DeploymentSpec.model_validate(dep["spec"])
             model = await kube().get("InfernoModel", namespace, spec.model_ref)
             if model is None or not st.is_true(model, "Downloaded"):
@@ -301,7 +319,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     async def route_reconcile(body: kopf.Body, **_: Any) -> None:
         namespace = ident(body)[0]
         route = plain(body)
-        with _retrying(cfg.retry_delay):
+        async with guard("InfernoRoute", route):
             spec = RouteSpec.model_validate(route["spec"])
             mine = {b.deployment for b in spec.backends}
             missing = [n for n in await render_routes(namespace) if n in mine]
@@ -326,7 +344,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     async def policy_reconcile(body: kopf.Body, **_: Any) -> None:
         namespace = ident(body)[0]
         policy = plain(body)
-        with _retrying(cfg.retry_delay):
+        async with guard("InfernoScalingPolicy", policy):
             spec = ScalingPolicySpec.model_validate(policy["spec"])
             dep = await kube().get("InfernoDeployment", namespace, spec.deployment)
             model = await served(namespace, spec.deployment)
