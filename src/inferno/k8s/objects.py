@@ -80,7 +80,10 @@ def model_pvc(model: dict[str, Any]) -> dict[str, Any]:
     name = model["metadata"]["name"]
     pvc_spec: dict[str, Any] = {
         # Written once by the pull Job, then read by every node of every deployment.
-        "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+        # ReadWriteOnce is what every provisioner offers (kind's local-path only that);
+        # it lets pods on one Kubernetes node share the volume. Nodes spread over several
+        # need a storage class whose volumes attach to many (ReadWriteMany).
+        "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": spec.cache_size}}}
     if spec.storage_class_name:
         pvc_spec["storageClassName"] = spec.storage_class_name
