@@ -256,7 +256,8 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             await kube().delete("Service", namespace, ob.node_name(name))
             await sync_standby(namespace, without=name)
 
-    standby_sent: list[set[str]] = [set()]
+    standby: dict[str, set[str]] = {}  # namespace -> its scale-to-zero models
+    standby_sent: list[set[str]] = [set()]  # what the proxy was last told
 
     async def sync_standby(namespace: str, without: str | None = None) -> None:
         """The proxy's standby models: those of deployments that scale to zero (a request
@@ -265,13 +266,19 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         for d in await kube().list("InfernoDeployment", namespace):
             if d["metadata"]["name"] == without or d["metadata"].get("deletionTimestamp"):
                 continue
-            if DeploymentSpec.model_validate(d["spec"]).scale_to_zero.enabled:
+            try:
+                scales_to_zero = DeploymentSpec.model_validate(d["spec"]).scale_to_zero.enabled
+            except ValidationError:  # reported by its own reconcile
+                continue
+            if scales_to_zero:
                 model = await kube().get("InfernoModel", namespace, d["spec"]["modelRef"])
                 if model is not None:
                     models.add(ob.served_name(model))
-        if models != standby_sent[0]:
-            await put_standby(cfg, sorted(models))
-            standby_sent[0] = models
+        standby[namespace] = models
+        everywhere = set().union(*standby.values())
+        if everywhere != standby_sent[0]:
+            await put_standby(cfg, sorted(everywhere))
+            standby_sent[0] = everywhere
 
     async def deployment_refresh(namespace: str, name: str) -> None:
         dep = await kube().get("InfernoDeployment", namespace, name)
