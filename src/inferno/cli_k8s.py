@@ -21,6 +21,50 @@ def crds() -> None:
     yaml.safe_dump_all(all_crds(), sys.stdout, sort_keys=False)
 
 
+@k8s_app.command("operator")
+def operator(
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", "-n", envvar="INFERNO_K8S_NAMESPACE",
+        help="Namespace to watch (repeatable).")] = None,
+    all_namespaces: Annotated[bool, typer.Option(
+        "--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    proxy_ops: Annotated[str, typer.Option(
+        "--proxy-ops", envvar="INFERNO_K8S_PROXY_OPS",
+        help="The proxy's ops address (host:port) nodes register with.")
+    ] = "inferno-proxy:6100",
+    image: Annotated[str | None, typer.Option(
+        "--image", envvar="INFERNO_K8S_IMAGE", help="Image of nodes and model-pull Jobs.")
+    ] = None,
+    node_token_secret: Annotated[str | None, typer.Option(
+        "--node-token-secret", envvar="INFERNO_K8S_NODE_TOKEN_SECRET",
+        help="Secret node pods read their registration token from.")] = None,
+    node_token_key: Annotated[str, typer.Option(
+        "--node-token-key", envvar="INFERNO_K8S_NODE_TOKEN_KEY",
+        help="That Secret's key.")] = "token",
+    node_token: Annotated[str | None, typer.Option(
+        envvar="INFERNO_K8S_NODE_TOKEN", hidden=True,
+        help="The node token, for the proxy's PUT /standby (from the environment only).")
+    ] = None,
+    liveness: Annotated[str | None, typer.Option(
+        "--liveness", help="Liveness endpoint, e.g. http://0.0.0.0:8080/healthz.")] = None,
+) -> None:
+    """Run the operator: reconcile Inferno's resources into Deployments, Services, Jobs."""
+    if bool(namespace) == all_namespaces:
+        typer.secho("error: give --namespace NS (repeatable) or --all-namespaces",
+                    err=True, fg="red")
+        raise typer.Exit(2)
+    from inferno.core.errors import ConfigError
+    from inferno.k8s.objects import DEFAULT_IMAGE
+    from inferno.k8s.operator import OperatorConfig, run
+
+    try:
+        run(OperatorConfig(proxy_ops=proxy_ops, image=image or DEFAULT_IMAGE,
+                           node_token_secret=node_token_secret, node_token_key=node_token_key,
+                           node_token=node_token),
+            namespaces=list(namespace or []), clusterwide=all_namespaces, liveness=liveness)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc.message}", err=True, fg="red")
+        raise typer.Exit(2) from exc
 @k8s_app.command("render")
 def render_cmd(
     values: Annotated[Path | None, typer.Option(

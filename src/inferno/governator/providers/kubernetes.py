@@ -5,6 +5,9 @@ Readiness comes from the pods (the Deployment's ``spec.selector.matchLabels``, c
 pods to remove are drained through the proxy (their registrations, matched by pod IP,
 are deleted; then we wait, bounded, for their in-flight work) and marked with
 ``controller.kubernetes.io/pod-deletion-cost`` so the ReplicaSet removes exactly those.
+A pool's target may instead be ``infernodeployment/NAME``: an InfernoDeployment (Inferno's
+custom resource), scaled through its scale subresource; its pods are those its
+``status.selector`` selects, and Inferno's operator keeps its Deployment in step.
 The client is synchronous: calls run in a worker thread. ``kubernetes`` is imported here
 only, lazily, so nothing else needs it installed. Its own HTTP stack (urllib3) is kept on
 purpose: the API server's auth (kubeconfig, service account, TLS) is that client's job;
@@ -26,6 +29,15 @@ from inferno.net import HttpClient
 
 log = logging.getLogger("inferno.governator.kubernetes")
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+CUSTOM_PREFIX = "infernodeployment/"
+# InfernoDeployment's API (inferno.k8s.resources; not imported: components stay apart).
+CUSTOM = ("inferno.dev", "v1alpha1", "infernodeployments")
+
+
+def _selector(text: str) -> dict[str, str]:
+    """An equality-based label selector string (``a=b,c=d``) as a mapping."""
+    pairs = (p.split("=", 1) for p in text.split(",") if "=" in p)
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _client_module() -> Any:
@@ -55,6 +67,7 @@ class KubernetesProvider:
         self._api_client = api_client
         self._apps: Any = None
         self._core: Any = None
+        self._custom: Any = None
         self._pods: dict[str, list[dict[str, Any]]] = {}
 
     async def start(self) -> None:
@@ -72,6 +85,7 @@ class KubernetesProvider:
                 raise ConfigError(f"no Kubernetes configuration found: {exc}") from exc
         self._apps = k8s.client.AppsV1Api(self._api_client)
         self._core = k8s.client.CoreV1Api(self._api_client)
+        self._custom = k8s.client.CustomObjectsApi(self._api_client)
 
     async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -91,10 +105,20 @@ class KubernetesProvider:
                     out.append(Endpoint(p["name"], pool, p["ip"], self._ops_port, p["state"]))
         return out
 
-    async def _list_pods(self, pool: str) -> list[dict[str, Any]]:
+    async def _pod_labels(self, target: str) -> dict[str, str]:
+        if target.startswith(CUSTOM_PREFIX):
+            obj = await self._call("read infernodeployment",
+                                   self._custom.get_namespaced_custom_object, *CUSTOM[:2],
+                                   self._ns, CUSTOM[2], target[len(CUSTOM_PREFIX):])
+            return _selector(str((obj.get("status") or {}).get("selector") or ""))
         dep = await self._call("read deployment", self._apps.read_namespaced_deployment,
-                               self._deployments[pool], self._ns)
-        labels = (dep.spec.selector.match_labels or {}) if dep.spec.selector else {}
+                               target, self._ns)
+        return dict(dep.spec.selector.match_labels or {}) if dep.spec.selector else {}
+
+    async def _list_pods(self, pool: str) -> list[dict[str, Any]]:
+        labels = await self._pod_labels(self._deployments[pool])
+        if not labels:  # an InfernoDeployment the operator has not reconciled yet
+            return []
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         pods = await self._call("list pods", self._core.list_namespaced_pod, self._ns,
                                 label_selector=selector)
@@ -131,9 +155,17 @@ class KubernetesProvider:
         if name is None:
             raise ProviderError(f"no Deployment configured for pool '{pool}'")
         desired = max(0, min(desired, self._max.get(pool, desired)))
-        scale = await self._call("read scale", self._apps.read_namespaced_deployment_scale,
-                                 name, self._ns)
-        current = int(scale.spec.replicas or 0)
+        custom = name.startswith(CUSTOM_PREFIX)
+        if custom:
+            name = name[len(CUSTOM_PREFIX):]
+            scale = await self._call("read scale",
+                                     self._custom.get_namespaced_custom_object_scale,
+                                     *CUSTOM[:2], self._ns, CUSTOM[2], name)
+            current = int(((scale or {}).get("spec") or {}).get("replicas") or 0)
+        else:
+            scale = await self._call("read scale", self._apps.read_namespaced_deployment_scale,
+                                     name, self._ns)
+            current = int(scale.spec.replicas or 0)
         if desired < current:
             pods = [p for p in self._pods.get(pool, []) if p["state"] != "draining"]
             order = {"starting": 0, "ready": 1}
@@ -143,10 +175,15 @@ class KubernetesProvider:
                 await self._call("annotate pod", self._core.patch_namespaced_pod, p["name"],
                                  self._ns, {"metadata": {"annotations": {DELETION_COST: "-1000"}}})
                 p["state"] = "draining"
-        if desired != current:
+        body = {"spec": {"replicas": desired}}
+        if desired != current and custom:
+            await self._call("patch scale", self._custom.patch_namespaced_custom_object_scale,
+                             *CUSTOM[:2], self._ns, CUSTOM[2], name, body)
+        elif desired != current:
             await self._call("patch scale", self._apps.patch_namespaced_deployment_scale,
-                             name, self._ns, {"spec": {"replicas": desired}})
-        return f"deployment {self._ns}/{name}: replicas {current} -> {desired}"
+                             name, self._ns, body)
+        kind = "infernodeployment" if custom else "deployment"
+        return f"{kind} {self._ns}/{name}: replicas {current} -> {desired}"
 
     async def _drain(self, pods: list[dict[str, Any]]) -> None:
         if not pods:

@@ -1,0 +1,394 @@
+"""The Inferno operator: reconciles Inferno's custom resources into Kubernetes objects.
+
+- InfernoModel -> a cache PersistentVolumeClaim and a Job pulling the model into it;
+  ``Downloaded`` when the Job succeeded, ``Degraded`` when it failed.
+- InfernoDeployment -> a Deployment of ``inferno backend`` pods (registering with the
+  proxy's ops Service) and a headless Service; waits until its model is Downloaded;
+  status ``replicas``/``readyReplicas``/``selector`` (the scale subresource's) and
+  ``Ready``/``Scaling``/``Degraded``.
+- InfernoRoute -> the proxy's routing (``inferno-routes`` ConfigMap, see objects_config).
+- InfernoScalingPolicy -> the governator's policy and price list (a ConfigMap).
+
+Handlers live on a registry made here (never kopf's global one). Each reconcile writes the
+whole desired state of every child by a deterministic name, so a handler repeated (after a
+conflict, a 5xx, a restart half-way) converges without duplicates. Status is computed from
+the children alone, by the reconcile handlers, by handlers on the children's events, and
+by a periodic refresh that covers events missed while a watch was down. API failures are
+retried (kopf's TemporaryError); invalid specs are not (PermanentError). Deletion: kopf's
+finalizer holds each resource until its children are deleted (the garbage collector would
+too, through the owner references; deleting here does not wait for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+import orjson
+from pydantic import ValidationError
+
+from inferno.core.errors import ConfigError, InfernoError
+from inferno.k8s import objects as ob
+from inferno.k8s import status as st
+from inferno.k8s.objects_config import ROUTES, policy_configmap, policy_name, routes_configmap
+from inferno.k8s.operator_api import ApiError, Kube
+from inferno.k8s.resources import GROUP, VERSION, DeploymentSpec, RouteSpec, ScalingPolicySpec
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    proxy_ops: str = "inferno-proxy:6100"  # the proxy's ops Service nodes register with
+    image: str = ob.DEFAULT_IMAGE  # nodes' and pull Jobs' image (an InfernoDeployment may override)
+    retry_delay: float = 5.0  # before a reconcile that failed or waits is tried again
+    refresh_interval: float = 30.0  # status refresh from the children, events missed or not
+    api_client: Any = None  # a kubernetes.client.ApiClient; default: kubeconfig or in-cluster
+    node_token_secret: str | None = None  # the Secret (and key) node pods read their
+    node_token_key: str = "token"  # registration token from, when the proxy wants one
+    node_token: str | None = None  # the token itself, for the proxy's PUT /standby
+
+
+def plain(x: Any) -> Any:
+    """kopf's read-only body views as plain dicts and lists."""
+    if isinstance(x, Mapping):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    return x
+
+
+def ident(body: Mapping[str, Any]) -> tuple[str, str]:
+    meta = body["metadata"]
+    return str(meta.get("namespace") or ""), str(meta["name"])
+
+
+@contextlib.contextmanager
+def _retrying(delay: float) -> Iterator[None]:
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status in (400, 403, 422):  # the request itself is wrong: retrying won't help
+            raise kopf.PermanentError(f"Kubernetes API refused: {exc}") from exc
+        raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay) from exc
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"invalid spec: {exc}") from exc
+
+
+async def put_standby(cfg: OperatorConfig, models: list[str]) -> None:
+    from inferno.net import HttpClient
+
+    host, sep, port_text = cfg.proxy_ops.rpartition(":")
+    host, port = (host, int(port_text)) if sep else (cfg.proxy_ops, ob.NODE_OPS_PORT)
+    headers = [(b"content-type", b"application/json")]
+    if cfg.node_token:
+        headers.append((b"authorization", b"Bearer " + cfg.node_token.encode()))
+    client = HttpClient()
+    try:
+        resp = await client.request(host, port, "PUT", "/standby", headers=headers,
+                                    body=orjson.dumps({"models": models}),
+                                    connect_timeout=2.0, header_timeout=5.0)
+        await resp.read()
+    except InfernoError as exc:
+        raise kopf.TemporaryError(f"the proxy's PUT /standby failed: {exc.message}",
+                                  delay=cfg.retry_delay) from exc
+    finally:
+        await client.aclose()
+    if resp.status != 200:
+        raise kopf.TemporaryError(f"the proxy's PUT /standby answered {resp.status}",
+                                  delay=cfg.retry_delay)
+
+
+def _load_api_client() -> Any:
+    import kubernetes
+
+    try:
+        kubernetes.config.load_kube_config()
+    except Exception:  # no kubeconfig: inside the cluster, with the service account
+        kubernetes.config.load_incluster_config()
+    return kubernetes.client.ApiClient()
+
+
+def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
+    reg = kopf.OperatorRegistry()
+    kube_box: list[Kube] = []
+    on = kopf.on
+
+    def kube() -> Kube:
+        return kube_box[0]
+
+    @on.startup(registry=reg)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = "inferno.dev/operator"
+        settings.networking.error_backoffs = [cfg.retry_delay / 4, cfg.retry_delay / 2,
+                                              cfg.retry_delay]
+        api = cfg.api_client or await asyncio.to_thread(_load_api_client)
+        kube_box[:] = [Kube(api)]
+
+    @on.login(registry=reg)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if cfg.api_client is None:
+            return kopf.login_via_client(**kwargs)
+        conf = cfg.api_client.configuration
+        return kopf.ConnectionInfo(server=conf.host, insecure=not conf.verify_ssl)
+
+    async def set_status(kind: str, obj: dict[str, Any], new: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        current = await kube().get(kind, meta["namespace"], meta["name"])
+        if current is None or current["metadata"].get("deletionTimestamp"):
+            return
+        old = current.get("status") or {}
+        # The generation this status describes: the one reconciled, even if a newer one
+        # arrived meanwhile (its own reconcile will report it).
+        gen = meta.get("generation")
+        out = {**new, "conditions": st.merge_conditions(old.get("conditions") or [],
+                                                        new.get("conditions") or [], gen)}
+        if gen is not None:
+            out["observedGeneration"] = gen
+        if not st.same(old, out):
+            await kube().patch_status(kind, meta["namespace"], meta["name"], out)
+
+    @contextlib.asynccontextmanager
+    async def guard(kind: str, obj: dict[str, Any]) -> AsyncIterator[None]:
+        """A reconcile's errors as kopf's; a spec the resource models refuse (checks the
+        CRD's schema cannot make, e.g. minReplicas above maxReplicas) is also reported in
+        the status: Ready=False and Degraded=True, reason InvalidSpec."""
+        try:
+            with _retrying(cfg.retry_delay):
+                yield
+        except kopf.PermanentError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                why = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}"
+                                for e in exc.__cause__.errors(include_url=False))
+                with contextlib.suppress(ApiError):
+                    await set_status(kind, obj, {"conditions": [
+                        st.condition("Ready", False, "InvalidSpec", why),
+                        st.condition("Degraded", True, "InvalidSpec", why)]})
+            raise
+
+    # ---- InfernoModel ----
+    async def pull(model: dict[str, Any]) -> dict[str, Any]:
+        want = ob.model_job(model, cfg.image)
+        meta = want["metadata"]
+        job = await kube().get("Job", meta["namespace"], meta["name"])
+        if job is not None:
+            env = job["spec"]["template"]["spec"]["containers"][0].get("env", [])
+            if env == want["spec"]["template"]["spec"]["containers"][0]["env"]:
+                return job  # a Job runs once: it is never patched
+            # The source changed: a Job's template is immutable, so it is made anew.
+            await kube().delete("Job", meta["namespace"], meta["name"])
+            raise kopf.TemporaryError("the model's source changed: pulling again",
+                                      delay=cfg.retry_delay)
+        return await kube().ensure(want)
+
+    @on.resume(GROUP, VERSION, "infernomodels", registry=reg)
+    @on.create(GROUP, VERSION, "infernomodels", registry=reg)
+    @on.update(GROUP, VERSION, "infernomodels", registry=reg)
+    async def model_reconcile(body: kopf.Body, **_: Any) -> None:
+        model = plain(body)
+        async with guard("InfernoModel", model):
+            await kube().ensure(ob.model_pvc(model))
+            job = await pull(model)
+            await set_status("InfernoModel", model, {
+                "cache": ob.cache_name(model["metadata"]["name"]),
+                "conditions": st.model_conditions(job)})
+
+    @on.delete(GROUP, VERSION, "infernomodels", registry=reg)
+    async def model_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        with _retrying(cfg.retry_delay):
+            await kube().delete("Job", namespace, ob.pull_job_name(name))
+            await kube().delete("PersistentVolumeClaim", namespace, ob.cache_name(name))
+
+    async def model_refresh(namespace: str, name: str) -> None:
+        model = await kube().get("InfernoModel", namespace, name)
+        if model is not None:
+            job = await kube().get("Job", namespace, ob.pull_job_name(name))
+            if job is not None:
+                await set_status("InfernoModel", model,
+                                 {"conditions": st.model_conditions(job)})
+
+    @on.event("batch", "v1", "jobs", labels={ob.LABEL_MODEL: kopf.PRESENT,
+                                             "app.kubernetes.io/managed-by": ob.MANAGED_BY},
+              registry=reg)
+    async def job_event(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
+        await model_refresh(namespace, body["metadata"]["labels"][ob.LABEL_MODEL])
+
+    @kopf.timer(GROUP, VERSION, "infernomodels", interval=cfg.refresh_interval, registry=reg)
+    async def model_timer(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        await model_refresh(namespace, name)
+
+    # ---- InfernoDeployment ----
+    @on.resume(GROUP, VERSION, "infernodeployments", registry=reg)
+    @on.create(GROUP, VERSION, "infernodeployments", registry=reg)
+    @on.update(GROUP, VERSION, "infernodeployments", registry=reg)
+    async def deployment_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
+        dep = plain(body)
+        async with guard("InfernoDeployment", dep):
+            spec = DeploymentSpec.model_validate(dep["spec"])
+            model = await kube().get("InfernoModel", namespace, spec.model_ref)
+            if model is None or not st.is_true(model, "Downloaded"):
+                waiting = st.deployment_status(dep, None)
+                waiting["conditions"][0] = st.condition(
+                    "Ready", False, "ModelNotDownloaded",
+                    f"waiting for InfernoModel {spec.model_ref} to be downloaded")
+                await set_status("InfernoDeployment", dep, waiting)
+                raise kopf.TemporaryError(f"InfernoModel {spec.model_ref} is not downloaded",
+                                          delay=cfg.retry_delay)
+            await kube().ensure(ob.node_service(dep))
+            token = ((cfg.node_token_secret, cfg.node_token_key) if cfg.node_token_secret
+                     else None)
+            node = await kube().ensure(ob.node_deployment(dep, model, cfg.proxy_ops, cfg.image,
+                                                          token))
+            await set_status("InfernoDeployment", dep, st.deployment_status(dep, node))
+            await sync_standby(namespace)
+
+    @on.delete(GROUP, VERSION, "infernodeployments", registry=reg)
+    async def deployment_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        with _retrying(cfg.retry_delay):
+            await kube().delete("Deployment", namespace, ob.node_name(name))
+            await kube().delete("Service", namespace, ob.node_name(name))
+            await sync_standby(namespace, without=name)
+
+    standby: dict[str, set[str]] = {}  # namespace -> its scale-to-zero models
+    standby_sent: list[set[str]] = [set()]  # what the proxy was last told
+
+    async def sync_standby(namespace: str, without: str | None = None) -> None:
+        """The proxy's standby models: those of deployments that scale to zero (a request
+        for one with no node is held while a replica starts, not refused)."""
+        models: set[str] = set()
+        for d in await kube().list("InfernoDeployment", namespace):
+            if d["metadata"]["name"] == without or d["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                scales_to_zero = DeploymentSpec.model_validate(d["spec"]).scale_to_zero.enabled
+            except ValidationError:  # reported by its own reconcile
+                continue
+            if scales_to_zero:
+                model = await kube().get("InfernoModel", namespace, d["spec"]["modelRef"])
+                if model is not None:
+                    models.add(ob.served_name(model))
+        standby[namespace] = models
+        everywhere = set().union(*standby.values())
+        if everywhere != standby_sent[0]:
+            await put_standby(cfg, sorted(everywhere))
+            standby_sent[0] = everywhere
+
+    async def deployment_refresh(namespace: str, name: str) -> None:
+        dep = await kube().get("InfernoDeployment", namespace, name)
+        node = await kube().get("Deployment", namespace, ob.node_name(name))
+        if dep is not None and node is not None:
+            await set_status("InfernoDeployment", dep, st.deployment_status(dep, node))
+
+    @on.event("apps", "v1", "deployments", labels={ob.LABEL_DEPLOYMENT: kopf.PRESENT,
+                                                   "app.kubernetes.io/managed-by": ob.MANAGED_BY},
+              registry=reg)
+    async def node_event(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
+        await deployment_refresh(namespace, body["metadata"]["labels"][ob.LABEL_DEPLOYMENT])
+
+    @kopf.timer(GROUP, VERSION, "infernodeployments", interval=cfg.refresh_interval,
+                registry=reg)
+    async def deployment_timer(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        await deployment_refresh(namespace, name)
+
+    # ---- InfernoRoute ----
+    async def served(namespace: str, deployment: str) -> str | None:
+        dep = await kube().get("InfernoDeployment", namespace, deployment)
+        if dep is None:
+            return None
+        model = await kube().get("InfernoModel", namespace, dep["spec"]["modelRef"])
+        return ob.served_name(model) if model is not None else None
+
+    async def render_routes(namespace: str, without: str | None = None) -> list[str]:
+        """Re-renders the namespace's routes ConfigMap; the deployments not found."""
+        routes = [r for r in await kube().list("InfernoRoute", namespace)
+                  if r["metadata"]["name"] != without
+                  and not r["metadata"].get("deletionTimestamp")]
+        if not routes:
+            await kube().delete("ConfigMap", namespace, ROUTES)
+            return []
+        names = {b["deployment"] for r in routes for b in r["spec"]["backends"]}
+        found = {n: s for n in sorted(names) if (s := await served(namespace, n)) is not None}
+        await kube().ensure(routes_configmap(namespace, routes, found))
+        return sorted(names - set(found))
+
+    @on.resume(GROUP, VERSION, "infernoroutes", registry=reg)
+    @on.create(GROUP, VERSION, "infernoroutes", registry=reg)
+    @on.update(GROUP, VERSION, "infernoroutes", registry=reg)
+    async def route_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
+        route = plain(body)
+        async with guard("InfernoRoute", route):
+            spec = RouteSpec.model_validate(route["spec"])
+            mine = {b.deployment for b in spec.backends}
+            missing = [n for n in await render_routes(namespace) if n in mine]
+            ok = not missing
+            await set_status("InfernoRoute", route, {"configMap": ROUTES, "conditions": [
+                st.condition("Ready", ok, "Routed" if ok else "DeploymentMissing",
+                             "" if ok else f"no InfernoDeployment {', '.join(missing)}")]})
+            if missing:
+                raise kopf.TemporaryError(f"waiting for {', '.join(missing)}",
+                                          delay=cfg.retry_delay)
+
+    @on.delete(GROUP, VERSION, "infernoroutes", registry=reg)
+    async def route_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        with _retrying(cfg.retry_delay):
+            await render_routes(namespace, without=name)
+
+    # ---- InfernoScalingPolicy ----
+    @on.resume(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
+    @on.create(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
+    @on.update(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
+    async def policy_reconcile(body: kopf.Body, **_: Any) -> None:
+        namespace = ident(body)[0]
+        policy = plain(body)
+        async with guard("InfernoScalingPolicy", policy):
+            spec = ScalingPolicySpec.model_validate(policy["spec"])
+            dep = await kube().get("InfernoDeployment", namespace, spec.deployment)
+            model = await served(namespace, spec.deployment)
+            if dep is None or model is None:
+                await set_status("InfernoScalingPolicy", policy, {"conditions": [
+                    st.condition("Ready", False, "DeploymentMissing",
+                                 f"no InfernoDeployment {spec.deployment} (or its model)")]})
+                raise kopf.TemporaryError(f"waiting for {spec.deployment}",
+                                          delay=cfg.retry_delay)
+            await kube().ensure(policy_configmap(policy, dep, model))
+            await set_status("InfernoScalingPolicy", policy, {
+                "configMap": policy_name(policy["metadata"]["name"]),
+                "conditions": [st.condition("Ready", True, "Rendered")]})
+
+    @on.delete(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
+    async def policy_delete(body: kopf.Body, **_: Any) -> None:
+        namespace, name = ident(body)
+        with _retrying(cfg.retry_delay):
+            await kube().delete("ConfigMap", namespace, policy_name(name))
+
+    @on.cleanup(registry=reg)
+    async def cleanup(**_: Any) -> None:
+        if kube_box and cfg.api_client is None:
+            await kube_box[0].close()
+
+    return reg
+
+
+def run(cfg: OperatorConfig, *, namespaces: list[str], clusterwide: bool,
+        liveness: str | None = None) -> None:
+    """Run the operator until SIGTERM/SIGINT (kopf handles both)."""
+    if cfg.api_client is None:
+        try:  # fail here, plainly, rather than in kopf's startup with a traceback
+            _load_api_client().close()
+        except Exception as exc:
+            raise ConfigError(f"no Kubernetes configuration found (kubeconfig or "
+                              f"in-cluster service account): {exc}") from exc
+    asyncio.run(kopf.operator(registry=build_registry(cfg), clusterwide=clusterwide,
+                              namespaces=namespaces, standalone=True,
+                              liveness_endpoint=liveness))
