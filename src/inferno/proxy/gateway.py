@@ -185,7 +185,8 @@ class Gateway:
         sec = self.security
         return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
                                               self.admission, sec.auth, sec.keys, sec.store,
-                                              serving=lambda: self.api.accepting))
+                                              serving=lambda: self.api.accepting,
+                                              api=self.api.handle))
 
     def _alerts(self) -> AlertManager:
         s = self.settings

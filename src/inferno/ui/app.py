@@ -12,11 +12,12 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from inferno.api.dashboard import DataSource, Viewer
-from inferno.core.errors import AuthenticationError, NotFound, PermissionDenied
+from inferno.core.errors import AuthenticationError, InfernoError, NotFound, PermissionDenied
 from inferno.net import BodySink, Request, Response, StreamingResponse
 from inferno.ui.assets import StaticFiles, templates
-from inferno.ui.live import live
+from inferno.ui.live import live, live_batches
 from inferno.ui.pages import Pages
+from inferno.ui.pages_fleet import OBJECT_ID
 from inferno.ui.sessions import Sessions
 
 PREFIX = "/ui"
@@ -56,12 +57,25 @@ class Dashboard:
             raise PermissionDenied("The dashboard needs an API key with the admin scope.")
         if req.method == "POST":
             _same_origin(req)
-            return await self._post(req, path)
+            return await self._post(req, path, viewer)
         if req.method != "GET":
             raise NotFound(f"Unknown route {req.method} {req.path}.")
         q = {k: v[-1] for k, v in parse_qs(req.query or "").items()}
         if path == "/ui/live":
+            if q.get("view") == "batches":
+                return live_batches(self._source, q.get("ids", ""), self._live_interval)
             return live(self._source, req, self._live_interval)
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "files" and parts[4] == "content" \
+                and OBJECT_ID.fullmatch(parts[3]):
+            resp = await self._source.file_content(viewer, parts[3])
+            assert isinstance(resp, Response | StreamingResponse)
+            return resp
+        if path.startswith("/ui/api/batches/"):
+            batch = await self._source.batch(path.rsplit("/", 1)[-1])
+            if batch is None:
+                raise NotFound("No batch with this id.")
+            return Response.json(batch)
         if path.startswith("/ui/api/requests/"):
             row = await self._source.request(path.rsplit("/", 1)[-1])
             if row is None:
@@ -72,7 +86,7 @@ class Dashboard:
             raise NotFound(f"Unknown page {req.path}.")
         return _html(await page(q, viewer))
 
-    async def _post(self, req: Request, path: str) -> Response:
+    async def _post(self, req: Request, path: str, viewer: Viewer) -> Response:
         form = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
         if path == "/ui/logout":
             return _redirect("/ui/login", cookie=self._sessions.end(req))
@@ -81,6 +95,22 @@ class Dashboard:
         if path.startswith("/ui/keys/") and path.endswith("/revoke"):
             await self._source.revoke_key(path.split("/")[3])
             return _redirect("/ui/usage")
+        fleet = self._pages.fleet
+        if path == "/ui/models/deploy":
+            try:
+                return _html(await fleet.deploy(form, viewer))
+            except InfernoError as exc:
+                return _html(await fleet.models({}, viewer, error=exc.message),
+                             status=exc.status_code)
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "batches" and parts[4] == "cancel" \
+                and OBJECT_ID.fullmatch(parts[3]):
+            try:
+                await self._source.cancel_batch(viewer, parts[3])
+            except InfernoError as exc:
+                return _html(await fleet.batches({}, viewer, error=exc.message),
+                             status=exc.status_code)
+            return _redirect("/ui/batches")
         raise NotFound(f"Unknown route POST {req.path}.")
 
     async def _login(self, req: Request) -> Response:
