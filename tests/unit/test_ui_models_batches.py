@@ -302,3 +302,31 @@ async def test_user_keys_and_other_sites_cannot_act(env: Env) -> None:
         assert r.status_code == 403 and "no longer an active admin key" in r.text
     row = await store.batches.get(running)
     assert row is not None and row["status"] == "in_progress"
+
+
+async def test_the_timeline_shows_the_breaker_going_half_open_then_closed(
+        tmp_path: Path) -> None:
+    gw = await start_gateway(tmp_path, auth="none", eject_after_failures=1, base_ejection=0.3,
+                             max_ejected_percent=100, max_attempts=1)
+    node, _ = await start_node(gw.ops.port, node_id="flaky")
+    try:
+        await until_served(gw)
+        async with httpx.AsyncClient(base_url=base(gw), timeout=10) as http:
+            body = {"model": "fake-model", "max_tokens": 2}
+            r = await http.post("/v1/completions", json={**body, "prompt": "ALWAYS503"})
+            assert r.status_code >= 500
+            flaky = gw.pool.get("flaky")
+            assert flaky is not None and flaky.breaker.state == "open"  # the scenario
+
+            async def served() -> bool:  # refused while open; the probe once it is over
+                r = await http.post("/v1/completions", json={**body, "prompt": "hi"})
+                return r.status_code == 200
+            await eventually(served, timeout=10, interval=0.1, what="the probe to succeed")
+            assert flaky.breaker.state == "closed"
+            kinds = [e.kind for e in gw.events.recent() if e.node == "flaky"]
+            assert kinds[-3:] == ["ejected", "breaker_half_open", "readmitted"], kinds
+            page = (await http.get("/ui")).text
+            assert "breaker half open" in page and "one probe request may go through" in page
+    finally:
+        await node.drain()
+        await gw.drain()

@@ -78,7 +78,8 @@ class Gateway:
         self.pool.on_event = self.events.emit
         self.client = HttpClient()
         self.passive = PassiveHealth(self.pool, max_ejected_percent=s.max_ejected_percent,
-                                     on_eject=self._ejected, on_readmit=self._readmitted)
+                                     on_eject=self._ejected, on_readmit=self._readmitted,
+                                     on_probe=self._half_open)
         self.active = ActiveHealth(self.pool, self.client, interval=s.health_interval,
                                    timeout=s.health_timeout, healthy_after=s.healthy_after,
                                    unhealthy_after=s.unhealthy_after,
@@ -218,6 +219,10 @@ class Gateway:
             self.security.audit.record(AuditEvent(
                 f"node.{event.kind}", event.node[:512], "system",
                 detail={"detail": event.detail[:500]}, ts=event.ts))
+
+    def _half_open(self, node: Node) -> None:
+        self.events.emit("breaker_half_open", node.id,
+                         "ejection over: one probe request may go through")
 
     def _readmitted(self, node: Node) -> None:
         self.metrics.readmissions.inc()
