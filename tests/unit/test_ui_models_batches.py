@@ -330,3 +330,31 @@ async def test_the_timeline_shows_the_breaker_going_half_open_then_closed(
     finally:
         await node.drain()
         await gw.drain()
+
+
+async def test_a_restarted_proxy_rebuilds_the_overview_from_the_request_log(
+        tmp_path: Path) -> None:
+    gw = await start_gateway(tmp_path, auth="none")
+    try:
+        assert gw.security.store is not None
+        log = await seed(gw.security.store, rows=120)
+    finally:
+        await gw.drain()
+    gw = await start_gateway(tmp_path, auth="none")  # the same database
+    try:
+        points = gw.stats.series(3600)
+        assert sum(p["requests"] for p in points) == len(log)
+        async with httpx.AsyncClient(base_url=base(gw)) as http:
+            page = (await http.get("/ui")).text
+        data = re.search(r'<script type="application/json" id="page-data">(.*?)</script>',
+                         page, re.S)
+        assert data is not None
+        series = orjson.loads(html.unescape(data.group(1)))["series"]
+        assert sum(p["requests"] for p in series) == len(log)
+        errors = sum(1 for r in log if r["status"] >= 400)
+        assert round(sum(p["rps"] * p["error_rate"] * 10 for p in series)) == errors
+        assert gw.stats.spent_today() == 0.0  # replayed rows are not spent twice
+        strip = gw.stats.node_strip("node-0")
+        assert sum(m["requests"] for m in strip) == sum(1 for r in log if r["node"] == "node-0")
+    finally:
+        await gw.drain()

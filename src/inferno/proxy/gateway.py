@@ -39,6 +39,7 @@ from inferno.proxy.routing import build_router
 from inferno.proxy.security.setup import Security
 from inferno.proxy.state import RouterState
 from inferno.proxy.tracing import ProxyTracing
+from inferno.store import RequestQuery
 from inferno.store.audit import AuditEvent
 
 _AUDITED_NODE_EVENTS = frozenset({"registered", "deregistered", "expired", "ejected",
@@ -143,6 +144,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         await self.security.start()  # migrations, keys; refuses an unauthenticated public bind
+        if self.security.store is not None:  # the dashboard's last hour survives a restart
+            await self.stats.backfill(RequestQuery(self.security.store.engine))
         self.stored.start()
         for service in self._attached:
             await service.start()

@@ -9,6 +9,7 @@ alert rules read without any Prometheus.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -17,12 +18,14 @@ from typing import Any
 
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.tracing import ProxyTracing
+from inferno.store import RequestQuery
 
 BUCKET_S = 10
 HOUR_BUCKETS = 360
 # TTFT histogram edges for percentiles: 5 ms growing by half each step, to ~1 minute.
 TTFT_EDGES = tuple(0.005 * 1.5 ** k for k in range(24))
 _R, _E, _P, _C, _COST, _HIT = range(6)
+log_ = logging.getLogger("inferno.proxy")
 
 
 def _ttft_slot(seconds: float) -> int:
@@ -42,7 +45,9 @@ class LiveStats:
         self._day = 0  # spend over the current UTC day (the spend-budget alert)
         self._day_cost = 0.0
 
-    def observe(self, row: dict[str, Any]) -> None:
+    def observe(self, row: dict[str, Any], *, spend: bool = True) -> None:
+        """Count a finished request; ``spend=False``: not toward today's spend (a row
+        replayed from the store, whose cost :meth:`add_spend` already holds)."""
         ts = float(row.get("ts") or self._clock())
         key = int(ts // BUCKET_S) * BUCKET_S
         slot = self._buckets.get(key)
@@ -60,7 +65,7 @@ class LiveStats:
         totals[_C] += completion
         cost = float(row.get("cost") or 0.0)
         totals[_COST] += cost
-        if cost:
+        if cost and spend:
             day = int(ts // 86_400)
             if day != self._day:
                 self._day, self._day_cost = day, 0.0
@@ -80,6 +85,18 @@ class LiveStats:
             cell[0] += 1
             cell[1] += error
             cell[2] += completion
+
+    async def backfill(self, log: RequestQuery, limit: int = 200_000) -> int:
+        """Rebuild the last hour from the request log (a restarted proxy's charts and node
+        strips start where it left off, not empty); the rows replayed."""
+        try:
+            rows = await log.recent(self._clock() - HOUR_BUCKETS * BUCKET_S, limit)
+        except Exception as exc:  # the database is away: start empty, as before
+            log_.warning("live statistics not rebuilt from the request log: %s", exc)
+            return 0
+        for row in rows:
+            self.observe(row, spend=False)
+        return len(rows)
 
     def add_spend(self, usd: float) -> None:
         """Spend already recorded today (from the store, at start)."""

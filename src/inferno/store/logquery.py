@@ -87,3 +87,15 @@ class RequestQuery:
                 select(c.ttft_ms).where(*window, c.ttft_ms.is_not(None)).order_by(c.ttft_ms)
                 .offset(math.ceil(0.95 * timed) - 1).limit(1))).scalar_one()
         return int(n), float(p95)
+
+    async def recent(self, since: float, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` rows since ``since``, oldest first, without bodies: what
+        the proxy's live statistics are rebuilt from after a restart."""
+        c = request_log.c
+        cols = (c.ts, c.node, c.status, c.prompt_tokens, c.completion_tokens, c.cost,
+                c.cache_hit, c.ttft_ms)
+        query = select(*cols).where(c.ts >= since).order_by(c.ts.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        names = [str(col.name) for col in cols]
+        return [dict(zip(names, r, strict=True)) for r in reversed(rows)]
