@@ -82,7 +82,7 @@ class DataSource(Protocol):
     async def models(self) -> list[dict[str, Any]]:
         """One row per model a node lists: name, nodes, healthy (how many of them route),
         loaded_on, available_on (node ids), requests and rps and ttft_p95_ms over the last
-        hour (None without a store), last_deploy (the newest audited deploy naming it)."""
+        hour, last_deploy (the newest audited deploy naming it)."""
 
     async def deploy_model(self, viewer: Viewer, model: str, replace: str,
                            node: str | None) -> dict[str, Any]:

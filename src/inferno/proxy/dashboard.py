@@ -38,7 +38,7 @@ class ProxyDashboardSource:
                  serving: Callable[[], bool] = lambda: True, api: Api | None = None) -> None:
         self._serving = serving
         self._api = api
-        self._models = ModelsView(pool, store)
+        self._models = ModelsView(pool, stats, store)
         self._batches = BatchesView(store)
         self._pool = pool
         self._events = events

@@ -144,8 +144,6 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         await self.security.start()  # migrations, keys; refuses an unauthenticated public bind
-        if self.security.store is not None:  # the dashboard's last hour survives a restart
-            await self.stats.backfill(RequestQuery(self.security.store.engine))
         self.stored.start()
         for service in self._attached:
             await service.start()
@@ -153,6 +151,9 @@ class Gateway:
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
         self._tasks.append(asyncio.create_task(self.active.run()))
+        if self.security.store is not None:  # the dashboard's last hour survives a restart
+            self._tasks.append(asyncio.create_task(self.stats.backfill(
+                RequestQuery(self.security.store.engine), until=time.time())))
         if s.backends:
             self._tasks.append(asyncio.create_task(probe_static(self.pool, self.client,
                                                                 list(s.backends))))

@@ -3,17 +3,16 @@
 Pages are keyset-paginated on ``(ts, request_id)`` newest first: the cursor is the last
 row's pair, so page 1,000 costs what page 1 costs (no OFFSET). A key or model filter walks
 its ``(key_id, ts)`` / ``(model, ts)`` index; other filters walk the ``ts`` index. Bodies
-stay out of list pages and come with :meth:`RequestQuery.get`. :meth:`RequestQuery.rates`
-gives a model's request count and TTFT p95 over a recent window, on its ``(model, ts)`` index.
+stay out of list pages and come with :meth:`RequestQuery.get`. :meth:`RequestQuery.recent`
+reads the last hour back for the proxy's live statistics after a restart.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from inferno.store.models import request_log
@@ -73,29 +72,15 @@ class RequestQuery:
             row = (await conn.execute(query)).mappings().first()
         return {str(k): v for k, v in row.items()} if row is not None else None
 
-    async def rates(self, model: str, since: float) -> tuple[int, float | None]:
-        """(requests, TTFT p95 in ms or None) of ``model`` since ``since``: a count, then
-        one row at the 95th percentile's offset, both within the ``(model, ts)`` range."""
+    async def recent(self, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows with ``since < ts < until``, oldest first, without bodies:
+        what the proxy's live statistics are rebuilt from after a restart."""
         c = request_log.c
-        window = (c.model == model, c.ts >= since)
-        async with self._engine.connect() as conn:
-            n, timed = (await conn.execute(
-                select(func.count(), func.count(c.ttft_ms)).where(*window))).one()
-            if not timed:
-                return int(n), None
-            p95 = (await conn.execute(
-                select(c.ttft_ms).where(*window, c.ttft_ms.is_not(None)).order_by(c.ttft_ms)
-                .offset(math.ceil(0.95 * timed) - 1).limit(1))).scalar_one()
-        return int(n), float(p95)
-
-    async def recent(self, since: float, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` rows since ``since``, oldest first, without bodies: what
-        the proxy's live statistics are rebuilt from after a restart."""
-        c = request_log.c
-        cols = (c.ts, c.node, c.status, c.prompt_tokens, c.completion_tokens, c.cost,
-                c.cache_hit, c.ttft_ms)
-        query = select(*cols).where(c.ts >= since).order_by(c.ts.desc()).limit(limit)
+        cols = (c.ts, c.model, c.node, c.status, c.prompt_tokens, c.completion_tokens,
+                c.cost, c.cache_hit, c.ttft_ms)
+        query = (select(*cols).where(c.ts > since, c.ts < until).order_by(c.ts)
+                 .limit(limit))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         names = [str(col.name) for col in cols]
-        return [dict(zip(names, r, strict=True)) for r in reversed(rows)]
+        return [dict(zip(names, r, strict=True)) for r in rows]
