@@ -1,10 +1,11 @@
 """The dashboard at ``/ui``: server-rendered pages over a :class:`DataSource`.
 
-Each page is one HTML response with its data inside (at most one more call: the live
-stream, or a request's details on click). Mounted by the proxy through ``owns`` and
+Each page is one HTML response with its data inside (at most two more calls: the live
+stream, and a request's or a batch's details on click). Mounted by the proxy through ``owns`` and
 ``handle``; admin only, like the admin API (Bearer admin key, or the login form's session
-cookie). Forms post back here; ``SameSite=Strict`` and an Origin check keep other sites'
-forms out.
+cookie). Forms post back here (keys; a model deploy and a batch cancel, which run the
+proxy's own endpoints as the signed-in admin); ``SameSite=Strict`` and an Origin check
+keep other sites' forms out.
 """
 
 from __future__ import annotations
