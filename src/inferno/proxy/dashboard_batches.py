@@ -14,8 +14,6 @@ from inferno.core.errors import InvalidRequest
 from inferno.store import Store
 
 OPEN = ("validating", "in_progress", "finalizing", "cancelling")
-STATUSES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired",
-            "cancelling", "cancelled")
 _STAMPS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling",
            "cancelled")
 
