@@ -42,3 +42,36 @@ async def seed(store: Store, *, rows: int = 120) -> list[dict[str, Any]]:
                   "signals": {"queued": 3 + i}, "outcome": "ok"} for i in range(3)]
     await store.governator.write(samples=samples, decisions=decisions)
     return log
+
+
+def batch_row(i: int, status: str, *, owner: str | None = None, now: float | None = None,
+              **values: Any) -> dict[str, Any]:
+    """An ``inferno_batches`` row, ``i`` seconds older than ``now``."""
+    now = time.time() if now is None else now
+    row: dict[str, Any] = {
+        "id": f"batch_seed{i:04d}", "owner": owner, "endpoint": "/v1/chat/completions",
+        "input_file_id": f"file-in{i}", "completion_window": "24h", "status": status,
+        "metadata": None, "errors": None, "output_file_id": None, "error_file_id": None,
+        "created_at": now - i, "expires_at": now - i + 86_400,
+        "total": 10 + i % 7, "completed": 8 + i % 3, "failed": i % 2,
+        "prompt_tokens": 0, "completion_tokens": 0}
+    row.update(values)
+    return row
+
+
+async def seed_batches(store: Store, n: int = 60, *, owner: str | None = None
+                       ) -> list[dict[str, Any]]:
+    """``n`` finished batches (one in five failed with a validation error and an error
+    file), newest first; the dashboard's batch pages read them back."""
+    rows = []
+    for i in range(n):
+        failed = i % 5 == 3
+        row = batch_row(i, "failed" if failed else "completed", owner=owner,
+                        output_file_id=None if failed else f"file-out{i}",
+                        error_file_id=f"file-err{i}" if failed else None,
+                        errors={"object": "list", "data": [
+                            {"code": "invalid_json", "message": "line is not JSON",
+                             "line": 3}]} if failed else None)
+        await store.batches.create(row)
+        rows.append(row)
+    return rows

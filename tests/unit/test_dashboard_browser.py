@@ -20,7 +20,7 @@ from inferno.api.node import Registration
 from inferno.backend.node import BackendNode
 from inferno.proxy.gateway import Gateway
 from tests.conftest import start_fake_node, start_gateway
-from tests.ui_seed import seed
+from tests.ui_seed import batch_row, seed, seed_batches
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("INFERNO_TEST_ARTIFACTS",
@@ -58,6 +58,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[Gateway, list[BackendNo
     try:
         assert gw.security.store is not None
         await seed(gw.security.store, rows=200)
+        await seed_batches(gw.security.store, 12)
+        await gw.security.store.batches.create(batch_row(99, "in_progress"))
         for n in nodes:
             gw.pool.upsert(Registration(id=n.node_id, address=f"127.0.0.1:{n.server.port}",
                                         metrics_port=n.ops.port, models=["fake-model"],
@@ -92,18 +94,27 @@ async def test_every_page_renders_without_errors_or_foreign_requests(
               "nodes": ("/ui/nodes", 'tr[data-node="node-0"]'),
               "autoscaler": ("/ui/autoscaler", ".pool-chart .u-over"),
               "requests": ("/ui/requests", "tr[data-id]"),
-              "usage": ("/ui/usage", "#keys")}
+              "usage": ("/ui/usage", "#keys"),
+              "models": ("/ui/models", 'tr[data-model="fake-model"]'),
+              "batches": ("/ui/batches", "tr[data-batch]")}
     for name, (path, ready) in checks.items():
         page = await context.new_page()
         watch = Watch(page, origin)
         await page.goto(origin + path, wait_until="load")
         await page.wait_for_selector(ready, timeout=5000)
-        if name in ("overview", "nodes"):
+        if name in ("overview", "nodes", "batches"):
             await page.wait_for_selector("#live.on", timeout=5000)  # the live stream is up
         if name == "requests":
             await page.click("tr[data-id] >> nth=0")
             await page.wait_for_selector("#detail:not([hidden])", timeout=5000)
             assert '"request_id"' in await page.inner_text("#detail-body")
+        if name == "batches":  # a failed batch's details: its errors and its error file
+            await page.click('tr[data-batch="batch_seed0003"] td >> nth=0')
+            await page.wait_for_selector("#detail:not([hidden])", timeout=5000)
+            assert "invalid_json" in await page.inner_text("#detail-errors")
+            links = await page.eval_on_selector_all("#detail-files a",
+                                                    "els => els.map(a => a.pathname)")
+            assert links == ["/ui/files/file-in3/content", "/ui/files/file-err3/content"]
         await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
         assert not watch.errors, (name, watch.errors)

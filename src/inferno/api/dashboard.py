@@ -74,3 +74,33 @@ class DataSource(Protocol):
         """A new key; the answer holds the secret once, under ``key``."""
 
     async def revoke_key(self, key_id: str) -> bool: ...
+
+    # Models and batches (the Models and Batches pages). Actions run as the signed-in
+    # viewer through the proxy's own endpoints (POST /v1/models/deploy,
+    # POST /v1/batches/{id}/cancel), so they are checked and audited as those are.
+
+    async def models(self) -> list[dict[str, Any]]:
+        """One row per model a node lists: name, nodes, healthy (how many of them route),
+        loaded_on, available_on (node ids), requests and rps and ttft_p95_ms over the last
+        hour, last_deploy (the newest audited deploy naming it)."""
+
+    async def deploy_model(self, viewer: Viewer, model: str, replace: str,
+                           node: str | None) -> dict[str, Any]:
+        """The deploy endpoint's answer: one result per node."""
+
+    async def batches(self, status: str | None, after: str | None,
+                      limit: int) -> list[dict[str, Any]]:
+        """Batches newest first (``after``: a batch id, the page before it): id, status,
+        endpoint, created_at, expires_at, total/completed/failed, owner, owner_name."""
+
+    async def batch(self, batch_id: str) -> dict[str, Any] | None:
+        """One batch with its errors and its output and error file ids."""
+
+    async def batch_progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
+        """id, status and counts of these batches, for the live stream."""
+
+    async def cancel_batch(self, viewer: Viewer, batch_id: str) -> dict[str, Any]: ...
+
+    async def file_content(self, viewer: Viewer, file_id: str) -> Any:
+        """The proxy's answer to GET /v1/files/{id}/content, as the viewer (a response
+        the dashboard passes on: a batch's output or error file)."""

@@ -8,26 +8,37 @@ works without Prometheus. The gateway builds this and mounts the dashboard over 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
+import orjson
+
 from inferno.api.dashboard import RequestFilter, Viewer
-from inferno.core.errors import ServiceUnavailable
+from inferno.core.errors import PermissionDenied, ServiceUnavailable
+from inferno.net import Request, Response, StreamingResponse
 from inferno.proxy.admission import Admission
+from inferno.proxy.dashboard_batches import BatchesView
+from inferno.proxy.dashboard_models import ModelsView
 from inferno.proxy.events import EventLog
 from inferno.proxy.observe import LiveStats
 from inferno.proxy.pool import Node, Pool
 from inferno.proxy.security.auth import Authenticator
-from inferno.proxy.security.keys import KeyCache, create_key, display
+from inferno.proxy.security.keys import ANONYMOUS, KeyCache, Principal, create_key, display
 from inferno.store import LogFilter, RequestQuery, Store
+
+# The proxy's own API handler: the dashboard's actions run through its endpoints.
+Api = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
 
 class ProxyDashboardSource:
     def __init__(self, pool: Pool, events: EventLog, stats: LiveStats, admission: Admission,
                  auth: Authenticator, keys: KeyCache, store: Store | None,
-                 serving: Callable[[], bool] = lambda: True) -> None:
+                 serving: Callable[[], bool] = lambda: True, api: Api | None = None) -> None:
         self._serving = serving
+        self._api = api
+        self._models = ModelsView(pool, stats, store)
+        self._batches = BatchesView(store)
         self._pool = pool
         self._events = events
         self._stats = stats
@@ -151,3 +162,65 @@ class ProxyDashboardSource:
             return False
         await self._keys.refresh()
         return True
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self._models.rows()
+
+    async def deploy_model(self, viewer: Viewer, model: str, replace: str,
+                           node: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "replace": replace}
+        if node:
+            body["node"] = node
+        return await self._act(viewer, "/v1/models/deploy", body)
+
+    async def batches(self, status: str | None, after: str | None,
+                      limit: int) -> list[dict[str, Any]]:
+        return await self._batches.page(status, after, limit, await self._key_names())
+
+    async def batch(self, batch_id: str) -> dict[str, Any] | None:
+        return await self._batches.detail(batch_id, await self._key_names())
+
+    async def batch_progress(self, batch_ids: list[str]) -> list[dict[str, Any]]:
+        return await self._batches.progress(batch_ids)
+
+    async def cancel_batch(self, viewer: Viewer, batch_id: str) -> dict[str, Any]:
+        return await self._act(viewer, f"/v1/batches/{batch_id}/cancel", None)
+
+    async def file_content(self, viewer: Viewer, file_id: str) -> Response | StreamingResponse:
+        return await self._call(viewer, "GET", f"/v1/files/{file_id}/content", b"")
+
+    async def _key_names(self) -> dict[str, str]:
+        return {} if self._store is None else {
+            r.id: r.name for r in await self._store.keys.list()}
+
+    async def _act(self, viewer: Viewer, path: str,
+                   body: dict[str, Any] | None) -> dict[str, Any]:
+        resp = await self._call(viewer, "POST", path,
+                                orjson.dumps(body) if body is not None else b"")
+        if isinstance(resp, StreamingResponse):  # these endpoints answer in one piece
+            resp = Response(resp.status, b"".join([c async for c in resp.chunks]))
+        answer = orjson.loads(resp.body) if resp.body else {}
+        return answer if isinstance(answer, dict) else {"data": answer}
+
+    async def _call(self, viewer: Viewer, method: str, path: str,
+                    body: bytes) -> Response | StreamingResponse:
+        """``method path`` on this proxy's API as the viewer: the endpoint checks, acts and
+        audits exactly as for a client calling it with the viewer's key."""
+        if self._api is None:
+            raise ServiceUnavailable("This dashboard cannot act on the proxy's API.",
+                                     retry_after=None)
+        req = Request(method, path, "", [(b"content-type", b"application/json")], body,
+                      None, True, False)
+        req.auth = self._principal(viewer)
+        return await self._api(req)
+
+    def _principal(self, viewer: Viewer) -> Principal:
+        if viewer.key_id is None:
+            return ANONYMOUS  # auth is off: the API serves everyone as admin too
+        if viewer.key_id.startswith("jwt:"):
+            return Principal(key_id=viewer.key_id, scope="admin")  # verified at sign-in
+        principal = self._keys.principal(viewer.key_id)
+        if principal is None or not principal.is_admin:
+            raise PermissionDenied("The key this session signed in with is no longer an "
+                                   "active admin key.")
+        return principal

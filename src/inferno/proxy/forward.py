@@ -136,8 +136,11 @@ class Forwarder:
                 break
             if attempts and not self._budget.try_retry():
                 break
+            was_open = node.breaker.state == "open"
             if not node.breaker.acquire(now):
                 continue  # its single half-open probe is already out
+            if was_open:  # its ejection is over: this attempt is the half-open probe
+                self._health.probing(node)
             if prev is not None:
                 self._metrics.failovers.inc()
                 if self._on_failover is not None:

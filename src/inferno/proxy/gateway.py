@@ -40,6 +40,7 @@ from inferno.proxy.security.setup import Security
 from inferno.proxy.standby import Standby, StandbyAPI, StandbyCollector
 from inferno.proxy.state import RouterState
 from inferno.proxy.tracing import ProxyTracing
+from inferno.store import RequestQuery
 from inferno.store.audit import AuditEvent
 
 _AUDITED_NODE_EVENTS = frozenset({"registered", "deregistered", "expired", "ejected",
@@ -79,7 +80,8 @@ class Gateway:
         self.pool.on_event = self.events.emit
         self.client = HttpClient()
         self.passive = PassiveHealth(self.pool, max_ejected_percent=s.max_ejected_percent,
-                                     on_eject=self._ejected, on_readmit=self._readmitted)
+                                     on_eject=self._ejected, on_readmit=self._readmitted,
+                                     on_probe=self._half_open)
         self.active = ActiveHealth(self.pool, self.client, interval=s.health_interval,
                                    timeout=s.health_timeout, healthy_after=s.healthy_after,
                                    unhealthy_after=s.unhealthy_after,
@@ -160,6 +162,9 @@ class Gateway:
         await self.server.start(s.host, s.port)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
         self._tasks.append(asyncio.create_task(self.active.run()))
+        if self.security.store is not None:  # the dashboard's last hour survives a restart
+            self._tasks.append(asyncio.create_task(self.stats.backfill(
+                RequestQuery(self.security.store.engine), until=time.time())))
         if s.backends:
             self._tasks.append(asyncio.create_task(probe_static(self.pool, self.client,
                                                                 list(s.backends))))
@@ -197,7 +202,8 @@ class Gateway:
         sec = self.security
         return Dashboard(ProxyDashboardSource(self.pool, self.events, self.stats,
                                               self.admission, sec.auth, sec.keys, sec.store,
-                                              serving=lambda: self.api.accepting))
+                                              serving=lambda: self.api.accepting,
+                                              api=self.api.handle))
 
     def _alerts(self) -> AlertManager:
         s = self.settings
@@ -229,6 +235,10 @@ class Gateway:
             self.security.audit.record(AuditEvent(
                 f"node.{event.kind}", event.node[:512], "system",
                 detail={"detail": event.detail[:500]}, ts=event.ts))
+
+    def _half_open(self, node: Node) -> None:
+        self.events.emit("breaker_half_open", node.id,
+                         "ejection over: one probe request may go through")
 
     def _readmitted(self, node: Node) -> None:
         self.metrics.readmissions.inc()

@@ -9,6 +9,7 @@ alert rules read without any Prometheus.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -17,12 +18,14 @@ from typing import Any
 
 from inferno.proxy.metrics import ProxyMetrics
 from inferno.proxy.tracing import ProxyTracing
+from inferno.store import RequestQuery
 
 BUCKET_S = 10
 HOUR_BUCKETS = 360
 # TTFT histogram edges for percentiles: 5 ms growing by half each step, to ~1 minute.
 TTFT_EDGES = tuple(0.005 * 1.5 ** k for k in range(24))
 _R, _E, _P, _C, _COST, _HIT = range(6)
+log_ = logging.getLogger("inferno.proxy")
 
 
 def _ttft_slot(seconds: float) -> int:
@@ -39,10 +42,14 @@ class LiveStats:
         self._order: deque[int] = deque()
         # node id -> minute -> [requests, errors, completion tokens]
         self._nodes: dict[str, dict[int, list[int]]] = {}
+        # model -> minute -> [requests, *ttft counts] (the Models page's last hour)
+        self._models: dict[str, dict[int, list[int]]] = {}
         self._day = 0  # spend over the current UTC day (the spend-budget alert)
         self._day_cost = 0.0
 
-    def observe(self, row: dict[str, Any]) -> None:
+    def observe(self, row: dict[str, Any], *, spend: bool = True) -> None:
+        """Count a finished request; ``spend=False``: not toward today's spend (a row
+        replayed from the store, whose cost :meth:`add_spend` already holds)."""
         ts = float(row.get("ts") or self._clock())
         key = int(ts // BUCKET_S) * BUCKET_S
         slot = self._buckets.get(key)
@@ -60,26 +67,69 @@ class LiveStats:
         totals[_C] += completion
         cost = float(row.get("cost") or 0.0)
         totals[_COST] += cost
-        if cost:
+        if cost and spend:
             day = int(ts // 86_400)
             if day != self._day:
                 self._day, self._day_cost = day, 0.0
             self._day_cost += cost
         totals[_HIT] += bool(row.get("cache_hit"))
-        if not error and row.get("ttft_ms") is not None:
-            ttft[_ttft_slot(float(row["ttft_ms"]) / 1000.0)] += 1
+        timed = not error and row.get("ttft_ms") is not None
+        ttft_slot = _ttft_slot(float(row["ttft_ms"]) / 1000.0) if timed else -1
+        if timed:
+            ttft[ttft_slot] += 1
+        model = row.get("model")
+        if model:
+            cell = _minute(self._models.setdefault(str(model), {}), ts, 1 + len(TTFT_EDGES))
+            cell[0] += 1
+            if timed:
+                cell[1 + ttft_slot] += 1
         node = row.get("node")
         if node and node != "cache":
-            minutes = self._nodes.setdefault(str(node), {})
-            m = int(ts // 60) * 60
-            cell = minutes.get(m)
-            if cell is None:
-                cell = minutes[m] = [0, 0, 0]
-                for old in [k for k in minutes if k <= m - 3600]:
-                    del minutes[old]
+            cell = _minute(self._nodes.setdefault(str(node), {}), ts, 3)
             cell[0] += 1
             cell[1] += error
             cell[2] += completion
+
+    async def backfill(self, log: RequestQuery, until: float, limit: int = 200_000,
+                       page: int = 2_000) -> None:
+        """Rebuild the last hour before ``until`` (this process's start) from the request
+        log, so a restarted proxy's charts, node strips and model figures go on where they
+        left off. Run beside live traffic: the rows are replayed into a separate
+        :class:`LiveStats` a page at a time and merged in one step."""
+        past = LiveStats(self._clock)
+        since, n = self._clock() - HOUR_BUCKETS * BUCKET_S, 0
+        try:
+            while n < limit:
+                rows = await log.recent(since, until, min(page, limit - n))
+                for row in rows:
+                    past.observe(row, spend=False)
+                n += len(rows)
+                if len(rows) < page:
+                    break
+                since = rows[-1]["ts"]  # a tie at the page's edge is skipped (rare)
+        except Exception as exc:  # the database is away: start from what is here
+            log_.warning("live statistics not rebuilt from the request log: %s", exc)
+            return
+        self._merge(past)
+
+    def _merge(self, past: LiveStats) -> None:
+        for t, (totals, ttft) in past._buckets.items():
+            slot = self._buckets.get(t)
+            if slot is None:
+                self._buckets[t] = (totals, ttft)
+            else:
+                slot[0][:] = [a + b for a, b in zip(slot[0], totals, strict=True)]
+                slot[1][:] = [a + b for a, b in zip(slot[1], ttft, strict=True)]
+        self._order = deque(sorted(self._buckets))
+        while len(self._order) > HOUR_BUCKETS:
+            self._buckets.pop(self._order.popleft(), None)
+        for mine, theirs in ((self._nodes, past._nodes), (self._models, past._models)):
+            for name, minutes in theirs.items():
+                into = mine.setdefault(name, {})
+                for m, cell in minutes.items():
+                    have = into.get(m)
+                    into[m] = cell if have is None else [a + b for a, b in
+                                                         zip(have, cell, strict=True)]
 
     def add_spend(self, usd: float) -> None:
         """Spend already recorded today (from the store, at start)."""
@@ -120,6 +170,17 @@ class LiveStats:
                          (t, *minutes.get(t, (0, 0, 0))), strict=True))
                 for t in range(now - 3540, now + 60, 60)]
 
+    def model_hour(self, model: str) -> tuple[int, float | None]:
+        """(requests, TTFT p95 in seconds or None) of ``model`` over the last hour."""
+        minutes = self._models.get(model, {})
+        now = int(self._clock() // 60) * 60
+        total = [0] * (1 + len(TTFT_EDGES))
+        for t in range(now - 3540, now + 60, 60):
+            cell = minutes.get(t)
+            if cell is not None:
+                total = [a + b for a, b in zip(total, cell, strict=True)]
+        return total[0], quantile(total[1:], 0.95)
+
     def node_tokens_per_s(self, node: str) -> float:
         minutes = self._nodes.get(node, {})
         now = int(self._clock() // 60) * 60
@@ -132,6 +193,17 @@ class LiveStats:
             point = _rates(slot[0], slot[1], BUCKET_S)
         point["t"] = t
         return point
+
+
+def _minute(minutes: dict[int, list[int]], ts: float, width: int) -> list[int]:
+    """The cell of ``ts``'s minute (a new one drops those over an hour older)."""
+    m = int(ts // 60) * 60
+    cell = minutes.get(m)
+    if cell is None:
+        cell = minutes[m] = [0] * width
+        for old in [k for k in minutes if k <= m - 3600]:
+            del minutes[old]
+    return cell
 
 
 def _rates(totals: list[float], ttft: list[int], seconds: float) -> dict[str, Any]:

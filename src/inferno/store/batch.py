@@ -213,11 +213,14 @@ class BatchRepo:
         return rows[0] if rows else None
 
     async def find(self, *, owner: str | None, all_owners: bool, after: Row | None,
-                   limit: int) -> list[Row]:
+                   limit: int, status: str | None = None) -> list[Row]:
+        """Newest first, a page after ``after``; ``status``: only batches in that status."""
         q = select(batches)
         if not all_owners:
             q = q.where(batches.c.owner == owner if owner is not None
                         else batches.c.owner.is_(None))
+        if status is not None:
+            q = q.where(batches.c.status == status)
         if after is not None:
             at, bid = after["created_at"], after["id"]
             q = q.where(or_(batches.c.created_at < at,

@@ -3,7 +3,8 @@
 Pages are keyset-paginated on ``(ts, request_id)`` newest first: the cursor is the last
 row's pair, so page 1,000 costs what page 1 costs (no OFFSET). A key or model filter walks
 its ``(key_id, ts)`` / ``(model, ts)`` index; other filters walk the ``ts`` index. Bodies
-stay out of list pages and come with :meth:`RequestQuery.get`.
+stay out of list pages and come with :meth:`RequestQuery.get`. :meth:`RequestQuery.recent`
+reads the last hour back for the proxy's live statistics after a restart.
 """
 
 from __future__ import annotations
@@ -70,3 +71,16 @@ class RequestQuery:
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return {str(k): v for k, v in row.items()} if row is not None else None
+
+    async def recent(self, since: float, until: float, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows with ``since < ts < until``, oldest first, without bodies:
+        what the proxy's live statistics are rebuilt from after a restart."""
+        c = request_log.c
+        cols = (c.ts, c.model, c.node, c.status, c.prompt_tokens, c.completion_tokens,
+                c.cost, c.cache_hit, c.ttft_ms)
+        query = (select(*cols).where(c.ts > since, c.ts < until).order_by(c.ts)
+                 .limit(limit))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        names = [str(col.name) for col in cols]
+        return [dict(zip(names, r, strict=True)) for r in rows]

@@ -1,10 +1,11 @@
 """The dashboard at ``/ui``: server-rendered pages over a :class:`DataSource`.
 
-Each page is one HTML response with its data inside (at most one more call: the live
-stream, or a request's details on click). Mounted by the proxy through ``owns`` and
+Each page is one HTML response with its data inside (at most two more calls: the live
+stream, and a request's or a batch's details on click). Mounted by the proxy through ``owns`` and
 ``handle``; admin only, like the admin API (Bearer admin key, or the login form's session
-cookie). Forms post back here; ``SameSite=Strict`` and an Origin check keep other sites'
-forms out.
+cookie). Forms post back here (keys; a model deploy and a batch cancel, which run the
+proxy's own endpoints as the signed-in admin); ``SameSite=Strict`` and an Origin check
+keep other sites' forms out.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlsplit
 
 from inferno.api.dashboard import DataSource, Viewer
-from inferno.core.errors import AuthenticationError, NotFound, PermissionDenied
+from inferno.core.errors import AuthenticationError, InfernoError, NotFound, PermissionDenied
 from inferno.net import BodySink, Request, Response, StreamingResponse
 from inferno.ui.assets import StaticFiles, templates
-from inferno.ui.live import live
+from inferno.ui.live import live, live_batches
 from inferno.ui.pages import Pages
+from inferno.ui.pages_fleet import OBJECT_ID
 from inferno.ui.sessions import Sessions
 
 PREFIX = "/ui"
@@ -56,12 +58,25 @@ class Dashboard:
             raise PermissionDenied("The dashboard needs an API key with the admin scope.")
         if req.method == "POST":
             _same_origin(req)
-            return await self._post(req, path)
+            return await self._post(req, path, viewer)
         if req.method != "GET":
             raise NotFound(f"Unknown route {req.method} {req.path}.")
         q = {k: v[-1] for k, v in parse_qs(req.query or "").items()}
         if path == "/ui/live":
+            if q.get("view") == "batches":
+                return live_batches(self._source, q.get("ids", ""), self._live_interval)
             return live(self._source, req, self._live_interval)
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "files" and parts[4] == "content" \
+                and OBJECT_ID.fullmatch(parts[3]):
+            resp = await self._source.file_content(viewer, parts[3])
+            assert isinstance(resp, Response | StreamingResponse)
+            return resp
+        if path.startswith("/ui/api/batches/"):
+            batch = await self._source.batch(path.rsplit("/", 1)[-1])
+            if batch is None:
+                raise NotFound("No batch with this id.")
+            return Response.json(batch)
         if path.startswith("/ui/api/requests/"):
             row = await self._source.request(path.rsplit("/", 1)[-1])
             if row is None:
@@ -72,7 +87,7 @@ class Dashboard:
             raise NotFound(f"Unknown page {req.path}.")
         return _html(await page(q, viewer))
 
-    async def _post(self, req: Request, path: str) -> Response:
+    async def _post(self, req: Request, path: str, viewer: Viewer) -> Response:
         form = {k: v[-1] for k, v in parse_qs(req.body.decode("utf-8", "replace")).items()}
         if path == "/ui/logout":
             return _redirect("/ui/login", cookie=self._sessions.end(req))
@@ -81,6 +96,22 @@ class Dashboard:
         if path.startswith("/ui/keys/") and path.endswith("/revoke"):
             await self._source.revoke_key(path.split("/")[3])
             return _redirect("/ui/usage")
+        fleet = self._pages.fleet
+        if path == "/ui/models/deploy":
+            try:
+                return _html(await fleet.deploy(form, viewer))
+            except InfernoError as exc:
+                return _html(await fleet.models({}, viewer, error=exc.message),
+                             status=exc.status_code)
+        parts = path.split("/")
+        if len(parts) == 5 and parts[2] == "batches" and parts[4] == "cancel" \
+                and OBJECT_ID.fullmatch(parts[3]):
+            try:
+                await self._source.cancel_batch(viewer, parts[3])
+            except InfernoError as exc:
+                return _html(await fleet.batches({}, viewer, error=exc.message),
+                             status=exc.status_code)
+            return _redirect("/ui/batches")
         raise NotFound(f"Unknown route POST {req.path}.")
 
     async def _login(self, req: Request) -> Response:

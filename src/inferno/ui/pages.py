@@ -15,6 +15,7 @@ import jinja2
 
 from inferno.api.dashboard import DataSource, RequestFilter, Viewer
 from inferno.core.errors import InvalidRequest
+from inferno.ui.pages_fleet import FleetPages
 
 Page = Callable[[dict[str, str], Viewer], Awaitable[str]]
 PAGE_SIZE = 50
@@ -31,6 +32,8 @@ class Pages:
         self._routes: dict[str, Page] = {
             "/ui": self.overview, "/ui/nodes": self.nodes, "/ui/autoscaler": self.autoscaler,
             "/ui/requests": self.requests, "/ui/usage": self.usage}
+        self.fleet = FleetPages(source, self._render)
+        self._routes.update({"/ui/models": self.fleet.models, "/ui/batches": self.fleet.batches})
 
     def route(self, path: str) -> Page | None:
         return self._routes.get(path)

@@ -21,11 +21,13 @@ class PassiveHealth:
     def __init__(self, pool: Pool, *, max_ejected_percent: float,
                  on_eject: Callable[[Node], None] | None = None,
                  on_readmit: Callable[[Node], None] | None = None,
+                 on_probe: Callable[[Node], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._pct = max_ejected_percent
         self._on_eject = on_eject
         self._on_readmit = on_readmit
+        self._on_probe = on_probe
         self._clock = clock
         self.ejections = 0
 
@@ -34,6 +36,11 @@ class PassiveHealth:
             log.info("node %s re-admitted: its probe request succeeded", node.id)
             if self._on_readmit is not None:
                 self._on_readmit(node)
+
+    def probing(self, node: Node) -> None:
+        """The node's breaker went half-open: one probe request is on its way to it."""
+        if self._on_probe is not None:
+            self._on_probe(node)
 
     def failure(self, node: Node, reason: str) -> None:
         node.failures += 1

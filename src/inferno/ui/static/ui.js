@@ -168,6 +168,69 @@
     table.addEventListener("keydown", (ev) => { if (ev.key === "Enter") { const tr = ev.target.closest("tr"); if (tr) show(tr); } });
   }
 
+  // Batches: a batch's details on click (one call); the open batches' progress live.
+  const batchTable = document.getElementById("batches");
+  const OPEN_BATCH = ["validating", "in_progress", "finalizing", "cancelling"];
+  if (page === "batches" && batchTable) {
+    const showBatch = async (tr) => {
+      const id = tr.dataset.batch;
+      if (!id) return;
+      batchTable.querySelectorAll("tr.sel").forEach((r) => r.classList.remove("sel"));
+      tr.classList.add("sel");
+      const resp = await fetch("/ui/api/batches/" + encodeURIComponent(id), { credentials: "same-origin" });
+      const b = await resp.json();
+      document.getElementById("detail-id").textContent = id;
+      const files = document.getElementById("detail-files");
+      files.replaceChildren();
+      for (const [label, key] of [["input", "input_file_id"], ["output", "output_file_id"], ["errors", "error_file_id"]]) {
+        if (!b[key]) continue;
+        const a = el("a", null, label + " file");
+        a.href = "/ui/files/" + encodeURIComponent(b[key]) + "/content";
+        a.dataset.file = b[key];
+        a.setAttribute("download", b[key] + ".jsonl");
+        files.append(a, " ");
+      }
+      const errors = document.getElementById("detail-errors");
+      errors.replaceChildren();
+      for (const e of b.errors || []) {
+        const where = e.line !== undefined && e.line !== null ? "line " + e.line + ": " : "";
+        errors.append(el("li", null, where + (e.code ? e.code + ": " : "") + (e.message || "")));
+      }
+      document.getElementById("detail-body").textContent = JSON.stringify(b, null, 2);
+      document.getElementById("detail").hidden = false;
+    };
+    const rowOf = (ev) => (ev.target.closest("form, a") ? null : ev.target.closest("tr"));
+    batchTable.addEventListener("click", (ev) => { const tr = rowOf(ev); if (tr) showBatch(tr); });
+    batchTable.addEventListener("keydown", (ev) => { if (ev.key === "Enter") { const tr = rowOf(ev); if (tr) showBatch(tr); } });
+
+    if (data.open && data.open.length && window.EventSource) {
+      const dot = document.getElementById("live");
+      const src = new EventSource("/ui/live?view=batches&ids=" + encodeURIComponent(data.open.join(",")));
+      src.addEventListener("batches", (msg) => {
+        if (dot) dot.classList.add("on");
+        let open = 0;
+        for (const b of JSON.parse(msg.data)) {
+          const tr = batchTable.querySelector('tr[data-batch="' + CSS.escape(b.id) + '"]');
+          if (!tr) continue;
+          const badge = tr.querySelector(".status");
+          badge.textContent = b.status.replace(/_/g, " ");
+          badge.className = "badge badge-batch-" + b.status + " status";
+          const bar = tr.querySelector("progress");
+          bar.max = b.total || 1;
+          bar.value = b.completed + b.failed;
+          tr.querySelector(".done").textContent = b.completed;
+          tr.querySelector(".failed").textContent = b.failed;
+          tr.querySelector(".total").textContent = b.total;
+          if (b.status !== "validating" && b.status !== "in_progress") tr.querySelector(".action").replaceChildren();
+          if (OPEN_BATCH.includes(b.status)) open++;
+        }
+        if (!open) { src.close(); if (dot) dot.classList.remove("on"); }  // nothing moves any more
+      });
+      src.onerror = () => { if (dot) dot.classList.remove("on"); };
+      window.addEventListener("pagehide", () => src.close());
+    }
+  }
+
   window.addEventListener("resize", () => {
     for (const u of charts) u.setSize({ width: Math.max(300, u.root.parentElement.clientWidth), height: 200 });
   });
