@@ -124,7 +124,10 @@ class Runner:
                     self._claiming = asyncio.create_task(self._claim(want))
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._cfg.poll_interval)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # lands as the event fires, and the task would never stop.
+                    async with asyncio.timeout(self._cfg.poll_interval):
+                        await self._wake.wait()
         finally:
             renew.cancel()
             if self._claiming is not None:

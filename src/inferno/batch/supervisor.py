@@ -69,7 +69,10 @@ class Supervisor:
                     log.exception("batch supervisor tick failed")
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # lands as the event fires, and the task would never stop.
+                    async with asyncio.timeout(self._poll):
+                        await self._wake.wait()
         finally:
             for task in self._validating.values():
                 task.cancel()

@@ -126,7 +126,10 @@ class BatchWriter(Generic[T]):
             if not self._queue:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
+                    # lands as the event fires, and the task would never stop.
+                    async with asyncio.timeout(self._interval):
+                        await self._wake.wait()
                 continue
             if await self._write_next():
                 backoff = self._interval
