@@ -84,6 +84,7 @@ async def test_scaling_policies_combine_into_the_governators_configmap(tmp_path:
             cm = await c.get("ConfigMap", "inferno-governator")
             return cm if cm and "chat-v2" in cm["data"]["policy.yaml"] else None
         cm = await until(both, what="both policies in the combined ConfigMap")
+        assert set(cm["data"]) == {"policy.yaml", "prices.yaml", "deployments.yaml"}
         for key, text in cm["data"].items():
             (tmp_path / key).write_text(text)
         prices = load_prices(tmp_path / "prices.yaml")  # the governator's own loaders

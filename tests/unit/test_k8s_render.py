@@ -177,6 +177,20 @@ def test_governator_environment_is_what_the_governator_reads(
     assert settings.k8s_namespace == "inferno"  # from the pod's namespace (fieldRef)
     (container,) = gov["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["governator", "run", "--provider", "kubernetes"]
+    # The operator's combined policy ConfigMap, mounted where the settings look for it;
+    # optional, so the governator starts before any InfernoScalingPolicy exists.
+    from inferno.k8s.objects_config import GOVERNATOR
+
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "policy"]
+    (volume,) = [v for v in gov["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "policy"]
+    assert volume["configMap"] == {"name": GOVERNATOR, "optional": True}
+    assert settings.policy_optional and settings.reload_interval > 0
+    for path in (settings.policy_file, settings.prices_file, settings.deployments_file):
+        assert path is not None and str(path.parent) == mount["mountPath"]
+    assert {settings.policy_file.name, settings.prices_file.name,  # type: ignore[union-attr]
+            settings.deployments_file.name} == {  # type: ignore[union-attr]
+        "policy.yaml", "prices.yaml", "deployments.yaml"}
 
 
 def test_manifests_run_commands_the_cli_has() -> None:

@@ -24,6 +24,10 @@ from inferno.k8s.values import RenderValues, Resources, SecretRef
 Meta = Callable[[str], dict[str, Any]]
 DATA_DIR = "/var/lib/inferno"
 UID = 10001
+# The operator's combined policy ConfigMap (inferno.k8s.objects_config.GOVERNATOR), mounted
+# into the governator, which reloads it when the kubelet updates the files.
+POLICY_CONFIGMAP = "inferno-governator"
+POLICY_DIR = "/etc/inferno/governator"
 
 
 def _env(name: str, value: str) -> dict[str, Any]:
@@ -139,10 +143,20 @@ def governator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
            _env("INFERNO_GOVERNATOR_OPS_PORT", str(g.ops_port)),
            _env("INFERNO_GOVERNATOR_PROXY_OPS", f"{v.name}-proxy-ops:{v.proxy.ops_port}"),
            _namespace_env("INFERNO_GOVERNATOR_K8S_NAMESPACE"),
+           # The InfernoScalingPolicies, as the operator combines them (none yet: no pools).
+           _env("INFERNO_GOVERNATOR_POLICY_FILE", f"{POLICY_DIR}/policy.yaml"),
+           _env("INFERNO_GOVERNATOR_PRICES_FILE", f"{POLICY_DIR}/prices.yaml"),
+           _env("INFERNO_GOVERNATOR_DEPLOYMENTS_FILE", f"{POLICY_DIR}/deployments.yaml"),
+           _env("INFERNO_GOVERNATOR_POLICY_OPTIONAL", "true"),
            *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
            *(_env(e.name, e.value) for e in g.extra_env)]
     container = _container(v, "governator", ["governator", "run", "--provider", "kubernetes"],
                            env, g.resources)
     container["ports"] = [{"name": "ops", "containerPort": g.ops_port, "protocol": "TCP"}]
+    container["volumeMounts"].append({"name": "policy", "mountPath": POLICY_DIR,
+                                      "readOnly": True})
     container.update(_ops_probes("ops"))
-    return [_deployment(v, meta, "governator", 1, container, recreate=True)]
+    dep = _deployment(v, meta, "governator", 1, container, recreate=True)
+    dep["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP, "optional": True}})
+    return [dep]
