@@ -157,6 +157,16 @@ def test_proxy_environment_is_what_the_proxy_reads(monkeypatch: pytest.MonkeyPat
     assert settings.database_url is not None and settings.redis_url is not None
     assert [t.get_secret_value() for t in settings.node_tokens] == ["tok-0123456789abcdef"]
     assert str(settings.data_dir) == env["INFERNO_DATA_DIR"]
+    # The operator's routes ConfigMap, mounted (optional) where routing_file points.
+    from inferno.k8s.objects_config import ROUTES
+
+    pod = proxy["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "routes"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "routes"]
+    assert volume["configMap"] == {"name": ROUTES, "optional": True}
+    assert settings.routing_file is not None
+    assert (str(settings.routing_file.parent), settings.routing_file.name) == (
+        mount["mountPath"], "proxy.yaml")
     # Probes and Service ports point at ports the container declares.
     (container,) = proxy["spec"]["template"]["spec"]["containers"]
     names = {p["name"]: p["containerPort"] for p in container["ports"]}

@@ -6,9 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 
 from inferno.backend.node import BackendNode
+from inferno.core.errors import ConfigError
+from inferno.k8s.objects_config import routes_configmap
 from inferno.proxy.gateway import Gateway
+from inferno.proxy.routing_api import load_routing_file
 from tests.conftest import start_fake_node, start_gateway
 from tests.polling import eventually
 
@@ -112,3 +116,24 @@ async def test_setting_routing_needs_a_node_token_where_they_are_set(tmp_path: P
                 "chat": {"m-a": 0.0, "m-b": 1.0}}
     finally:
         await gw.drain()
+
+
+async def test_the_proxy_starts_with_the_routes_configmaps_routing(tmp_path: Path) -> None:
+    """The operator's ``inferno-routes`` ConfigMap, mounted: the proxy starts with it."""
+    route = {"metadata": {"name": "r", "namespace": "ns", "uid": "u1"},
+             "apiVersion": "inferno.dev/v1alpha1", "kind": "InfernoRoute",
+             "spec": {"model": "chat", "backends": [{"deployment": "a", "weight": 3},
+                                                    {"deployment": "b", "weight": 1}]}}
+    cm = routes_configmap("ns", [route], {"a": "m-a", "b": "m-b"})
+    path = tmp_path / "proxy.yaml"
+    path.write_text(cm["data"]["proxy.yaml"])
+    gw = await start_gateway(tmp_path, auth="none", routing_file=path)
+    try:
+        assert gw.router.config.canary == {"chat": {"m-a": 3.0, "m-b": 1.0}}
+    finally:
+        await gw.drain()
+    assert load_routing_file(tmp_path / "absent.yaml") is None  # not mounted (yet)
+    path.write_text("routing:\n  default_profile: nope\n  profiles: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_routing_file(path)
+    assert str(path) in err.value.message and "default_profile" in err.value.message

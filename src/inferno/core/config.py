@@ -204,6 +204,9 @@ class ProxySettings(ComponentSettings):
     # A preset name (least-outstanding, round-robin, prefix-affinity, power-of-two, cost)
     # or a full mapping of plugins and profiles.
     routing: RoutingConfig = ROUTING_PRESETS["least-outstanding"]
+    # A YAML file whose `routing:` replaces the above at start, when the file exists
+    # (Kubernetes: the operator's inferno-routes ConfigMap, mounted optionally).
+    routing_file: Path | None = None
     # Lease of a registration that does not state its own.
     default_lease: Annotated[float, Field(gt=0, le=3600)] = 5.0
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 2.0

@@ -28,6 +28,10 @@ UID = 10001
 # into the governator, which reloads it when the kubelet updates the files.
 POLICY_CONFIGMAP = "inferno-governator"
 POLICY_DIR = "/etc/inferno/governator"
+# The operator's routes ConfigMap (objects_config.ROUTES): the proxy starts with its
+# routing when it exists (the operator also PUTs it to the running proxy).
+ROUTES_CONFIGMAP = "inferno-routes"
+ROUTES_DIR = "/etc/inferno/routes"
 
 
 def _env(name: str, value: str) -> dict[str, Any]:
@@ -97,6 +101,7 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     p = v.proxy
     env = [_env("INFERNO_PROXY_HOST", "0.0.0.0"), _env("INFERNO_PROXY_PORT", str(p.port)),
            _env("INFERNO_PROXY_OPS_PORT", str(p.ops_port)), _env("INFERNO_PROXY_AUTH", p.auth),
+           _env("INFERNO_PROXY_ROUTING_FILE", f"{ROUTES_DIR}/proxy.yaml"),
            *_secret_env("INFERNO_PROXY_NODE_TOKENS", refs["nodeToken"]),
            *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
            *_secret_env("INFERNO_REDIS_URL", refs["redis"]),
@@ -104,8 +109,12 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     container = _container(v, "proxy", ["proxy"], env, p.resources)
     container["ports"] = [{"name": "http", "containerPort": p.port, "protocol": "TCP"},
                           {"name": "ops", "containerPort": p.ops_port, "protocol": "TCP"}]
+    container["volumeMounts"].append({"name": "routes", "mountPath": ROUTES_DIR,
+                                      "readOnly": True})
     container.update(_ops_probes("ops"))
     dep = _deployment(v, meta, "proxy", p.replicas, container)
+    dep["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "routes", "configMap": {"name": ROUTES_CONFIGMAP, "optional": True}})
     # Requests in flight finish before the pod goes (the proxy drains on SIGTERM).
     dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
     pods = meta("proxy")["labels"]

@@ -36,7 +36,7 @@ from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
-from inferno.proxy.routing_api import RoutingAPI
+from inferno.proxy.routing_api import RoutingAPI, load_routing_file
 from inferno.proxy.security.setup import Security
 from inferno.proxy.standby import Standby, StandbyAPI, StandbyCollector
 from inferno.proxy.state import RouterState
@@ -88,7 +88,8 @@ class Gateway:
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
         self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
                                    queue_wait=s.queue_wait)
-        self.router = Router(s.routing, build_router(s.routing))
+        routing = load_routing_file(s.routing_file) or s.routing
+        self.router = Router(routing, build_router(routing))
         forwarder = Forwarder(
             self.client, self.metrics, self.passive, self.budget,
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),

@@ -13,8 +13,10 @@ node token, where node tokens are set.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
+import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from inferno.core.errors import ConfigError, InvalidRequest
@@ -57,6 +59,22 @@ def build(config: RoutingConfig) -> Router:
     except ConfigError as exc:
         param = "plugins" if exc.message.startswith("routing plugin") else "profiles"
         raise InvalidRequest(exc.message, param=param) from exc
+
+
+def load_routing_file(path: Path | None) -> RoutingConfig | None:
+    """The ``routing:`` of a YAML file (the ``proxy.yaml`` of the operator's routes
+    ConfigMap); None when there is no such file. Raises ConfigError naming the file."""
+    if path is None or not path.exists():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        body = orjson.dumps(data.get("routing") if isinstance(data, dict) else None)
+        return build(parse_routing(body)).config
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the routing file {path}: {exc}") from exc
+    except InvalidRequest as exc:
+        raise ConfigError(f"{path}: invalid field 'routing.{exc.param or ''}': "
+                          f"{exc.message}") from exc
 
 
 class RoutingAPI:
