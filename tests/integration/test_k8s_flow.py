@@ -2,8 +2,9 @@
 InfernoRoute applied to kmock's emulator; the operator (kopf's test runner) makes the pull
 Job, the node Deployment and the routes ConfigMap; a real `inferno backend` process runs
 the Deployment's pod template (its command, arguments and environment, with loopback
-addresses for the pod's) as the pod would; a real proxy, configured from the ConfigMap,
-takes its registration; a chat completion for the route's public model is answered."""
+addresses for the pod's) as the pod would; a real proxy, whose routing the operator sets
+at run time (PUT /routing, as it does in a cluster), takes its registration; a chat
+completion for the route's public model is answered."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 import yaml
 
 from inferno.core.routing_config import RoutingConfig
+from inferno.proxy.gateway import Gateway
 from tests.conftest import free_port, start_gateway
 from tests.integration.procs import Proc
 from tests.polling import eventually
@@ -57,8 +59,17 @@ def pod_process(template: dict[str, Any], pod_name: str, proxy_ops: int,
 
 
 async def test_resources_to_a_routed_request(tmp_path: Path) -> None:
+    gw = await start_gateway(tmp_path, auth="none")  # default routing: no "chat" yet
+    try:
+        await _flow(gw, tmp_path)
+    finally:
+        await gw.drain()
+
+
+async def _flow(gw: Gateway, tmp_path: Path) -> None:
+    proxy_ops = f"127.0.0.1:{gw.ops.port}"
     async with cluster() as c:
-        await c.start_operator(proxy_ops="inferno-proxy.inferno:6100")
+        await c.start_operator(proxy_ops=proxy_ops)
         await c.create(resource("InfernoModel", "tiny", {
             "source": "hf://org/tiny/tiny.gguf", "servedName": "tiny-v1",
             "serving": {"nCtx": 512, "parallel": 2}}))
@@ -82,7 +93,7 @@ async def test_resources_to_a_routed_request(tmp_path: Path) -> None:
                            what="the node Deployment")
         template = node["spec"]["template"]
         args = template["spec"]["containers"][0]["args"]
-        assert args[args.index("--discovery-lb") + 1] == "inferno-proxy.inferno:6100"
+        assert args[args.index("--discovery-lb") + 1] == proxy_ops
 
         async def routed() -> dict[str, Any] | None:
             r = await c.get("InfernoRoute", "chat")
@@ -91,14 +102,15 @@ async def test_resources_to_a_routed_request(tmp_path: Path) -> None:
         routing = RoutingConfig.model_validate(
             yaml.safe_load(cm["data"]["proxy.yaml"])["routing"])
         assert routing.canary == {"chat": {"tiny-v1": 100.0}}
+        # 3. The same routing, PUT to the running proxy.
+        await until(lambda: gw.router.config == routing, what="the proxy's routing")
 
-    # 3. The proxy, configured from the ConfigMap; the pod, as a process, registers.
-    gw = await start_gateway(tmp_path, routing=routing, auth="none")
+    # 4. The pod, as a process, registers.
     pod = pod_process(template, "inferno-node-tiny-7d9f-abcde", gw.ops.port, tmp_path)
     try:
         await until(lambda: gw.pool.get("inferno-node-tiny-7d9f-abcde") is not None,
                     what="the pod to register", within=60)
-        # 4. A request for the route's public model reaches it.
+        # 5. A request for the route's public model reaches it.
         async with httpx.AsyncClient(timeout=20) as http:
             r = await http.post(f"http://127.0.0.1:{gw.server.port}/v1/chat/completions",
                                 json={"model": "chat", "max_tokens": 4,
@@ -107,4 +119,3 @@ async def test_resources_to_a_routed_request(tmp_path: Path) -> None:
         assert r.json()["choices"][0]["message"]["content"]
     finally:
         pod.stop()
-        await gw.drain()

@@ -157,6 +157,16 @@ def test_proxy_environment_is_what_the_proxy_reads(monkeypatch: pytest.MonkeyPat
     assert settings.database_url is not None and settings.redis_url is not None
     assert [t.get_secret_value() for t in settings.node_tokens] == ["tok-0123456789abcdef"]
     assert str(settings.data_dir) == env["INFERNO_DATA_DIR"]
+    # The operator's routes ConfigMap, mounted (optional) where routing_file points.
+    from inferno.k8s.objects_config import ROUTES
+
+    pod = proxy["spec"]["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "routes"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "routes"]
+    assert volume["configMap"] == {"name": ROUTES, "optional": True}
+    assert settings.routing_file is not None
+    assert (str(settings.routing_file.parent), settings.routing_file.name) == (
+        mount["mountPath"], "proxy.yaml")
     # Probes and Service ports point at ports the container declares.
     (container,) = proxy["spec"]["template"]["spec"]["containers"]
     names = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -177,6 +187,20 @@ def test_governator_environment_is_what_the_governator_reads(
     assert settings.k8s_namespace == "inferno"  # from the pod's namespace (fieldRef)
     (container,) = gov["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["governator", "run", "--provider", "kubernetes"]
+    # The operator's combined policy ConfigMap, mounted where the settings look for it;
+    # optional, so the governator starts before any InfernoScalingPolicy exists.
+    from inferno.k8s.objects_config import GOVERNATOR
+
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "policy"]
+    (volume,) = [v for v in gov["spec"]["template"]["spec"]["volumes"]
+                 if v["name"] == "policy"]
+    assert volume["configMap"] == {"name": GOVERNATOR, "optional": True}
+    assert settings.policy_optional and settings.reload_interval > 0
+    for path in (settings.policy_file, settings.prices_file, settings.deployments_file):
+        assert path is not None and str(path.parent) == mount["mountPath"]
+    assert {settings.policy_file.name, settings.prices_file.name,  # type: ignore[union-attr]
+            settings.deployments_file.name} == {  # type: ignore[union-attr]
+        "policy.yaml", "prices.yaml", "deployments.yaml"}
 
 
 def test_manifests_run_commands_the_cli_has() -> None:

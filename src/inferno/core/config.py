@@ -204,6 +204,9 @@ class ProxySettings(ComponentSettings):
     # A preset name (least-outstanding, round-robin, prefix-affinity, power-of-two, cost)
     # or a full mapping of plugins and profiles.
     routing: RoutingConfig = ROUTING_PRESETS["least-outstanding"]
+    # A YAML file whose `routing:` replaces the above at start, when the file exists
+    # (Kubernetes: the operator's inferno-routes ConfigMap, mounted optionally).
+    routing_file: Path | None = None
     # Lease of a registration that does not state its own.
     default_lease: Annotated[float, Field(gt=0, le=3600)] = 5.0
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 2.0
@@ -430,10 +433,21 @@ class GovernatorSettings(ComponentSettings):
     node_port_base: Port = 0  # 0: any free port
     node_ops_port_base: Port = 0
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    # The policy files are watched while running (content polled every reload_interval
+    # seconds; 0: never): a valid change is applied, a bad one logged and ignored.
+    reload_interval: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    # A policy file not there is no pools yet rather than an error (Kubernetes: the
+    # governator's ConfigMap, mounted before any InfernoScalingPolicy exists).
+    policy_optional: bool = False
     # Kubernetes provider.
     k8s_namespace: str = "default"
     k8s_deployment: str = "inferno-backend"
     k8s_node_ops_port: Port = 6100
+    # Pool (model) -> what scales it: a Deployment name or infernodeployment/NAME; pools
+    # not named here scale k8s_deployment (one pool) or k8s_deployment-<i>. Also read from
+    # deployments_file (a YAML mapping, reloaded with the policy; it wins).
+    k8s_deployments: dict[str, str] = {}
+    deployments_file: Path | None = None
 
 
 S = TypeVar("S", bound=ComponentSettings)

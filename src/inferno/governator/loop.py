@@ -13,6 +13,7 @@ The governator serves the shared ops server, plus ``GET /governator/state``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -66,6 +67,8 @@ class Governator:
         self._retry_at: dict[str, float] = {}
         self._last_compact = 0.0
         self._task: asyncio.Task[None] | None = None
+        # Called before each tick: a reloaded policy comes in here (see wiring).
+        self.reload: Callable[[], None] | None = None
         registry = CollectorRegistry()
         self._decisions = Counter("inferno_governator_decisions", "Decisions by pool and action",
                                   ["pool", "action"], registry=registry)
@@ -104,6 +107,8 @@ class Governator:
         while True:
             started = time.monotonic()
             try:
+                if self.reload is not None:
+                    self.reload()
                 await self.tick()
             except Exception:  # the loop must outlive any bug in one tick
                 log.exception("governator tick failed; continuing")
@@ -143,6 +148,22 @@ class Governator:
             self._last_compact = now
             await self.store.compact(now)
         return decisions
+
+    def set_policy(self, policy: Policy, prices: PriceList) -> None:
+        """A reloaded policy: pools it keeps keep their state (cooldowns, panic); new ones
+        start fresh; removed ones are forgotten (their nodes are left as they are)."""
+        names = {p.name for p in policy.pools}
+        for gone in set(self.pool_state) - names:
+            with contextlib.suppress(KeyError):  # never decided on: no series to remove
+                self._replicas.remove(gone)
+            self.last.pop(gone, None)
+            self.signals.pop(gone, None)
+            self._failures.pop(gone, None)
+            self._retry_at.pop(gone, None)
+        self.pool_state = {n: self.pool_state.get(n) or PoolState() for n in names}
+        self.policy, self.prices = policy, prices
+        self._event(self._clock(), "policy reloaded: pools " + (", ".join(sorted(names))
+                                                                  or "(none)"))
 
     async def _act(self, now: float, decision: Decision) -> str:
         if decision.desired == decision.current:

@@ -6,8 +6,12 @@
   proxy's ops Service) and a headless Service; waits until its model is Downloaded;
   status ``replicas``/``readyReplicas``/``selector`` (the scale subresource's) and
   ``Ready``/``Scaling``/``Degraded``.
-- InfernoRoute -> the proxy's routing (``inferno-routes`` ConfigMap, see objects_config).
-- InfernoScalingPolicy -> the governator's policy and price list (a ConfigMap).
+- InfernoRoute -> the proxy's routing (``inferno-routes`` ConfigMap, see objects_config),
+  also PUT to the proxy's ops ``/routing`` (again every refresh_interval, so a proxy that
+  restarted gets it back).
+- InfernoScalingPolicy -> the governator's policy and price list (a ConfigMap per policy,
+  and ``inferno-governator``, all of the namespace's together, which the governator of an
+  install mounts and reloads).
 
 Handlers live on a registry made here (never kopf's global one). Each reconcile writes the
 whole desired state of every child by a deterministic name, so a handler repeated (after a
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +39,20 @@ from pydantic import ValidationError
 from inferno.core.errors import ConfigError, InfernoError
 from inferno.k8s import objects as ob
 from inferno.k8s import status as st
-from inferno.k8s.objects_config import ROUTES, policy_configmap, policy_name, routes_configmap
+from inferno.k8s.objects_config import (
+    GOVERNATOR,
+    ROUTES,
+    governator_configmap,
+    merge_routing,
+    policy_configmap,
+    policy_name,
+    routes_configmap,
+    routing,
+)
 from inferno.k8s.operator_api import ApiError, Kube
 from inferno.k8s.resources import GROUP, VERSION, DeploymentSpec, RouteSpec, ScalingPolicySpec
+
+log = logging.getLogger("inferno.k8s.operator")
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,9 @@ def _retrying(delay: float) -> Iterator[None]:
         raise kopf.PermanentError(f"invalid spec: {exc}") from exc
 
 
-async def put_standby(cfg: OperatorConfig, models: list[str]) -> None:
+async def put_proxy(cfg: OperatorConfig, path: str, body: Any) -> None:
+    """PUT ``body`` to the proxy's ops route ``path`` with the node token (``/standby``,
+    ``/routing``); a failure is retried (TemporaryError)."""
     from inferno.net import HttpClient
 
     host, sep, port_text = cfg.proxy_ops.rpartition(":")
@@ -87,18 +105,23 @@ async def put_standby(cfg: OperatorConfig, models: list[str]) -> None:
         headers.append((b"authorization", b"Bearer " + cfg.node_token.encode()))
     client = HttpClient()
     try:
-        resp = await client.request(host, port, "PUT", "/standby", headers=headers,
-                                    body=orjson.dumps({"models": models}),
+        resp = await client.request(host, port, "PUT", path, headers=headers,
+                                    body=orjson.dumps(body),
                                     connect_timeout=2.0, header_timeout=5.0)
-        await resp.read()
+        answer = await resp.read()
     except InfernoError as exc:
-        raise kopf.TemporaryError(f"the proxy's PUT /standby failed: {exc.message}",
+        raise kopf.TemporaryError(f"the proxy's PUT {path} failed: {exc.message}",
                                   delay=cfg.retry_delay) from exc
     finally:
         await client.aclose()
     if resp.status != 200:
-        raise kopf.TemporaryError(f"the proxy's PUT /standby answered {resp.status}",
+        raise kopf.TemporaryError(f"the proxy's PUT {path} answered {resp.status}: "
+                                  f"{answer[:300].decode(errors='replace')}",
                                   delay=cfg.retry_delay)
+
+
+async def put_standby(cfg: OperatorConfig, models: list[str]) -> None:
+    await put_proxy(cfg, "/standby", {"models": models})
 
 
 def _load_api_client() -> Any:
@@ -307,18 +330,42 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         model = await kube().get("InfernoModel", namespace, dep["spec"]["modelRef"])
         return ob.served_name(model) if model is not None else None
 
+    routes_by_ns: dict[str, dict[str, Any]] = {}  # namespace -> its routing, if routed
+    routes_sent: list[float] = [0.0]  # when the proxy was last told (monotonic)
+
     async def render_routes(namespace: str, without: str | None = None) -> list[str]:
-        """Re-renders the namespace's routes ConfigMap; the deployments not found."""
+        """Re-renders the namespace's routes ConfigMap (and the routing sync_routes PUTs);
+        the deployments not found."""
         routes = [r for r in await kube().list("InfernoRoute", namespace)
                   if r["metadata"]["name"] != without
                   and not r["metadata"].get("deletionTimestamp")]
         if not routes:
             await kube().delete("ConfigMap", namespace, ROUTES)
+            routes_by_ns.pop(namespace, None)
             return []
         names = {b["deployment"] for r in routes for b in r["spec"]["backends"]}
         found = {n: s for n in sorted(names) if (s := await served(namespace, n)) is not None}
         await kube().ensure(routes_configmap(namespace, routes, found))
+        routes_by_ns[namespace] = routing(routes, found)
         return sorted(names - set(found))
+
+    async def sync_routes() -> None:
+        """The proxy's routing: every watched namespace's routes (PUT /routing; the same
+        body again is harmless, which the timer below relies on)."""
+        await put_proxy(cfg, "/routing", merge_routing(list(routes_by_ns.values())))
+        routes_sent[0] = asyncio.get_running_loop().time()
+
+    @kopf.timer(GROUP, VERSION, "infernoroutes", interval=cfg.refresh_interval, registry=reg)
+    async def route_timer(body: kopf.Body, **_: Any) -> None:
+        """Again every refresh_interval (once for all routes), so a proxy that restarted,
+        or a replica that was added, gets the routes back."""
+        namespace = ident(body)[0]
+        if namespace not in routes_by_ns:  # not rendered since the operator started
+            with _retrying(cfg.retry_delay):
+                await render_routes(namespace)
+            await sync_routes()
+        elif asyncio.get_running_loop().time() - routes_sent[0] >= cfg.refresh_interval / 2:
+            await sync_routes()
 
     @on.resume(GROUP, VERSION, "infernoroutes", registry=reg)
     @on.create(GROUP, VERSION, "infernoroutes", registry=reg)
@@ -334,6 +381,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             await set_status("InfernoRoute", route, {"configMap": ROUTES, "conditions": [
                 st.condition("Ready", ok, "Routed" if ok else "DeploymentMissing",
                              "" if ok else f"no InfernoDeployment {', '.join(missing)}")]})
+            await sync_routes()  # the deployments found are routed already
             if missing:
                 raise kopf.TemporaryError(f"waiting for {', '.join(missing)}",
                                           delay=cfg.retry_delay)
@@ -343,6 +391,10 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await render_routes(namespace, without=name)
+        try:
+            await sync_routes()
+        except kopf.TemporaryError as exc:  # the route goes anyway: never held by a proxy
+            log.warning("route %s/%s deleted, but %s", namespace, name, exc)
 
     # ---- InfernoScalingPolicy ----
     @on.resume(GROUP, VERSION, "infernoscalingpolicies", registry=reg)
@@ -362,6 +414,7 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
                 raise kopf.TemporaryError(f"waiting for {spec.deployment}",
                                           delay=cfg.retry_delay)
             await kube().ensure(policy_configmap(policy, dep, model))
+            await render_governator(namespace)
             await set_status("InfernoScalingPolicy", policy, {
                 "configMap": policy_name(policy["metadata"]["name"]),
                 "conditions": [st.condition("Ready", True, "Rendered")]})
@@ -371,6 +424,27 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         namespace, name = ident(body)
         with _retrying(cfg.retry_delay):
             await kube().delete("ConfigMap", namespace, policy_name(name))
+            await render_governator(namespace, without=name)
+
+    async def render_governator(namespace: str, without: str | None = None) -> None:
+        """The namespace's combined governator ConfigMap: every policy whose deployment
+        (and its model) exists; none: the ConfigMap goes (the governator then has none)."""
+        found = []
+        for p in await kube().list("InfernoScalingPolicy", namespace):
+            if p["metadata"]["name"] == without or p["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                spec = ScalingPolicySpec.model_validate(p["spec"])
+            except ValidationError:  # reported by its own reconcile
+                continue
+            dep = await kube().get("InfernoDeployment", namespace, spec.deployment)
+            model = await served(namespace, spec.deployment)
+            if dep is not None and model is not None:
+                found.append((p, dep, model))
+        if found:
+            await kube().ensure(governator_configmap(namespace, found))
+        else:
+            await kube().delete("ConfigMap", namespace, GOVERNATOR)
 
     @on.cleanup(registry=reg)
     async def cleanup(**_: Any) -> None:

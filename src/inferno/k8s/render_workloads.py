@@ -24,6 +24,14 @@ from inferno.k8s.values import RenderValues, Resources, SecretRef
 Meta = Callable[[str], dict[str, Any]]
 DATA_DIR = "/var/lib/inferno"
 UID = 10001
+# The operator's combined policy ConfigMap (inferno.k8s.objects_config.GOVERNATOR), mounted
+# into the governator, which reloads it when the kubelet updates the files.
+POLICY_CONFIGMAP = "inferno-governator"
+POLICY_DIR = "/etc/inferno/governator"
+# The operator's routes ConfigMap (objects_config.ROUTES): the proxy starts with its
+# routing when it exists (the operator also PUTs it to the running proxy).
+ROUTES_CONFIGMAP = "inferno-routes"
+ROUTES_DIR = "/etc/inferno/routes"
 
 
 def _env(name: str, value: str) -> dict[str, Any]:
@@ -93,6 +101,7 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     p = v.proxy
     env = [_env("INFERNO_PROXY_HOST", "0.0.0.0"), _env("INFERNO_PROXY_PORT", str(p.port)),
            _env("INFERNO_PROXY_OPS_PORT", str(p.ops_port)), _env("INFERNO_PROXY_AUTH", p.auth),
+           _env("INFERNO_PROXY_ROUTING_FILE", f"{ROUTES_DIR}/proxy.yaml"),
            *_secret_env("INFERNO_PROXY_NODE_TOKENS", refs["nodeToken"]),
            *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
            *_secret_env("INFERNO_REDIS_URL", refs["redis"]),
@@ -100,8 +109,12 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     container = _container(v, "proxy", ["proxy"], env, p.resources)
     container["ports"] = [{"name": "http", "containerPort": p.port, "protocol": "TCP"},
                           {"name": "ops", "containerPort": p.ops_port, "protocol": "TCP"}]
+    container["volumeMounts"].append({"name": "routes", "mountPath": ROUTES_DIR,
+                                      "readOnly": True})
     container.update(_ops_probes("ops"))
     dep = _deployment(v, meta, "proxy", p.replicas, container)
+    dep["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "routes", "configMap": {"name": ROUTES_CONFIGMAP, "optional": True}})
     # Requests in flight finish before the pod goes (the proxy drains on SIGTERM).
     dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
     pods = meta("proxy")["labels"]
@@ -139,10 +152,20 @@ def governator(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
            _env("INFERNO_GOVERNATOR_OPS_PORT", str(g.ops_port)),
            _env("INFERNO_GOVERNATOR_PROXY_OPS", f"{v.name}-proxy-ops:{v.proxy.ops_port}"),
            _namespace_env("INFERNO_GOVERNATOR_K8S_NAMESPACE"),
+           # The InfernoScalingPolicies, as the operator combines them (none yet: no pools).
+           _env("INFERNO_GOVERNATOR_POLICY_FILE", f"{POLICY_DIR}/policy.yaml"),
+           _env("INFERNO_GOVERNATOR_PRICES_FILE", f"{POLICY_DIR}/prices.yaml"),
+           _env("INFERNO_GOVERNATOR_DEPLOYMENTS_FILE", f"{POLICY_DIR}/deployments.yaml"),
+           _env("INFERNO_GOVERNATOR_POLICY_OPTIONAL", "true"),
            *_secret_env("INFERNO_DATABASE_URL", refs["database"]),
            *(_env(e.name, e.value) for e in g.extra_env)]
     container = _container(v, "governator", ["governator", "run", "--provider", "kubernetes"],
                            env, g.resources)
     container["ports"] = [{"name": "ops", "containerPort": g.ops_port, "protocol": "TCP"}]
+    container["volumeMounts"].append({"name": "policy", "mountPath": POLICY_DIR,
+                                      "readOnly": True})
     container.update(_ops_probes("ops"))
-    return [_deployment(v, meta, "governator", 1, container, recreate=True)]
+    dep = _deployment(v, meta, "governator", 1, container, recreate=True)
+    dep["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "policy", "configMap": {"name": POLICY_CONFIGMAP, "optional": True}})
+    return [dep]

@@ -127,6 +127,10 @@ class ProxyAPI:
     def mount(self, mount: Mount) -> None:
         self._mounts.append(mount)
 
+    def set_router(self, router: Router) -> None:
+        """Routing changed at run time (``PUT /routing``): one attribute write, atomic."""
+        self._router = router
+
     async def dispatch(self, principal: object, path: str, body: bytes) -> Response:
         """Run one inference request through the whole pipeline (auth already decided:
         ``principal``; limits, routing, accounting) at background priority."""
@@ -264,10 +268,11 @@ class ProxyAPI:
         deadline = time.monotonic() + self._request_timeout
         background = _BACKGROUND.get()
         body = req.body if body is None else body
-        target = self._router.target_model(model)
+        router = self._router  # read once: a routing swapped meanwhile is for the next ones
+        target = router.target_model(model)
         if target != model:  # canary: only these requests pay for re-serialising
             body = orjson.dumps({**data, "model": target})
-        profile = self._router.profile_for(target, req.header("x-inferno-profile"))
+        profile = router.profile_for(target, req.header("x-inferno-profile"))
         session = req.header("x-session-id")
         queued_at = 0.0
         while True:
@@ -281,7 +286,7 @@ class ProxyAPI:
                     deadline = time.monotonic() + self._request_timeout
                     continue
                 raise _no_route(target, snapshot.models, bool(snapshot.nodes))
-            decision = self._router.route(profile, nodes, model=target, stream=stream,
+            decision = router.route(profile, nodes, model=target, stream=stream,
                                           user=user, session=session, body=data)
             if not decision.order:
                 raise NoBackendAvailable(f"No healthy node serves '{target}' right now.",

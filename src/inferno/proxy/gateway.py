@@ -36,6 +36,7 @@ from inferno.proxy.responses_store import ResponseStore
 from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
+from inferno.proxy.routing_api import RoutingAPI, load_routing_file
 from inferno.proxy.security.setup import Security
 from inferno.proxy.standby import Standby, StandbyAPI, StandbyCollector
 from inferno.proxy.state import RouterState
@@ -89,7 +90,8 @@ class Gateway:
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
         self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
                                    queue_wait=s.queue_wait)
-        self.router = Router(s.routing, build_router(s.routing))
+        routing = load_routing_file(s.routing_file) or s.routing
+        self.router = Router(routing, build_router(routing))
         forwarder = Forwarder(
             self.client, self.metrics, self.passive, self.budget,
             Timeouts(s.connect_timeout, s.response_timeout, s.stream_idle_timeout),
@@ -137,17 +139,29 @@ class Gateway:
             max_requests_per_connection=s.max_requests_per_connection,
             before_body=self.api.check_head, on_reject=self.security.log.record_rejected)
         registration = RegistrationAPI(self.pool, self.metrics, guard=self.security.registration)
-        state = RouterState(self.pool, self.router, self.budget, self.admission)
+        self._router_state = state = RouterState(self.pool, self.router, self.budget,
+                                                 self.admission)
+        routing_api = RoutingAPI(lambda: self.router, self.set_router,
+                                 self.security.registration._token)
         self.ops = OpsServer(
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
             routes={("POST", "/registration"): registration.post,
                     ("DELETE", "/registration/*"): registration.delete,
                     ("GET", "/router/state"): state.get,
                     ("GET", "/standby"): standby_api.get,
-                    ("PUT", "/standby"): standby_api.put},
+                    ("PUT", "/standby"): standby_api.put,
+                    ("GET", "/routing"): routing_api.get,
+                    ("PUT", "/routing"): routing_api.put},
             own_thread=s.ops_health == "thread", own_process=s.ops_health == "process")
         self._tasks: list[asyncio.Task[None]] = []
         self._attached: list[Attached] = []
+
+    def set_router(self, router: Router) -> None:
+        """Routing changed at run time (``PUT /routing``): later requests use ``router``."""
+        self.router = self._router_state.router = router
+        self.api.set_router(router)
+        log.info("routing changed: default profile %s, canary %s",
+                 router.config.default_profile, router.config.canary)
 
     def attach(self, service: Attached) -> None:
         self._attached.append(service)

@@ -20,7 +20,7 @@ class RouterState:
     def __init__(self, pool: Pool, router: Router, budget: RetryBudget,
                  admission: Admission) -> None:
         self._pool = pool
-        self._router = router
+        self.router = router  # replaced when routing changes at run time
         self._budget = budget
         self._admission = admission
 
@@ -40,9 +40,9 @@ class RouterState:
                                                   / max(p.stats[s.name].calls, 1), 2)}
                                 for s, w in p.scorers],
                     "picker": p.picker.name,
-                } for name, p in self._router.profiles.items()},
-            "default_profile": self._router.default.name,
-            "canary": self._router.config.canary,
+                } for name, p in self.router.profiles.items()},
+            "default_profile": self.router.default.name,
+            "canary": self.router.config.canary,
             "retry_budget": self._budget.state(),
             "admission": {"queued": self._admission.queued,
                           "rejected": self._admission.rejected},

@@ -92,6 +92,9 @@ volumeMounts:
   mountPath: /var/lib/inferno
 - name: tmp
   mountPath: /tmp
+{{- with .extraMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "inferno.probes" -}}

@@ -70,6 +70,12 @@ class KubernetesProvider:
         self._custom: Any = None
         self._pods: dict[str, list[dict[str, Any]]] = {}
 
+    def set_pools(self, deployments: dict[str, str], max_replicas: dict[str, int]) -> None:
+        """The pools changed (a reloaded policy): what scales each, and its bound."""
+        self._deployments = deployments
+        self._max = max_replicas
+        self._pods = {p: v for p, v in self._pods.items() if p in deployments}
+
     async def start(self) -> None:
         k8s = _client_module()
         if self._api_client is None:
