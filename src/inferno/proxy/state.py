@@ -40,8 +40,12 @@ class RouterState:
                                                   / max(p.stats[s.name].calls, 1), 2)}
                                 for s, w in p.scorers],
                     "picker": p.picker.name,
+                    "sample": p.sample,
                 } for name, p in self._router.profiles.items()},
             "default_profile": self._router.default.name,
+            "routing": {"calls": self._router.calls, "seconds": self._router.seconds,
+                        "mean_us": round(1e6 * self._router.seconds
+                                         / max(self._router.calls, 1), 2)},
             "canary": self._router.config.canary,
             "retry_budget": self._budget.state(),
             "admission": {"queued": self._admission.queued,

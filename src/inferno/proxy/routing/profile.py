@@ -4,16 +4,31 @@ The profile owns the rules a plugin should not have to know: scores are clamped 
 [0, 1] and weighted here; each scorer's time is accumulated for /router/state; if the
 panic-tolerant filters (health) would leave no node, they are ignored so the request is
 still tried rather than refused untried.
+
+Above ``2 * sample`` candidates the profile ranks a random sample of ``sample`` of them
+(power of d choices, as llm-d and Envoy's least-request do): routing time stays flat in
+the pool's size, and the least loaded node of a random handful is, with high probability,
+among the least loaded of the pool. The sample still holds enough nodes for the retries'
+fallbacks. Profiles whose plugins must see every candidate (rendezvous hashing for
+affinity, a round-robin ring: ``needs_all``) rank them all.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from inferno.proxy.pool import Node
-from inferno.proxy.routing.base import Filter, Observer, Picker, RouteContext, Scorer
+from inferno.proxy.routing.base import (
+    Filter,
+    Observer,
+    Picker,
+    Preferrer,
+    RouteContext,
+    Scorer,
+)
 
 
 @dataclass(slots=True)
@@ -38,7 +53,14 @@ class Profile:
     picker: Picker
     observers: Sequence[Observer] = ()
     needs_prefix: bool = False
+    # Candidates ranked per request when there are more than twice as many (0: all).
+    sample: int = 0
     stats: dict[str, ScorerStats] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+    # Plugins with ``prefer(node, model)``: a sample is drawn from their nodes first.
+    preferrers: Sequence[Preferrer] = ()
+    # model -> (the candidates it was computed for, the preferred ones among them).
+    _tiers: dict[str, tuple[Sequence[Node], list[Node]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.stats = {s.name: ScorerStats() for s, _ in self.scorers}
@@ -46,7 +68,15 @@ class Profile:
     # This runs once per request: plain loops and local names (no generators, no
     # min/max calls), about half the time of the comprehension form (bench/gateway).
     def route(self, nodes: Sequence[Node], ctx: RouteContext) -> Decision:
-        kept = _keep(nodes, self.filters, ctx)
+        sample = self.sample
+        if sample and len(nodes) > 2 * sample:
+            kept = _keep(self._draw(nodes, ctx.model), self.filters, ctx)
+            if not kept:  # the sample held no usable node: look at them all
+                kept = _keep(nodes, self.filters, ctx)
+                if len(kept) > sample:
+                    kept = self.rng.sample(kept, sample)
+        else:
+            kept = _keep(nodes, self.filters, ctx)
         panic = False
         if not kept:
             # Ignore only panic-tolerant filters (health), never draining or the like.
@@ -78,6 +108,31 @@ class Profile:
         for observer in self.observers:
             observer.observe(order[0], ctx)
         return Decision(order, self._explain(kept, totals, panic), panic)
+
+    def _draw(self, nodes: Sequence[Node], model: str) -> list[Node]:
+        """``sample`` random candidates, from the nodes a plugin prefers (model loaded)
+        first; the rest of the sample from the others, as fallbacks."""
+        sample, rng = self.sample, self.rng
+        if not self.preferrers:
+            return rng.sample(nodes, sample)
+        cached = self._tiers.get(model)
+        if cached is None or cached[0] is not nodes:  # a new snapshot: split it once
+            preferred = [n for n in nodes if all(p.prefer(n, model) for p in self.preferrers)]
+            cached = (nodes, preferred)
+            self._tiers[model] = cached
+        preferred = cached[1]
+        if len(preferred) >= sample:
+            return rng.sample(preferred, sample)
+        if len(preferred) == len(nodes):
+            return rng.sample(nodes, sample)
+        chosen = list(preferred)
+        seen = {id(n) for n in chosen}
+        while len(chosen) < sample:  # nodes > 2 * sample > preferred: ends quickly
+            n = nodes[rng.randrange(len(nodes))]
+            if id(n) not in seen:
+                seen.add(id(n))
+                chosen.append(n)
+        return chosen
 
     def _explain(self, nodes: Sequence[Node], totals: Sequence[float], panic: bool) -> str:
         # Highest first; ties keep the candidates' order (the sort is stable).
