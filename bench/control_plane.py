@@ -272,8 +272,9 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
         state1 = _get(f"http://127.0.0.1:{ops}/router/state")
         alive = sum(1 for nd in state1["nodes"] if nd["routable"])
         routed = _route_stat(state0, state1)
-        return {"idle_pct": 100 * idle_rate, "front_pct": front_pct, "cpu_ms_per_req": 1000 * busy / max(ok, 1),
-                "ok": ok, "routable": alive, "live_route_us": routed}
+        return {"idle_pct": 100 * idle_rate, "front_pct": front_pct,
+                "cpu_ms_per_req": 1000 * busy / max(ok, 1), "ok": ok, "routable": alive,
+                "live_route_us": routed}
     finally:
         if sender is not None:
             _stop(sender)
@@ -301,7 +302,7 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=15.0, help="idle window, s")
     ap.add_argument("--settle", type=float, default=25.0,
                     help="wait after registration (two heartbeats: steady state), s")
-    ap.add_argument("--rps", type=float, default=50.0)
+    ap.add_argument("--rps", type=float, default=200.0)
     ap.add_argument("--load", type=float, default=10.0, help="load window, s")
     ap.add_argument("--fakes", type=int, default=4, help="fake node ports")
     ap.add_argument("--_fake", nargs=1, help=argparse.SUPPRESS)

@@ -4,11 +4,13 @@ A node that renewed its lease or answered a request well recently is known to be
 (``Node.evidence_at``), so it is not probed: the probes' cost follows the nodes that
 carry no evidence, not the size of the pool. Evidence is stale once it is older than one
 check interval plus 4/3 of the node's observed renewal gap (renewals are jittered over
-75-100 % of their period, so a node renewing on time is never probed between renewals). A node that stops renewing and answering is
-then probed every interval, and ``unhealthy_after`` failed checks in a row take it out of
-rotation, well before its lease lapses when the lease spans a few heartbeats (the
-defaults: renewals every 7.5-10 s, a 30 s lease: out of rotation within about 16 s). An unhealthy node is probed every
-interval and must pass ``healthy_after`` checks in a row to come back.
+75-100 % of their period, so a node renewing on time is never probed between renewals).
+A node that stops renewing and answering is then probed every interval, and
+``unhealthy_after`` failed checks in a row take it out of rotation, well before its lease
+lapses when the lease spans a few heartbeats (the defaults: renewals every 7.5-10 s, a
+30 s lease: out of rotation within about 16 s). Until its second renewal shows its
+heartbeat, a new node is probed as any node without evidence. An unhealthy node is
+probed every interval and must pass ``healthy_after`` checks in a row to come back.
 
 Nodes that carried traffic since the last tick also have their ``/telemetry`` read (their
 reported queue depth feeds the queue-depth and offload scorers); an idle node's stays as
