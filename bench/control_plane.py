@@ -95,7 +95,8 @@ async def _serve_fake(ports: list[int]) -> None:
 
 
 # ---- renewal sender: the version's own RegistrationClient, one per simulated node ----
-async def _send_renewals(n: int, ops_port: int, fake_ports: list[int]) -> None:
+async def _send_renewals(n: int, ops_port: int, fake_ports: list[int],
+                         cadence: tuple[float, float] | None) -> None:
     from inferno.api.node import Registration
     from inferno.backend.registration import RegistrationClient
     from inferno.core.config import BackendSettings
@@ -104,6 +105,8 @@ async def _send_renewals(n: int, ops_port: int, fake_ports: list[int]) -> None:
     fields = BackendSettings.model_fields
     interval = float(fields["heartbeat_interval"].default)
     lease = float(fields["lease_seconds"].default)
+    if cadence is not None:  # --heartbeat/--lease: the node's settings, not its defaults
+        interval, lease = cadence
     client = HttpClient(max_idle_per_host=n + 16)  # one kept-alive connection per node
     regs = []
     for i in range(n):
@@ -252,8 +255,10 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
             if time.monotonic() > deadline or proxy.poll() is not None:
                 raise RuntimeError(f"proxy did not start: {(tmp / 'proxy.log').read_text()}")
             time.sleep(0.2)
+        cadence = [f"{args.heartbeat},{args.lease}"] if args.heartbeat else []
         sender = _spawn([sys.executable, __file__, "--_renew", str(n), str(ops),
-                         ",".join(map(str, fake_ports))], _env(src), tmp / "sender.log")
+                         ",".join(map(str, fake_ports)), *cadence], _env(src),
+                        tmp / "sender.log")
         while len(_get(f"http://127.0.0.1:{ops}/router/state")["nodes"]) < n:
             if time.monotonic() > deadline + 120 or sender.poll() is not None:
                 raise RuntimeError("only some nodes registered: "
@@ -306,15 +311,21 @@ def main() -> int:
     ap.add_argument("--load", type=float, default=10.0, help="load window, s")
     ap.add_argument("--fakes", type=int, default=4, help="fake node ports")
     ap.add_argument("--_fake", nargs=1, help=argparse.SUPPRESS)
-    ap.add_argument("--_renew", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--heartbeat", type=float, help="nodes' heartbeat_interval (default: "
+                    "each version's default, with --lease)")
+    ap.add_argument("--lease", type=float, default=0.0, help="nodes' lease_seconds")
+    ap.add_argument("--_renew", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--_route", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._fake:
         asyncio.run(_serve_fake([int(p) for p in args._fake[0].split(",")]))
         return 0
     if args._renew:
-        n, ops, fakes = args._renew
-        asyncio.run(_send_renewals(int(n), int(ops), [int(p) for p in fakes.split(",")]))
+        n, ops, fakes, *more = args._renew
+        beat, _, lease = more[0].partition(",") if more else ("", "", "")
+        cadence = (float(beat), float(lease)) if more else None
+        asyncio.run(_send_renewals(int(n), int(ops), [int(p) for p in fakes.split(",")],
+                                   cadence))
         return 0
     if args._route:
         _route_micro(int(args._route[0]), int(args._route[1]))

@@ -12,6 +12,7 @@ from inferno.api.node import Registration
 from inferno.backend.registration import RegistrationClient
 from inferno.core.routing_config import ROUTING_PRESETS
 from inferno.net import HttpClient
+from inferno.proxy.admission import Admission
 from inferno.proxy.health.active import ActiveHealth
 from inferno.proxy.health.passive import PassiveHealth
 from inferno.proxy.pool import Node, Pool
@@ -51,6 +52,9 @@ def test_a_renewal_that_changes_nothing_keeps_the_snapshot() -> None:
     assert node.expires_at == clock.now + 30  # the lease moved ...
     assert node.evidence_at == clock.now and node.renew_gap == 10  # ... and the evidence
     assert pool.snapshot is snap  # ... but routing's snapshot was not rebuilt
+    clock.now += 1
+    pool.upsert(reg(1))  # an extra renewal at once does not shorten the heartbeat seen
+    assert node.renew_gap == 7.5
     pool.upsert(reg(1, loaded=["m"], available=[]))
     assert pool.snapshot is not snap  # which models are loaded ranks candidates
     snap = pool.snapshot
@@ -89,6 +93,11 @@ async def test_a_dead_node_leaves_rotation_within_its_lease_among_a_thousand() -
     pool = Pool(default_lease=30)
     dead = free_port()
     regs = [reg(i, dead) for i in range(1000)]  # all point at a dead port: evidence only
+    for r in regs:
+        pool.upsert(r)
+    await asyncio.sleep(1.0)
+    # A second renewal: the proxy has seen a 1 s heartbeat, so it trusts a renewal for
+    # 1.43 s, and the 0.3 s heartbeats below stay fresh even on a busy machine.
     for r in regs:
         pool.upsert(r)
     client = HttpClient()
@@ -214,3 +223,17 @@ async def test_heartbeats_are_jittered_and_fit_the_lease() -> None:
     assert max(waits) - min(waits) > 1.0  # spread, not lockstep
     assert all(w <= 2.0 / 3 for w in (rc.next_wait(2.0) for _ in range(50)))  # lease / 3
     await client.aclose()
+
+
+def test_background_reserve_is_spread_over_the_pool_not_the_sample() -> None:
+    pool = big_pool(1000)
+    router = sampled_router()
+    d = router.route(router.default, pool.snapshot.by_model["m"], model="m", stream=False,
+                     user=None, session=None, body={})
+    assert len(d.order) == SAMPLE and d.candidates == 1000
+    admission = Admission(max_per_node=0, queue_size=10, queue_wait=1.0)
+    admission.note_interactive(100)  # 100 interactive requests in flight lately
+    # Spread over 1000 nodes that is one slot each (plus one): capacity 4 leaves room ...
+    assert admission.background_room(d.order, d.candidates) == d.order
+    # ... spread over the 8 sampled nodes it would have left none.
+    assert admission.background_room(d.order) == []

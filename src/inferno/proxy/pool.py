@@ -49,7 +49,7 @@ class Node:
     healthy: bool = True
     passes: int = 0
     # Health evidence: when the node last renewed its lease or answered a request well,
-    # and the last gap between two renewals (its heartbeat as we see it; 0 until known).
+    # and the recent gap between two renewals (its heartbeat as we see it; 0 until known).
     # Active checks probe only nodes whose evidence has gone stale (health/active.py).
     evidence_at: float = 0.0
     renewed_at: float = 0.0
@@ -119,7 +119,10 @@ class Pool:
             # A renewal: only the lease and the evidence move; the routing snapshot is
             # rebuilt only when the node's state changes (it decides routability).
             node.expires_at = expires
-            node.renew_gap, node.renewed_at = now - node.renewed_at, now
+            # The longest recent gap, decaying: an extra renewal sent at once (the node's
+            # models changed) must not make its regular heartbeat look overdue.
+            node.renew_gap = max(now - node.renewed_at, node.renew_gap * 0.75)
+            node.renewed_at = now
             node.evidence_at = now
             node.capacity = reg.capacity
             loaded, available = frozenset(reg.loaded), frozenset(reg.available)

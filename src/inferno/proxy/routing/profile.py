@@ -43,6 +43,8 @@ class Decision:
     # "profile n1=0.91 n0=0.40": the top scores, for the x-inferno-route header.
     explain: str
     panic: bool = False
+    # Candidates the profile chose from (more than ``order`` holds when it sampled).
+    candidates: int = 0
 
 
 @dataclass
@@ -91,7 +93,7 @@ class Profile:
             for observer in self.observers:
                 observer.observe(kept[0], ctx)
             return Decision(kept, f"{self.name}{' panic' if panic else ''} "
-                                  f"{self.picker.name} {kept[0].id}", panic)
+                                  f"{self.picker.name} {kept[0].id}", panic, len(nodes))
         totals = [0.0] * len(kept)
         stats = self.stats
         clock = time.perf_counter
@@ -107,7 +109,7 @@ class Profile:
         order = self.picker.order(kept, totals, ctx)
         for observer in self.observers:
             observer.observe(order[0], ctx)
-        return Decision(order, self._explain(kept, totals, panic), panic)
+        return Decision(order, self._explain(kept, totals, panic), panic, len(nodes))
 
     def _draw(self, nodes: Sequence[Node], model: str) -> list[Node]:
         """``sample`` random candidates, from the nodes a plugin prefers (model loaded)
