@@ -181,6 +181,13 @@ def test_a_sample_is_drawn_from_nodes_with_the_model_loaded() -> None:
         pool.upsert(reg(int(nid[1:]), loaded=["m"], available=[]))
     got = route_many(sampled_router(), pool, 200, release=True)
     assert set(got) <= loaded and sum(got.values()) == 200
+    # With many loaded nodes the sample still carries fallbacks that would load it.
+    for i in range(20, 40):
+        pool.upsert(reg(i, loaded=["m"], available=[]))
+    router = sampled_router()
+    d = router.route(router.default, pool.snapshot.by_model["m"], model="m", stream=False,
+                     user=None, session=None, body={})
+    assert d.order[0].loaded == {"m"} and any(not n.loaded for n in d.order)
 
 
 def test_profiles_that_need_every_candidate_are_not_sampled() -> None:

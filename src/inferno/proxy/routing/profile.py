@@ -6,11 +6,12 @@ panic-tolerant filters (health) would leave no node, they are ignored so the req
 still tried rather than refused untried.
 
 Above ``2 * sample`` candidates the profile ranks a random sample of ``sample`` of them
-(power of d choices, as llm-d and Envoy's least-request do): routing time stays flat in
+(power of d choices, as Envoy's least-request balancer does): routing time stays flat in
 the pool's size, and the least loaded node of a random handful is, with high probability,
 among the least loaded of the pool. The sample still holds enough nodes for the retries'
-fallbacks. Profiles whose plugins must see every candidate (rendezvous hashing for
-affinity, a round-robin ring: ``needs_all``) rank them all.
+fallbacks. Profiles whose plugins must see every candidate (``needs_all``: rendezvous
+hashing for affinity, the pool's cheapest or local nodes, a round-robin ring) rank them
+all.
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ class Profile:
         return Decision(order, self._explain(kept, totals, panic), panic, len(nodes))
 
     def _draw(self, nodes: Sequence[Node], model: str) -> list[Node]:
-        """``sample`` random candidates, from the nodes a plugin prefers (model loaded)
-        first; the rest of the sample from the others, as fallbacks."""
+        """``sample`` random candidates: from the nodes a plugin prefers (model loaded)
+        first, with at least two others as fallbacks (a preferred node at its admission
+        cap yields to one that would load the model, as without sampling)."""
         sample, rng = self.sample, self.rng
         if not self.preferrers:
             return rng.sample(nodes, sample)
@@ -123,11 +125,10 @@ class Profile:
             cached = (nodes, preferred)
             self._tiers[model] = cached
         preferred = cached[1]
-        if len(preferred) >= sample:
-            return rng.sample(preferred, sample)
         if len(preferred) == len(nodes):
             return rng.sample(nodes, sample)
-        chosen = list(preferred)
+        take = min(len(preferred), sample - 2)
+        chosen = rng.sample(preferred, take) if take < len(preferred) else list(preferred)
         seen = {id(n) for n in chosen}
         while len(chosen) < sample:  # nodes > 2 * sample > preferred: ends quickly
             n = nodes[rng.randrange(len(nodes))]
