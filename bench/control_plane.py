@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 TICK = os.sysconf("SC_CLK_TCK")
 MODEL = "bench"
+DEAD_MODEL = "bench-dead"
 COMPLETION = (b'{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,'
               b'"model":"bench","choices":[{"index":0,"message":{"role":"assistant",'
               b'"content":"ok"},"finish_reason":"stop"}],'
@@ -95,7 +96,7 @@ async def _serve_fake(ports: list[int]) -> None:
 
 
 # ---- renewal sender: the version's own RegistrationClient, one per simulated node ----
-async def _send_renewals(n: int, ops_port: int, fake_ports: list[int],
+async def _send_renewals(n: int, ops_port: int, fake_ports: list[int], dead_port: int,
                          cadence: tuple[float, float] | None) -> None:
     from inferno.api.node import Registration
     from inferno.backend.registration import RegistrationClient
@@ -119,6 +120,25 @@ async def _send_renewals(n: int, ops_port: int, fake_ports: list[int],
         if i % 50 == 49:
             await asyncio.sleep(0.02)  # nodes come up over time, not in one burst
     print(json.dumps({"interval": interval, "lease": lease}), flush=True)
+    # One more node, serving a model no request asks for, on its own fake node process:
+    # it renews like the others until SIGUSR1, then falls silent (the bench kills its
+    # fake node at the same time: it "dies").
+    dead = Registration(id="bench-dead", address=f"127.0.0.1:{dead_port}",
+                        metrics_port=dead_port, models=[DEAD_MODEL], lease_seconds=lease)
+    timer = RegistrationClient(f"127.0.0.1:{ops_port}", dead, interval=interval, client=client)
+    died = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, died.set)
+    body = dead.model_dump_json().encode()
+    while not died.is_set():
+        with contextlib.suppress(Exception):
+            resp = await client.request("127.0.0.1", ops_port, "POST", "/registration",
+                                        headers=[(b"content-type", b"application/json")],
+                                        body=body)
+            await resp.read()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timer.next_wait(lease) if hasattr(timer, "next_wait")
+                                       else interval):
+                await died.wait()
     await asyncio.Event().wait()
 
 
@@ -245,7 +265,7 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
     proxy = _spawn([sys.executable, "-c", "import sys; from inferno.cli import main; "
                     "sys.argv[0] = 'inferno'; main()", "proxy", "--port", str(port),
                     "--ops-port", str(ops), "--log-level", "warning"], env, tmp / "proxy.log")
-    sender = None
+    sender = doomed = None
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -256,8 +276,11 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
                 raise RuntimeError(f"proxy did not start: {(tmp / 'proxy.log').read_text()}")
             time.sleep(0.2)
         cadence = [f"{args.heartbeat},{args.lease}"] if args.heartbeat else []
+        dead_port = _free_port()
+        doomed = _spawn([sys.executable, __file__, "--_fake", str(dead_port)], _env(SRC),
+                        tmp / "doomed.log")
         sender = _spawn([sys.executable, __file__, "--_renew", str(n), str(ops),
-                         ",".join(map(str, fake_ports)), *cadence], _env(src),
+                         ",".join(map(str, fake_ports)), str(dead_port), *cadence], _env(src),
                         tmp / "sender.log")
         while len(_get(f"http://127.0.0.1:{ops}/router/state")["nodes"]) < n:
             if time.monotonic() > deadline + 120 or sender.poll() is not None:
@@ -275,15 +298,36 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
         ok = asyncio.run(_load(port, args.rps, args.load))
         busy = _cpu(proxy.pid) - c0 - idle_rate * (time.monotonic() - t0)
         state1 = _get(f"http://127.0.0.1:{ops}/router/state")
-        alive = sum(1 for nd in state1["nodes"] if nd["routable"])
+        alive = sum(1 for nd in state1["nodes"] if nd["routable"] and nd["id"] != "bench-dead")
         routed = _route_stat(state0, state1)
+        lease_left = _kill_one(sender, doomed, ops)
         return {"idle_pct": 100 * idle_rate, "front_pct": front_pct,
                 "cpu_ms_per_req": 1000 * busy / max(ok, 1), "ok": ok, "routable": alive,
-                "live_route_us": routed}
+                "live_route_us": routed, "dead_lease_left": lease_left}
     finally:
         if sender is not None:
             _stop(sender)
+        if doomed is not None:
+            _stop(doomed)
         _stop(proxy)
+
+
+def _kill_one(sender: subprocess.Popen[bytes], doomed: subprocess.Popen[bytes],
+              ops: int) -> float | None:
+    """Kill the dead node; seconds of its lease left when it left rotation (None: it was
+    still in rotation when its lease ran out)."""
+    os.killpg(doomed.pid, signal.SIGKILL)
+    sender.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        nodes = {nd["id"]: nd for nd in _get(f"http://127.0.0.1:{ops}/router/state")["nodes"]}
+        dead = nodes.get("bench-dead")
+        if dead is None:
+            return None  # expired first
+        if not dead["routable"]:
+            return float(dead["lease_expires_in_s"])
+        time.sleep(0.5)
+    return None
 
 
 def _route_stat(a: dict[str, Any], b: dict[str, Any]) -> float | None:
@@ -321,11 +365,11 @@ def main() -> int:
         asyncio.run(_serve_fake([int(p) for p in args._fake[0].split(",")]))
         return 0
     if args._renew:
-        n, ops, fakes, *more = args._renew
+        n, ops, fakes, dead, *more = args._renew
         beat, _, lease = more[0].partition(",") if more else ("", "", "")
         cadence = (float(beat), float(lease)) if more else None
         asyncio.run(_send_renewals(int(n), int(ops), [int(p) for p in fakes.split(",")],
-                                   cadence))
+                                   int(dead), cadence))
         return 0
     if args._route:
         _route_micro(int(args._route[0]), int(args._route[1]))
@@ -351,17 +395,20 @@ def main() -> int:
                           f"(ops front {r['front_pct']:.2f})   "
                           f"{r['cpu_ms_per_req']:6.3f} ms CPU/request   route "
                           f"{r['route_us']:8.1f} µs (live {r['live_route_us'] or 0:.1f})   "
-                          f"ok {r['ok']}  routable {r['routable']}/{n}", flush=True)
+                          f"ok {r['ok']}  routable {r['routable']}/{n}  dead node out with "
+                          f"{r['dead_lease_left']} s of lease left", flush=True)
         finally:
             _stop(fake)
     print("\n| N | " + " | ".join(f"idle CPU % core ({v})" for v in versions) + " | "
           + " | ".join(f"routing µs/request ({v})" for v in versions) + " | "
-          + " | ".join(f"CPU ms/request ({v})" for v in versions) + " |")
-    print("|---" * (1 + 3 * len(versions)) + "|")
+          + " | ".join(f"CPU ms/request ({v})" for v in versions) + " | "
+          + " | ".join(f"dead node: lease left, s ({v})" for v in versions) + " |")
+    print("|---" * (1 + 4 * len(versions)) + "|")
     for n in sizes:
         cells = [f"{results[(v, n)]['idle_pct']:.1f}" for v in versions]
         cells += [f"{results[(v, n)]['route_us']:.1f}" for v in versions]
         cells += [f"{results[(v, n)]['cpu_ms_per_req']:.2f}" for v in versions]
+        cells += [str(results[(v, n)]["dead_lease_left"]) for v in versions]
         print(f"| {n} | " + " | ".join(cells) + " |")
     return 0
 
