@@ -101,9 +101,10 @@ def backend(
     advertise_host: Annotated[str | None, typer.Option(
         help="Host the proxy should use to reach this node.")] = None,
     lease_seconds: Annotated[float | None, typer.Option(
-        help="Lease the proxy grants per heartbeat. [default: 5]")] = None,
+        help="Lease the proxy grants per heartbeat. [default: 30]")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(
-        help="Seconds between lease renewals. [default: 1]")] = None,
+        help="Seconds between lease renewals (jittered, at most a third of the lease). "
+             "[default: 10]")] = None,
     fake_token_delay: Annotated[float | None, typer.Option(hidden=True)] = None,
     data_dir: Annotated[Path | None, typer.Option(
         help="Cache for built artefacts (ONNX graphs). [default: ~/.cache/inferno]")] = None,

@@ -1,7 +1,10 @@
 """Registers a node with the proxy and keeps its lease alive.
 
 Registration is idempotent: the heartbeat is a ``POST /registration`` sent every
-``interval`` seconds, which renews the lease on the proxy. Each one is built fresh from
+``interval`` seconds (at most a third of the lease, so two lost renewals never lapse it),
+which renews the lease on the proxy. Each wait is drawn from 75-100 % of that period, so
+nodes started together (a fleet rollout, a proxy restart) spread their renewals over time
+instead of arriving in lockstep. Each one is built fresh from
 the node (``registration`` may be a callable), and :meth:`RegistrationClient.notify`
 sends one at once, e.g. when the node's loaded models change. A proxy that restarts (and
 forgot us) therefore learns about the node again within one interval. ``deregister()``
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable
 
 import orjson
@@ -47,6 +51,7 @@ class RegistrationClient:
             self._headers.append((b"authorization", b"Bearer " + token.encode()))
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._rng = random.Random()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="registration-heartbeat")
@@ -58,11 +63,17 @@ class RegistrationClient:
     async def _run(self) -> None:
         while True:
             self._changed.clear()
-            await self._send("POST", "/registration",
-                             self._registration().model_dump_json().encode())
+            reg = self._registration()
+            await self._send("POST", "/registration", reg.model_dump_json().encode())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
+                async with asyncio.timeout(self.next_wait(reg.lease_seconds)):
                     await self._changed.wait()
+
+    def next_wait(self, lease: float | None) -> float:
+        """Seconds until the next renewal: the interval (capped at a third of the lease),
+        less a random 0-25 % (jitter)."""
+        period = self._interval if lease is None else min(self._interval, lease / 3)
+        return period * self._rng.uniform(0.75, 1.0)
 
     async def _send(self, method: str, path: str, body: bytes = b"") -> bool:
         try:

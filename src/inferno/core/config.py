@@ -174,8 +174,11 @@ class BackendSettings(ComponentSettings):
     # The proxy's node token (one of its node_tokens), sent when registering.
     node_token: SecretStr | None = None
     advertise_host: str | None = None
-    heartbeat_interval: Annotated[float, Field(gt=0, le=600)] = 1.0
-    lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    # Renewals every 7.5-10 s (jittered) under a 30 s lease: the proxy's idle cost grows
+    # with renewals per second (bench/README.md "Control plane"); a dead node still leaves
+    # rotation within ~16 s through the proxy's active checks, before its lease ends.
+    heartbeat_interval: Annotated[float, Field(gt=0, le=600)] = 10.0
+    lease_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     # Fake engine only: seconds per generated token (for tests and demos).
     fake_token_delay: Annotated[float, Field(ge=0, le=10)] = 0.0

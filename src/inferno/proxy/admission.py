@@ -61,11 +61,13 @@ class Admission:
         reserve = 1 + math.ceil(peak / max(1, n_nodes)) if peak else 0
         return min(self.cap(node), max(0, max(node.capacity, 1) - reserve))
 
-    def background_room(self, nodes: Sequence[Node]) -> list[Node]:
-        """The nodes that may take background work now (none while interactive waits)."""
+    def background_room(self, nodes: Sequence[Node], pool: int = 0) -> list[Node]:
+        """The nodes that may take background work now (none while interactive waits);
+        ``pool``: how many nodes share the reserve when ``nodes`` is a sample of them."""
         if self._waiters or self.background_in_flight >= self.background.current():
             return []
-        return [n for n in nodes if n.outstanding < self.background_cap(n, len(nodes))]
+        n_nodes = max(pool, len(nodes))
+        return [n for n in nodes if n.outstanding < self.background_cap(n, n_nodes)]
 
     async def wait_background(self, deadline: float) -> None:
         """Wait until a request finishes with no interactive one waiting, or a short while

@@ -292,7 +292,7 @@ class ProxyAPI:
                 raise NoBackendAvailable(f"No healthy node serves '{target}' right now.",
                                          retry_after=1)
             if background:
-                order = self._admission.background_room(decision.order)
+                order = self._admission.background_room(decision.order, decision.candidates)
                 if order:
                     break
                 await self._admission.wait_background(deadline)

@@ -48,6 +48,12 @@ class Node:
     # Active health checks: a node must pass N in a row to (re)enter rotation.
     healthy: bool = True
     passes: int = 0
+    # Health evidence: when the node last renewed its lease or answered a request well,
+    # and the recent gap between two renewals (its heartbeat as we see it; 0 until known).
+    # Active checks probe only nodes whose evidence has gone stale (health/active.py).
+    evidence_at: float = 0.0
+    renewed_at: float = 0.0
+    renew_gap: float = 0.0
     breaker: Breaker = field(default_factory=lambda: Breaker(BreakerPolicy()))
 
     def routable(self, now: float) -> bool:
@@ -108,25 +114,39 @@ class Pool:
     def upsert(self, reg: Registration, source: Source = "registered") -> Node:
         """Add a node or renew its lease; a changed address or model list replaces it."""
         lease = reg.lease_seconds or self._default_lease
-        expires = self._clock() + lease
+        now = self._clock()
+        expires = now + lease
         models = frozenset(reg.models)
         node = self._nodes.get(reg.id)
         if (node is not None and node.host == reg.host and node.port == reg.port
                 and node.models == models):
+            # A renewal: only the lease and the evidence move; the routing snapshot is
+            # rebuilt only when the node's state changes (it decides routability).
             node.expires_at = expires
+            # The longest recent gap, decaying: an extra renewal sent at once (the node's
+            # models changed) must not make its regular heartbeat look overdue.
+            node.renew_gap = max(now - node.renewed_at, node.renew_gap * 0.75)
+            node.renewed_at = now
+            node.evidence_at = now
             node.capacity = reg.capacity
-            node.loaded, node.available = frozenset(reg.loaded), frozenset(reg.available)
+            loaded, available = frozenset(reg.loaded), frozenset(reg.available)
+            # Which models are loaded ranks candidates (a sampled ranking draws from the
+            # nodes that have it loaded), so a change publishes a new snapshot too.
+            changed = loaded != node.loaded or available != node.available
+            node.loaded, node.available = loaded, available
             if node.state != reg.state:
                 node.state = reg.state
                 self._publish()
                 self._emit(reg.state, reg.id, f"the node reports {reg.state}")
+            elif changed:
+                self._publish()
             return node
         node = Node(id=reg.id, host=reg.host, port=reg.port, ops_port=reg.metrics_port,
                     models=models, capacity=reg.capacity, source=source, state=reg.state,
                     expires_at=expires, price_per_hour=reg.price_per_hour,
                     price_per_mtok=(reg.price_per_mtok_input + reg.price_per_mtok_output) / 2,
                     loaded=frozenset(reg.loaded), available=frozenset(reg.available),
-                    breaker=Breaker(self._breaker))
+                    breaker=Breaker(self._breaker), evidence_at=now, renewed_at=now)
         self._nodes[reg.id] = node
         self._publish()
         self._emit("registered", reg.id, f"{source} node serving {', '.join(sorted(models))}")

@@ -27,6 +27,9 @@ class Router:
         self.profiles = profiles
         self.default = profiles[config.default_profile]
         self._rng = rng or random.Random()
+        # Time spent routing (context and profile), for /router/state and bench/.
+        self.calls = 0
+        self.seconds = 0.0
         self._canary = {
             model: (list(split), list(split.values())) for model, split in config.canary.items()
             if sum(split.values()) > 0
@@ -48,11 +51,15 @@ class Router:
 
     def route(self, profile: Profile, nodes: Sequence[Node], *, model: str, stream: bool,
               user: str | None, session: str | None, body: dict[str, Any]) -> Decision:
+        started = time.perf_counter()
         ctx = RouteContext(
             model=model, stream=stream, user=user, session=session or user,
             prefix_blocks=prefix_blocks(body) if profile.needs_prefix else (),
             now=time.monotonic())
-        return profile.route(nodes, ctx)
+        decision = profile.route(nodes, ctx)
+        self.calls += 1
+        self.seconds += time.perf_counter() - started
+        return decision
 
 
 def prefix_blocks(body: dict[str, Any]) -> tuple[int, ...]:

@@ -40,8 +40,12 @@ class RouterState:
                                                   / max(p.stats[s.name].calls, 1), 2)}
                                 for s, w in p.scorers],
                     "picker": p.picker.name,
+                    "sample": p.sample,
                 } for name, p in self.router.profiles.items()},
             "default_profile": self.router.default.name,
+            "routing": {"calls": self.router.calls, "seconds": self.router.seconds,
+                        "mean_us": round(1e6 * self.router.seconds
+                                         / max(self.router.calls, 1), 2)},
             "canary": self.router.config.canary,
             "retry_budget": self._budget.state(),
             "admission": {"queued": self._admission.queued,

@@ -1,9 +1,11 @@
 """Passive outlier detection: every attempt's outcome feeds the node's circuit breaker.
 
-Connect failures, resets, timeouts and 5xx count against a node; 4xx do not (the client's
-fault), nor does 429 (busy is not broken). Passive evidence may never eject more than
-``max_ejected_percent`` of the pool (at least one node), so a fault in the proxy's own
-network cannot empty the pool; active health checks are not bound by that cap.
+A good answer also counts as evidence of health, so active checks leave the node alone
+while it carries traffic. Connect failures, resets, timeouts and 5xx count against a
+node; 4xx do not (the client's fault), nor does 429 (busy is not broken). Passive
+evidence may never eject more than ``max_ejected_percent`` of the pool (at least one
+node), so a fault in the proxy's own network cannot empty the pool; active health
+checks are not bound by that cap.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ class PassiveHealth:
         self.ejections = 0
 
     def success(self, node: Node) -> None:
-        if node.breaker.success(self._clock()):
+        now = self._clock()
+        node.evidence_at = now  # a good answer is health evidence: no active probe needed
+        if node.breaker.success(now):
             log.info("node %s re-admitted: its probe request succeeded", node.id)
             if self._on_readmit is not None:
                 self._on_readmit(node)

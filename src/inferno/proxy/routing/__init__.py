@@ -46,6 +46,8 @@ PICKERS: dict[str, Callable[..., Picker]] = {
     WeightedRandom.name: WeightedRandom,
     RoundRobin.name: RoundRobin,
 }
+# Candidates a profile ranks per request in a large pool (see routing/profile.py).
+SAMPLE = 8
 _KINDS: dict[str, dict[str, Callable[..., Any]]] = {
     "filter": FILTERS, "scorer": SCORERS, "picker": PICKERS}
 
@@ -81,14 +83,18 @@ def build_router(config: RoutingConfig) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     for pname, spec in config.profiles.items():
         scorers = [(ref(s.ref, "scorer", pname), s.weight) for s in spec.scorers]
+        picker = ref(spec.picker, "picker", pname)
         plugins = [obj for obj, _ in scorers]
+        whole = any(getattr(p, "needs_all", False) for p in [*plugins, picker])
         profiles[pname] = Profile(
             name=pname,
             filters=[ref(f, "filter", pname) for f in spec.filters],
             scorers=scorers,
-            picker=ref(spec.picker, "picker", pname),
+            picker=picker,
             observers=[p for p in plugins if hasattr(p, "observe")],
             needs_prefix=any(getattr(p, "needs_prefix", False) for p in plugins),
+            sample=0 if whole else SAMPLE,
+            preferrers=[p for p in plugins if hasattr(p, "prefer")],
         )
     if config.default_profile not in profiles:
         raise ConfigError(f"routing: default_profile '{config.default_profile}' is not defined")

@@ -59,3 +59,10 @@ class Observer(Protocol):
     """Optional on any plugin: told which node a request went to."""
 
     def observe(self, node: Node, ctx: RouteContext) -> None: ...
+
+
+class Preferrer(Protocol):
+    """Optional on a scorer: the nodes a sampled ranking should draw from first (a large
+    pool ranks a random sample of its candidates, see profile.py)."""
+
+    def prefer(self, node: Node, model: str) -> bool: ...

@@ -11,6 +11,7 @@ from inferno.proxy.routing.base import RouteContext
 
 class RoundRobin:
     name = "round-robin"
+    needs_all = True  # a ring over a random sample is no ring
 
     def __init__(self, **_: object) -> None:
         self._next = 0

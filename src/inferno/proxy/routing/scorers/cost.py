@@ -15,6 +15,7 @@ from inferno.proxy.routing.base import RouteContext
 
 class Cost:
     name = "cost"
+    needs_all = True  # the cheapest node of the pool, not of a sample
 
     def __init__(self, **_: object) -> None:
         pass

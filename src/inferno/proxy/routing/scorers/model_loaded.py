@@ -20,6 +20,10 @@ class ModelLoaded:
     def __init__(self, **_: object) -> None:
         pass
 
+    def prefer(self, node: Node, model: str) -> bool:
+        """Where a sampled ranking should draw its candidates from first."""
+        return model in node.loaded or not (node.loaded or node.available)
+
     def score(self, nodes: Sequence[Node], ctx: RouteContext) -> list[float]:
         return [1.0 if ctx.model in n.loaded or not (n.loaded or n.available) else 0.0
                 for n in nodes]

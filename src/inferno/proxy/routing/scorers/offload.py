@@ -20,6 +20,7 @@ from inferno.proxy.routing.base import RouteContext
 
 class Offload:
     name = "offload"
+    needs_all = True  # a sample may hold no local node at all
 
     def __init__(self, max_queue_wait: float = 2.0, **_: object) -> None:
         self._threshold = float(max_queue_wait)

@@ -19,6 +19,7 @@ from inferno.proxy.routing.scorers.session_affinity import rendezvous_best
 
 class PrefixAffinity:
     name = "prefix-affinity"
+    needs_all = True  # rendezvous hashing must see every candidate to agree across requests
     needs_prefix = True
 
     def __init__(self, capacity: int = 50_000, **_: object) -> None:

@@ -22,6 +22,7 @@ def rendezvous_best(key: str, nodes: Sequence[Node]) -> int:
 
 class SessionAffinity:
     name = "session-affinity"
+    needs_all = True  # rendezvous hashing must see every candidate to agree across requests
 
     def __init__(self, **_: object) -> None:
         pass
