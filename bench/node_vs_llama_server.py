@@ -10,7 +10,8 @@ p50 (gaps between streamed tokens), and each server's RSS. Ratios node/llama-ser
 taken inside each round, then the median over rounds.
 
     .venv/bin/python bench/node_vs_llama_server.py [--threads 1 2] [--streams 1 4 8 16]
-        [--rounds 3] [--llama-server ../shared/tools/llama-server/llama-server]
+        [--rounds 3] [--node-args '--quantize q8_0']
+        [--llama-server ../shared/tools/llama-server/llama-server]
 
 llama-server is not part of Inferno (see ../shared/tools/llama-server/README.md for how it
 is built from the llama.cpp that llama-cpp-python vendors). Results go to
@@ -96,12 +97,12 @@ async def burst(url: str, n: int, first: int) -> dict[str, Any]:
 
 
 def servers(threads: int, parallel: int, n_ctx: int, binary: Path, model: Path,
-            logs: Path) -> tuple[lb.Server, lb.Server]:
+            logs: Path, node_args: list[str]) -> tuple[lb.Server, lb.Server]:
     port, ops = lb.free_port(), lb.free_port()
     node = lb.Server("inferno backend", [
         sys.executable, "-m", "inferno", "backend", "--port", str(port), "--ops-port",
         str(ops), "--threads", str(threads), "--parallel", str(parallel), "--n-ctx",
-        str(n_ctx), "--node-id", "bench", "--log-level", "warning",
+        str(n_ctx), "--node-id", "bench", "--log-level", "warning", *node_args,
     ], port, f"http://127.0.0.1:{ops}/health", logs / f"node-t{threads}.log")
     sport = lb.free_port()
     env_lib = str(binary.parent)
@@ -129,7 +130,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": str(model.name), "threads": {}, "pressure": []}
     nonce = int(time.time()) % 100_000 * 100
     for threads in a.threads:
-        node, server = servers(threads, max(a.streams), a.n_ctx, a.llama_server, model, logs)
+        node, server = servers(threads, max(a.streams), a.n_ctx, a.llama_server, model, logs,
+                               a.node_args.split())
         rows: dict[str, list[dict[str, Any]]] = {}
         try:
             node.start(300)
@@ -163,7 +165,8 @@ def median(xs: list[float | None]) -> float:
 
 
 def report(res: dict[str, Any], a: argparse.Namespace) -> str:
-    lines = [f"# Node vs llama-server ({res['model']}, {MAX_TOKENS} tokens greedy, "
+    lines = [f"# Node{' (' + a.node_args + ')' if a.node_args else ''} vs llama-server "
+             f"({res['model']}, {MAX_TOKENS} tokens greedy, "
              f"{a.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"CPU pressure (some avg10) per round: {res['pressure']}", "",
              "| threads | streams | node tok/s | llama-server tok/s | aggregate ratio | "
@@ -201,6 +204,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-ctx", type=int, default=512, help="context per sequence")
+    ap.add_argument("--node-args", default="",
+                    help="more `inferno backend` arguments, e.g. '--quantize q8_0'")
     ap.add_argument("--llama-server", type=Path,
                     default=ROOT.parent / "shared" / "tools" / "llama-server" / "llama-server")
     a = ap.parse_args()
