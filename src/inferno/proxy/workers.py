@@ -1,0 +1,337 @@
+"""``inferno proxy --workers N``: N proxy processes on one API port, one ops port.
+
+Each worker is a whole proxy (:class:`~inferno.proxy.gateway.Gateway`) listening on the API
+port through its own ``SO_REUSEPORT`` socket, so the kernel spreads connections over the
+workers. The supervisor (this module) owns the ops port and makes the workers look like
+one proxy there:
+
+- ``POST /registration`` and ``DELETE /registration/{id}`` go to every worker, so a node
+  that registers once is routable from all of them (a worker that restarts learns the
+  nodes again from their next heartbeat);
+- ``/metrics``, ``/telemetry`` and ``/router/state`` merge every worker's answer
+  (:mod:`inferno.proxy.workers_merge`); ``/health`` is ready while a worker is;
+- rate limits without Redis live in one shared-memory table
+  (:mod:`inferno.proxy.security.ratelimit_shm`); with ``redis_url`` in Redis as for
+  replicas. The request log is written by each worker for the requests it served.
+
+The workers reach their private ops servers on loopback ports, which they write to a
+run directory once they serve. They end with the supervisor (:mod:`inferno.ops.lifeline`);
+SIGTERM to the supervisor drains every worker. A worker that dies is started again, after
+a back-off that grows while it keeps dying young.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from inferno.core.config import BatchSettings, ProxySettings
+from inferno.core.errors import ConfigError, InfernoError, ServiceUnavailable
+from inferno.net import HttpClient, Request, Response
+from inferno.ops import OpsServer, lifeline
+from inferno.proxy.gateway import Gateway
+from inferno.proxy.security.ratelimit_shm import create_table
+from inferno.proxy.workers_merge import merge_metrics, merge_router_state, merge_telemetry
+
+log = logging.getLogger("inferno.proxy.workers")
+_FORWARDED_SKIP = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
+
+
+def worker_count(configured: int) -> int:
+    """``workers`` as configured; 0 means one per core this process may run on."""
+    if configured > 0:
+        return configured
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` that other ``SO_REUSEPORT`` sockets of this user
+    may share (not yet listening)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process is told, in a file only this user may read (pickled)."""
+    settings: ProxySettings
+    batch: BatchSettings | None
+    index: int
+    run_dir: str
+    limits_table: str | None
+    log_level: str
+
+
+class WorkerService:
+    """The service a worker process runs: its gateway on the shared port."""
+
+    def __init__(self, spec: WorkerSpec, gateway: Gateway) -> None:
+        self.spec = spec
+        self.gateway = gateway
+
+    async def start(self) -> None:
+        s = self.spec.settings
+        self.gateway.listen_sock = reuseport_socket(s.host, s.port)
+        self.gateway.ops_host = "127.0.0.1"
+        await self.gateway.start()
+        path = Path(self.spec.run_dir) / f"worker-{self.spec.index}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"pid": os.getpid(), "ops_port": self.gateway.ops.port}))
+        tmp.replace(path)  # the supervisor never reads half a file
+
+    async def drain(self) -> None:
+        await self.gateway.drain()
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    ops_port: int = 0      # 0 until it serves
+    started: float = 0.0
+    failures: int = 0      # deaths in a row, each soon after its start
+    restart_at: float = 0.0
+    history: list[int] = field(default_factory=list)  # every pid it has had
+
+
+class ProxyWorkers:
+    def __init__(self, settings: ProxySettings, batch: BatchSettings | None, count: int, *,
+                 command: list[str], log_level: str = "info") -> None:
+        """``command`` plus a file name starts one worker process, which reads its
+        :class:`WorkerSpec` from that file (``inferno.wiring.proxy_worker_main``)."""
+        self.settings, self._batch, self.count = settings, batch, count
+        self._command, self._log_level = command, log_level
+        self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
+        self.workers = [_Worker(i) for i in range(count)]
+        self._draining = False
+        self._client = HttpClient()
+        self._reserved: socket.socket | None = None
+        self._port = settings.port
+        self._run_dir = ""
+        self._table: str | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        registry = CollectorRegistry()
+        self._restarts = Counter("inferno_proxy_worker_restarts", "Proxy workers started "
+                                 "again after they died.", registry=registry)
+        Gauge("inferno_proxy_workers", "Proxy workers serving now.", registry=registry
+              ).set_function(lambda: float(len(self._serving())))
+        self._registry = registry
+        self.ops = OpsServer(
+            health=self._health, telemetry=dict, registry=registry,
+            routes={("GET", "/metrics"): self._metrics,
+                    ("GET", "/telemetry"): self._telemetry,
+                    ("GET", "/router/state"): self._router_state,
+                    ("POST", "/registration"): self._fan_out,
+                    ("DELETE", "/registration/*"): self._fan_out})
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        s = self.settings
+        # Held (bound, never listening) for the supervisor's life: port 0 becomes one port
+        # for every worker, and a restarting worker finds its port still ours.
+        self._reserved = reuseport_socket(s.host, s.port)
+        self._port = int(self._reserved.getsockname()[1])
+        self._run_dir = tempfile.mkdtemp(prefix="inferno-proxy-")
+        self._table = None if s.redis_url else create_table()
+        try:
+            for w in self.workers:
+                self._spawn(w)
+            await self._wait_serving(within=120.0)
+            await self.ops.start(s.host, s.ops_port)
+        except BaseException:
+            await self._stop_workers(grace=5.0)
+            self._cleanup()
+            raise
+        self._monitor = asyncio.create_task(self._watch())
+        log.info("proxy ready on http://%s:%d/v1 with %d workers (ops %d)", s.host,
+                 self._port, self.count, self.ops.port)
+
+    async def drain(self) -> None:
+        if self._draining:
+            return
+        self._draining = True  # /health says 503 while the workers drain
+        if self._monitor is not None:
+            self._monitor.cancel()
+            await asyncio.gather(self._monitor, return_exceptions=True)
+        await self._stop_workers(grace=self.settings.drain_timeout + 5.0)
+        await self._client.aclose()
+        await self.ops.stop()
+        self._cleanup()
+
+    # ---- processes -----------------------------------------------------------------
+    def _spawn(self, w: _Worker) -> None:
+        s = self.settings
+        update: dict[str, Any] = {"port": self._port, "ops_port": 0, "ops_health": "loop",
+                                  "workers": 1}
+        if w.index > 0:
+            update["alert_webhooks"] = []  # one worker alerts, not N copies of each alert
+        spec = WorkerSpec(s.model_copy(update=update), self._batch, w.index, self._run_dir,
+                          self._table, self._log_level)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._announce(w))
+        # In the run directory (mode 0700): the spec holds the secrets of the settings.
+        path = os.path.join(self._run_dir, f"worker-{w.index}.spec")
+        with open(path, "wb") as f:
+            pickle.dump(spec, f)
+        w.proc = subprocess.Popen([*self._command, path], env=lifeline.child_env())
+        w.ops_port, w.started = 0, time.monotonic()
+        w.history.append(w.proc.pid)
+
+    def _announce(self, w: _Worker) -> str:
+        return os.path.join(self._run_dir, f"worker-{w.index}.json")
+
+    def _check_serving(self, w: _Worker) -> bool:
+        if w.ops_port:
+            return True
+        try:
+            info = orjson.loads(Path(self._announce(w)).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return False
+        if w.proc is None or info.get("pid") != w.proc.pid:
+            return False
+        w.ops_port = int(info["ops_port"])
+        return True
+
+    async def _wait_serving(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        while not all(self._check_serving(w) for w in self.workers):
+            for w in self.workers:
+                if w.proc is not None and (rc := w.proc.poll()) is not None:
+                    raise ConfigError(f"proxy worker {w.index} exited with code {rc} while "
+                                      "starting (its error is above)")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the proxy workers did not start within {within:.0f} s")
+            await asyncio.sleep(0.05)
+
+    async def _watch(self) -> None:
+        while True:
+            now = time.monotonic()
+            for w in self.workers:
+                self._check_serving(w)
+                if w.proc is None:
+                    if now >= w.restart_at:
+                        self._restarts.inc()
+                        self._spawn(w)
+                    continue
+                rc = w.proc.poll()
+                if rc is None:
+                    continue
+                young = now - w.started < 30.0
+                w.failures = w.failures + 1 if young else 1
+                delay = min(0.5 * 2 ** (w.failures - 1), 10.0)
+                log.warning("proxy worker %d (pid %d) exited with code %s; starting it again "
+                            "in %.1f s", w.index, w.proc.pid, rc, delay)
+                w.proc, w.ops_port, w.restart_at = None, 0, now + delay
+            await asyncio.sleep(0.1)
+
+    async def _stop_workers(self, grace: float) -> None:
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while True:
+            if all(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        for p in procs:
+            if p.poll() is None:
+                log.warning("proxy worker pid %d did not drain in time; killing it", p.pid)
+                p.kill()
+                p.wait()
+
+    def _cleanup(self) -> None:
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        if self._table is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._table)
+            self._table = None
+        if self._run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+
+    # ---- the ops port ----------------------------------------------------------------
+    def _serving(self) -> list[_Worker]:
+        return [w for w in self.workers if w.proc is not None and w.ops_port]
+
+    def _health(self) -> str:
+        if self._draining:
+            return "draining"
+        return "ready" if self._serving() else "loading"
+
+    async def _ask_all(self, req: Request) -> list[tuple[_Worker, int, bytes]]:
+        """``req`` sent to every serving worker: (worker, status, body) of those that
+        answered."""
+        headers = [(k, v) for k, v in req.headers if k.lower() not in _FORWARDED_SKIP]
+        target = req.path + (f"?{req.query}" if req.query else "")
+
+        async def ask(w: _Worker) -> tuple[_Worker, int, bytes] | None:
+            try:
+                resp = await self._client.request("127.0.0.1", w.ops_port, req.method, target,
+                                                  headers=headers, body=req.body,
+                                                  connect_timeout=1.0, header_timeout=10.0)
+                return w, resp.status, await resp.read()
+            except (InfernoError, OSError):
+                return None  # stopping or restarting: it catches up on its own
+
+        answers = await asyncio.gather(*(ask(w) for w in self._serving()))
+        found = [a for a in answers if a is not None]
+        if not found:
+            raise ServiceUnavailable("No proxy worker is serving.")
+        return found
+
+    async def _fan_out(self, req: Request) -> Response:
+        _, status, body = (await self._ask_all(req))[0]
+        return Response(status, body, content_type="application/json")
+
+    async def _json_all(self, req: Request
+                        ) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+        ok = [(w, orjson.loads(b)) for w, st, b in await self._ask_all(req) if st == 200]
+        if not ok:
+            raise ServiceUnavailable("No proxy worker answered.")
+        return [d for _, d in ok], [(w.index, w.history[-1]) for w, _ in ok]
+
+    async def _telemetry(self, req: Request) -> Response:
+        docs, who = await self._json_all(req)
+        return Response.json(merge_telemetry(docs, ident=self.id, state=self._health(),
+                                             who=who))
+
+    async def _router_state(self, req: Request) -> Response:
+        docs, who = await self._json_all(req)
+        return Response.json(merge_router_state(docs, who))
+
+    async def _metrics(self, req: Request) -> Response:
+        texts = [(w.index, b.decode()) for w, st, b in await self._ask_all(req) if st == 200]
+        body = merge_metrics(texts) + generate_latest(self._registry)
+        return Response(200, body, content_type="text/plain; version=0.0.4; charset=utf-8")
