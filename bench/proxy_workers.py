@@ -47,15 +47,35 @@ def _proxy(stack: up.Stack, tmp: Path, workers: int, node: int, key_env: dict[st
     return proc, port
 
 
-def _env(tmp: Path) -> tuple[str, dict[str, str]]:
+def _env(tmp: Path, bare: bool, extra: dict[str, str]) -> tuple[str, dict[str, str]]:
     env = {"INFERNO_PROXY_DATA_DIR": str(tmp / "data"), "INFERNO_PROXY_AUTH": "on",
            "INFERNO_PROXY_MAX_PER_NODE": "4096",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+           **extra}
+    if bare:  # no auth, no database: no limits, no request log
+        env.update(INFERNO_PROXY_AUTH="none", INFERNO_PROXY_DATABASE_URL="none")
+        return "", env
     out = subprocess.run([sys.executable, "-m", "inferno", "keys", "create", "--name", "bench",
                           "--rpm", "100000000", "--tpm", "1000000000"],
                          env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=60, check=True)
     return out.stdout.strip().splitlines()[-1], env
+
+
+def _switches(pid: int) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of the proxy's processes (all threads)."""
+    vol = invol = 0
+    for p in load._children(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+            except OSError:
+                continue
+    return vol, invol
 
 
 def _children_cpu() -> float:
@@ -72,7 +92,8 @@ def _wait_ready(port: int, key: str, proc: up.Proc) -> None:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                      data=load.body("fast", False).encode(),
                                      headers={"authorization": f"Bearer {key}",
-                                              "content-type": "application/json"})
+                                              "content-type": "application/json"}
+                                     if key else {"content-type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=2) as r:
                 if r.status == 200:
@@ -89,6 +110,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=8, help="per wrk run")
     ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--bare", action="store_true",
+                    help="features off (no auth, no database): the proxy path alone")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment of both proxies (e.g. INFERNO_DATABASE_URL=...)")
     args = ap.parse_args()
     up.require_tools()
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
@@ -99,7 +124,7 @@ def main() -> None:
         ports["fast"] = node
         nginx = stack.nginx("upstream", up.upstream_conf(tmp, ports))
         up.wait_http(f"http://127.0.0.1:{node}/v1/models", nginx)
-        key, env = _env(tmp)
+        key, env = _env(tmp, args.bare, dict(e.split("=", 1) for e in args.env))
         lua = tmp / "bench.lua"
         lua.write_text(load.WRK_LUA)
         body = load.body("fast", False)
@@ -114,19 +139,24 @@ def main() -> None:
             for n in order:
                 proc, port = proxies[n]
                 wrk_before, nginx_before = _children_cpu(), load.cpu_seconds(nginx.pid)
+                sw_before = _switches(proc.pid)
                 t0 = time.monotonic()
                 run = load.wrk(f"http://127.0.0.1:{port}/v1/chat/completions", lua,
                                args.conns, args.seconds, body, key, proc.pid)
                 wall = time.monotonic() - t0
+                sw = [b - a for a, b in zip(sw_before, _switches(proc.pid), strict=True)]
                 row = {"rps": run.rps, "cpu_ms": run.cpu_ms_per_req or 0.0,
                        "errors": run.errors, "p99_ms": run.p99_ms,
                        "wrk_cores": (_children_cpu() - wrk_before) / wall,
                        "nginx_cores": (load.cpu_seconds(nginx.pid) - nginx_before) / wall,
-                       "proxy_cores": (run.cpu_ms_per_req or 0.0) * run.rps / 1000}
+                       "proxy_cores": (run.cpu_ms_per_req or 0.0) * run.rps / 1000,
+                       "vol_sw": sw[0] / max(run.requests, 1),
+                       "invol_sw": sw[1] / max(run.requests, 1)}
                 runs[n].append(row)
                 print(f"round {r + 1} workers={n}: {row['rps']:8.0f} req/s, "
                       f"{row['cpu_ms']:.3f} CPU-ms/req, proxy {row['proxy_cores']:.2f} cores, "
                       f"wrk {row['wrk_cores']:.2f}, nginx {row['nginx_cores']:.2f}, "
+                      f"switches/req {row['vol_sw']:.3f} + {row['invol_sw']:.3f} forced, "
                       f"errors {row['errors']:.0f}", flush=True)
         med = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
                for n, rs in runs.items()}
@@ -135,7 +165,8 @@ def main() -> None:
         for n, m in med.items():
             print(f"  {n} worker(s): {m['rps']:8.0f} req/s  {m['cpu_ms']:.3f} CPU-ms/req  "
                   f"p99 {m['p99_ms']:.1f} ms  proxy {m['proxy_cores']:.2f} cores  "
-                  f"wrk {m['wrk_cores']:.2f}  nginx {m['nginx_cores']:.2f}")
+                  f"wrk {m['wrk_cores']:.2f}  nginx {m['nginx_cores']:.2f}  "
+                  f"switches/req {m['vol_sw']:.3f} + {m['invol_sw']:.3f} forced")
         print(f"  throughput ratio {args.workers}/1: {many['rps'] / one['rps']:.2f}x; "
               f"CPU per request ratio: {many['cpu_ms'] / one['cpu_ms']:.2f}x")
         print("BENCH_JSON " + json.dumps({"runs": runs, "median": med}))

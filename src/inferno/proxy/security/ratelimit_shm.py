@@ -7,28 +7,27 @@ takes an exclusive ``flock`` on the file for a few microseconds: the lock is per
 file, so each worker opens the table itself. ``time.monotonic`` is the system-wide
 ``CLOCK_MONOTONIC`` on Linux, one clock for every worker.
 
-The table is open addressing over 64-bit key hashes (a stable hash: Python's ``hash`` of
-a string differs between processes). A slot whose TAT has passed is free to reuse; a key
-is only ever looked for in the ``_PROBE`` slots after its home, so a full neighbourhood
-evicts its oldest entry (that key then starts afresh: a lenient, never a stricter, limit).
+The table is open addressing over 64-bit key hashes (one array of hashes, one of TATs;
+a stable hash: Python's ``hash`` of a string differs between processes). A slot whose TAT
+has passed is free to reuse; a key is only ever looked for in the ``_PROBE`` slots after its
+home, so a full neighbourhood evicts its oldest entry (that key then starts afresh: a
+lenient, never a stricter, limit).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import mmap
 import os
-import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from inferno.proxy.security.ratelimit import Bucket
 
-_SLOT = struct.Struct("<Qd")  # key hash (0: never used), TAT
-_SLOTS = 1 << 16               # 1 MiB: far more keys than are inside their window at once
+_SLOTS = 1 << 16  # 1 MiB: far more keys than are inside their window at once
+_SIZE = _SLOTS * 16  # a key hash per slot (0: never used), then a TAT per slot
 _PROBE = 32
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
@@ -37,7 +36,7 @@ def create_table() -> str:
     """A new, empty table file; the caller (the supervisor) unlinks it when done."""
     fd, path = tempfile.mkstemp(prefix="inferno-limits-", dir=_SHM)
     try:
-        os.ftruncate(fd, _SLOTS * _SLOT.size)
+        os.ftruncate(fd, _SIZE)
     finally:
         os.close(fd)
     return path
@@ -50,7 +49,10 @@ def _hash(key: str) -> int:
 class SharedLimiter:
     def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._fd = os.open(path, os.O_RDWR)
-        self._page = mmap.mmap(self._fd, _SLOTS * _SLOT.size)
+        self._page = mmap.mmap(self._fd, _SIZE)
+        view = memoryview(self._page)
+        self._keys = view[:_SLOTS * 8].cast("Q")
+        self._tats = view[_SLOTS * 8:].cast("d")
         self._clock = clock
         self._hashes: dict[str, int] = {}
 
@@ -59,7 +61,8 @@ class SharedLimiter:
 
     def admit_now(self, buckets: list[Bucket]) -> float:
         """0.0 when admitted (every bucket charged), else seconds until it could be."""
-        with self._locked():
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # a plain try: this runs on every request
+        try:
             now = self._clock()
             wait = 0.0
             found = []
@@ -71,32 +74,31 @@ class SharedLimiter:
             if wait > 0:
                 return wait
             for b, (slot, new) in zip(buckets, found, strict=True):
-                _SLOT.pack_into(self._page, slot * _SLOT.size, self._key_hash(b.key), new)
+                self._keys[slot] = self._key_hash(b.key)
+                self._tats[slot] = new
             return 0.0
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def settle(self, buckets: list[Bucket], delta: float) -> None:
         """Give back (or charge) ``delta`` units once the real token count is known."""
         if not buckets or delta == 0:
             return
-        with self._locked():
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
             now = self._clock()
             for b in buckets:
                 slot, tat = self._find(b.key, now, insert=False)
                 if slot >= 0:
-                    _SLOT.pack_into(self._page, slot * _SLOT.size, self._key_hash(b.key),
-                                    tat + delta * b.period)
-
-    def close(self) -> None:
-        self._page.close()
-        os.close(self._fd)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        try:
-            yield
+                    self._tats[slot] = tat + delta * b.period
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._keys.release()
+        self._tats.release()
+        self._page.close()
+        os.close(self._fd)
 
     def _key_hash(self, key: str) -> int:
         h = self._hashes.get(key)
@@ -110,18 +112,19 @@ class SharedLimiter:
         """The key's slot and TAT (0.0 when new: the slot to take). Without ``insert``,
         (-1, 0.0) when the key has no slot."""
         h = self._key_hash(key)
-        page, size = self._page, _SLOT.size
+        keys, tats = self._keys, self._tats
         home = h & (_SLOTS - 1)
         free = -1
         oldest, oldest_tat = home, float("inf")
         for i in range(_PROBE):
             slot = (home + i) & (_SLOTS - 1)
-            kh, tat = _SLOT.unpack_from(page, slot * size)
+            kh = keys[slot]
             if kh == h:
-                return slot, tat
+                return slot, tats[slot]
             if kh == 0:
                 free = slot if free < 0 else free
                 break
+            tat = tats[slot]
             if tat <= now and free < 0:
                 free = slot
             if tat < oldest_tat:
