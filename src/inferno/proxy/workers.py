@@ -78,6 +78,17 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _free_port(host: str, port: int) -> int:
+    """``port`` (or a free one for 0) after checking that no socket holds it, SO_REUSEPORT
+    or not: another proxy of this user must not silently share our port."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(addr)
+        return int(probe.getsockname()[1])
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What a worker process is told, in a file only this user may read (pickled)."""
@@ -159,7 +170,10 @@ class ProxyWorkers:
         s = self.settings
         # Held (bound, never listening) for the supervisor's life: port 0 becomes one port
         # for every worker, and a restarting worker finds its port still ours.
-        self._reserved = reuseport_socket(s.host, s.port)
+        try:
+            self._reserved = reuseport_socket(s.host, _free_port(s.host, s.port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
         self._port = int(self._reserved.getsockname()[1])
         self._run_dir = tempfile.mkdtemp(prefix="inferno-proxy-")
         self._table = None if s.redis_url else create_table()
