@@ -169,6 +169,15 @@ def main() -> None:
                   f"switches/req {m['vol_sw']:.3f} + {m['invol_sw']:.3f} forced")
         print(f"  throughput ratio {args.workers}/1: {many['rps'] / one['rps']:.2f}x; "
               f"CPU per request ratio: {many['cpu_ms'] / one['cpu_ms']:.2f}x")
+        # The two runs of one round are seconds apart: their ratio sees the least drift of
+        # a shared machine's load.
+        pairs = list(zip(runs[1], runs[args.workers], strict=True))
+        rps = [b["rps"] / a["rps"] for a, b in pairs]
+        cpu = [b["cpu_ms"] / a["cpu_ms"] for a, b in pairs]
+        print(f"  per round, {args.workers}/1: throughput "
+              + " ".join(f"{x:.2f}" for x in rps) + f" (median {statistics.median(rps):.2f}x);"
+              f" CPU per request " + " ".join(f"{x:.2f}" for x in cpu)
+              + f" (median {statistics.median(cpu):.2f}x)")
         print("BENCH_JSON " + json.dumps({"runs": runs, "median": med}))
     finally:
         stack.close()

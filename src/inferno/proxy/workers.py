@@ -217,7 +217,11 @@ class ProxyWorkers:
         path = os.path.join(self._run_dir, f"worker-{w.index}.spec")
         with open(path, "wb") as f:
             pickle.dump(spec, f)
-        w.proc = subprocess.Popen([*self._command, path], env=lifeline.child_env())
+        # Its own session, as `inferno serve` starts its children: Ctrl-C reaches the
+        # supervisor alone, which drains every worker; and where the kernel groups CPU time
+        # by session (autogroup), each worker gets its own share, not a slice of one.
+        w.proc = subprocess.Popen([*self._command, path], env=lifeline.child_env(),
+                                  start_new_session=True)
         w.ops_port, w.started = 0, time.monotonic()
         w.history.append(w.proc.pid)
 
