@@ -104,6 +104,28 @@ def _wait_ready(port: int, key: str, proc: up.Proc) -> None:
     sys.exit(f"{proc.name} never answered; see {proc.log}")
 
 
+def limiter_cost(n: int = 200_000) -> dict[str, float]:
+    """Microseconds per admit + settle of one request with an rpm and a tpm bucket: the
+    in-process limiter against the shared-memory table of several workers."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from inferno.proxy.security.ratelimit import Bucket, LocalLimiter
+    from inferno.proxy.security.ratelimit_shm import SharedLimiter, create_table
+
+    table = create_table()
+    buckets = [Bucket("{k}:r", 60 / 1e8, 1.0, 1.0), Bucket("{k}:t", 60 / 1e9, 60.0, 300.0)]
+    out = {}
+    try:
+        for name, lim in (("local", LocalLimiter()), ("shared", SharedLimiter(table))):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                lim.admit_now(buckets)
+                lim.settle(buckets[1:], -10)
+            out[name] = (time.perf_counter() - t0) / n * 1e6
+    finally:
+        os.unlink(table)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=2, help="compared with 1 worker")
@@ -116,6 +138,9 @@ def main() -> None:
                     help="extra environment of both proxies (e.g. INFERNO_DATABASE_URL=...)")
     args = ap.parse_args()
     up.require_tools()
+    cost = limiter_cost()
+    print(f"rate limiter, admit + settle: in-process {cost['local']:.2f} us, shared table "
+          f"{cost['shared']:.2f} us", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     stack = up.Stack(tmp)
     try:
