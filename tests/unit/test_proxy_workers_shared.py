@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferno.proxy.security.ratelimit import Bucket, LocalLimiter
 from inferno.proxy.security.ratelimit_shm import SharedLimiter, create_table
+from inferno.proxy.workers import worker_count
 from inferno.proxy.workers_merge import merge_metrics, merge_router_state, merge_telemetry
 
 
@@ -113,3 +115,19 @@ def test_telemetry_and_router_state_sum_per_node() -> None:
     assert rs["admission"] == {"queued": 2, "rejected": 4}
     assert rs["profiles"]["default"]["scorers"][0]["calls"] == 6
     assert [w["nodes"][0]["breaker"] for w in rs["workers"]] == ["closed", "open"]
+
+
+def test_default_worker_count_follows_the_cpu_quota(tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert worker_count(3, tmp_path) == 3  # as configured
+    assert worker_count(0, tmp_path) == cores  # no cgroup files: every core
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert worker_count(0, tmp_path) == cores
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one worker
+    assert worker_count(0, tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    v1 = tmp_path / "cpu,cpuacct"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert worker_count(0, tmp_path) == 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -52,14 +53,34 @@ log = logging.getLogger("inferno.proxy.workers")
 _FORWARDED_SKIP = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 
 
-def worker_count(configured: int) -> int:
-    """``workers`` as configured; 0 means one per core this process may run on."""
+def worker_count(configured: int, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """``workers`` as configured; 0 means one per core this process may run on, and no
+    more than its CPU quota (a container limited to 2 CPUs on a 64-core host: 2)."""
     if configured > 0:
         return configured
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = _cpu_quota(cgroup)
+    return max(1, min(cores, math.ceil(quota)) if quota else cores)
+
+
+def _cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup CPU limit (v2 ``cpu.max``, v1 CFS quota); None: none."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
