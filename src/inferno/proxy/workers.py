@@ -9,7 +9,8 @@ one proxy there:
   that registers once is routable from all of them (a worker that restarts learns the
   nodes again from their next heartbeat);
 - ``/metrics``, ``/telemetry`` and ``/router/state`` merge every worker's answer
-  (:mod:`inferno.proxy.workers_merge`); ``/health`` is ready while a worker is;
+  (:mod:`inferno.proxy.workers_merge`); ``/health`` is ready while a worker answers
+  its own (probed every second; none for 3 s: 503 ``unresponsive``);
 - rate limits without Redis live in one shared-memory table
   (:mod:`inferno.proxy.security.ratelimit_shm`); with ``redis_url`` in Redis as for
   replicas. The request log is written by each worker for the requests it served.
@@ -50,6 +51,8 @@ from inferno.proxy.security.ratelimit_shm import create_table
 from inferno.proxy.workers_merge import merge_metrics, merge_router_state, merge_telemetry
 
 log = logging.getLogger("inferno.proxy.workers")
+_PROBE_EVERY = 1.0  # seconds between /health probes of each worker
+_STALE = 3.0  # a worker whose /health has not answered for this long is unresponsive
 _FORWARDED_SKIP = frozenset({b"host", b"content-length", b"connection", b"transfer-encoding"})
 
 
@@ -150,6 +153,8 @@ class _Worker:
     started: float = 0.0
     failures: int = 0      # deaths in a row, each soon after its start
     restart_at: float = 0.0
+    answered: float = 0.0  # when its ops /health last said healthy
+    probe: asyncio.Task[None] | None = None
     history: list[int] = field(default_factory=list)  # every pid it has had
 
 
@@ -217,7 +222,10 @@ class ProxyWorkers:
         self._draining = True  # /health says 503 while the workers drain
         if self._monitor is not None:
             self._monitor.cancel()
-            await asyncio.gather(self._monitor, return_exceptions=True)
+            probes = [w.probe for w in self.workers if w.probe is not None]
+            for task in probes:
+                task.cancel()
+            await asyncio.gather(self._monitor, *probes, return_exceptions=True)
         await self._stop_workers(grace=self.settings.drain_timeout + 5.0)
         await self._client.aclose()
         await self.ops.stop()
@@ -259,6 +267,7 @@ class ProxyWorkers:
         if w.proc is None or info.get("pid") != w.proc.pid:
             return False
         w.ops_port = int(info["ops_port"])
+        w.answered = time.monotonic()
         return True
 
     async def _wait_serving(self, within: float) -> None:
@@ -273,8 +282,14 @@ class ProxyWorkers:
             await asyncio.sleep(0.05)
 
     async def _watch(self) -> None:
+        probed = 0.0
         while True:
             now = time.monotonic()
+            if now - probed >= _PROBE_EVERY:
+                probed = now
+                for w in self._serving():
+                    if w.probe is None or w.probe.done():
+                        w.probe = asyncio.create_task(self._probe(w))
             for w in self.workers:
                 self._check_serving(w)
                 if w.proc is None:
@@ -292,6 +307,17 @@ class ProxyWorkers:
                             "in %.1f s", w.index, w.proc.pid, rc, delay)
                 w.proc, w.ops_port, w.restart_at = None, 0, now + delay
             await asyncio.sleep(0.1)
+
+    async def _probe(self, w: _Worker) -> None:
+        """Ask a worker's own loop for /health: one stuck in a handler stops answering."""
+        try:
+            resp = await self._client.request("127.0.0.1", w.ops_port, "GET", "/health",
+                                              connect_timeout=1.0, header_timeout=_STALE)
+            await resp.read()
+        except (InfernoError, OSError):
+            return
+        if resp.status == 200:
+            w.answered = time.monotonic()
 
     async def _stop_workers(self, grace: float) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None]
@@ -325,9 +351,15 @@ class ProxyWorkers:
         return [w for w in self.workers if w.proc is not None and w.ops_port]
 
     def _health(self) -> str:
+        """Ready while a worker answers its own /health: a load balancer keeps sending
+        while some worker serves, and moves away when every worker is stuck."""
         if self._draining:
             return "draining"
-        return "ready" if self._serving() else "loading"
+        serving = self._serving()
+        if not serving:
+            return "loading"
+        now = time.monotonic()
+        return "ready" if any(now - w.answered < _STALE for w in serving) else "unresponsive"
 
     async def _ask_all(self, req: Request) -> list[tuple[_Worker, int, bytes]]:
         """``req`` sent to every serving worker: (worker, status, body) of those that
