@@ -158,7 +158,8 @@ def build_proxy(settings: ProxySettings, batch: BatchSettings | None = None, *,
                 log_level: str = "info") -> Service:
     """The proxy as configured: one gateway in this process, or a supervisor of
     ``workers`` gateway processes on one port (proxy/workers.py)."""
-    from inferno.proxy.workers import ProxyWorkers, worker_count
+    from inferno.proxy.worker import worker_count
+    from inferno.proxy.workers import ProxyWorkers
 
     count = worker_count(settings.workers)
     if count == 1:
@@ -174,7 +175,7 @@ def proxy_worker_main() -> None:
     import pickle
 
     from inferno.proxy.security.ratelimit_shm import SharedLimiter
-    from inferno.proxy.workers import WorkerService, WorkerSpec
+    from inferno.proxy.worker import WorkerService, WorkerSpec
 
     with open(sys.argv[-1], "rb") as f:
         spec = pickle.load(f)  # written by our supervisor, in its private run directory

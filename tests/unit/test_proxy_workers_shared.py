@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inferno.proxy.security.ratelimit import Bucket, LocalLimiter
 from inferno.proxy.security.ratelimit_shm import SharedLimiter, create_table
-from inferno.proxy.workers import worker_count
+from inferno.proxy.worker import worker_count
 from inferno.proxy.workers_merge import merge_metrics, merge_router_state, merge_telemetry
 
 
