@@ -281,12 +281,17 @@ class ProxyWorkers:
             try:
                 resp = await self._client.request("127.0.0.1", w.ops_port, req.method, target,
                                                   headers=headers, body=req.body,
-                                                  connect_timeout=1.0, header_timeout=10.0)
+                                                  connect_timeout=1.0, header_timeout=_STALE)
                 return w, resp.status, await resp.read()
             except (InfernoError, OSError):
                 return None  # stopping or restarting: it catches up on its own
 
-        answers = await asyncio.gather(*(ask(w) for w in self._serving()))
+        # Not the workers that stopped answering /health: a stuck one would hold every
+        # ops answer (and each node's heartbeat) for the whole timeout.
+        now = time.monotonic()
+        serving = self._serving()
+        live = [w for w in serving if now - w.answered < _STALE] or serving
+        answers = await asyncio.gather(*(ask(w) for w in live))
         found = [a for a in answers if a is not None]
         if not found:
             raise ServiceUnavailable("No proxy worker is serving.")
