@@ -180,8 +180,8 @@ def proxy(
         help="Where ops /health is answered: process (a small front process, fast even "
              "when the proxy is saturated) | thread | loop. [default: process]")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Proxy processes sharing the API port (one ops port for all). "
-             "0: one per core. [default: 0]")] = None,
+        help="Proxy processes sharing the API port (one ops port for all). 0: one per "
+             "core, at most the container's CPU limit. [default: 0]")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
