@@ -160,7 +160,7 @@ def test_rate_limit_is_exact_across_workers(tmp_path: Path) -> None:
     assert len(served) == 2 and min(served) > 0.2 * len(codes), served
     ok = codes.count(200)
     expected = one_limiter_admits([t for _, t in answers])
-    assert expected >= LIMIT_RPS * SECONDS * 0.9  # the client kept up with its schedule
+    assert codes.count(429) > len(codes) / 2  # the limit was what bound
     print(f"\nrate limit over 2 workers: {ok} of {len(codes)} admitted, one limiter: "
           f"{expected} ({(ok - expected) / expected:+.1%}); per worker {served}")
     assert abs(ok - expected) <= 0.05 * expected
