@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import pytest
 
 from inferno.proxy.security.keys import ANONYMOUS
 from inferno.proxy.security.ratelimit import Limits, LocalLimiter
+from tests.conftest import require_redis
 from tests.integration.procs import Proc, backend, get_json, node_ids, proxy, wait_until
 
 pytestmark = pytest.mark.integration
@@ -145,8 +147,13 @@ def one_limiter_admits(sent: list[float]) -> int:
     return admitted
 
 
-def test_rate_limit_is_exact_across_workers(tmp_path: Path) -> None:
-    lb, node = start_cluster(tmp_path, env={"INFERNO_PROXY_DEFAULT_RPM": str(LIMIT_RPS * 60)})
+@pytest.mark.parametrize("counters", ["shared memory", "redis"])
+def test_rate_limit_is_exact_across_workers(tmp_path: Path, counters: str) -> None:
+    env = {"INFERNO_PROXY_DEFAULT_RPM": str(LIMIT_RPS * 60)}
+    if counters == "redis":
+        env.update(INFERNO_REDIS_URL=require_redis(),
+                   INFERNO_PROXY_REDIS_PREFIX=f"test-workers-{uuid.uuid4().hex}")
+    lb, node = start_cluster(tmp_path, env=env)
     try:
         answers = asyncio.run(offer(lb.port))
         served = [w["requests_total"] for w in workers(lb)]
@@ -161,7 +168,7 @@ def test_rate_limit_is_exact_across_workers(tmp_path: Path) -> None:
     ok = codes.count(200)
     expected = one_limiter_admits([t for _, t in answers])
     assert codes.count(429) > len(codes) / 2  # the limit was what bound
-    print(f"\nrate limit over 2 workers: {ok} of {len(codes)} admitted, one limiter: "
+    print(f"\nrate limit over 2 workers ({counters}): {ok} of {len(codes)} admitted, one limiter: "
           f"{expected} ({(ok - expected) / expected:+.1%}); per worker {served}")
     assert abs(ok - expected) <= 0.05 * expected
 
