@@ -122,7 +122,7 @@ def limiter_cost(n: int = 200_000) -> dict[str, float]:
                 lim.settle(buckets[1:], -10)
             out[name] = (time.perf_counter() - t0) / n * 1e6
     finally:
-        os.unlink(table)
+        os.close(table)
     return out
 
 

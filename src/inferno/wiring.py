@@ -170,19 +170,17 @@ def build_proxy(settings: ProxySettings, batch: BatchSettings | None = None, *,
 
 
 def proxy_worker_main() -> None:
-    """One worker of ``inferno proxy --workers N`` (started by the supervisor, its spec in
-    the file named by the last argument)."""
+    """One worker of ``inferno proxy --workers N``, started by the supervisor with its
+    spec on stdin."""
     import pickle
 
     from inferno.proxy.security.ratelimit_shm import SharedLimiter
     from inferno.proxy.worker import WorkerService, WorkerSpec
 
-    with open(sys.argv[-1], "rb") as f:
-        spec = pickle.load(f)  # written by our supervisor, in its private run directory
-    os.unlink(sys.argv[-1])
+    spec = pickle.load(sys.stdin.buffer)  # from our supervisor, through a pipe
     assert isinstance(spec, WorkerSpec)
     configure_logging(spec.log_level)
-    limiter = SharedLimiter(spec.limits_table) if spec.limits_table else None
+    limiter = SharedLimiter(spec.limits_fd) if spec.limits_fd is not None else None
     try:
         run_service(lambda: WorkerService(
             spec, build_gateway(spec.settings, spec.batch, limiter=limiter)))

@@ -27,13 +27,13 @@ class Clock:
 
 
 @pytest.fixture
-def table() -> Iterator[str]:
-    path = create_table()
-    yield path
-    os.unlink(path)
+def table() -> Iterator[int]:
+    fd = create_table()
+    yield fd
+    os.close(fd)
 
 
-def test_two_shared_limiters_decide_as_one_local_limiter(table: str) -> None:
+def test_two_shared_limiters_decide_as_one_local_limiter(table: int) -> None:
     clock = Clock()
     workers = [SharedLimiter(table, clock), SharedLimiter(table, clock)]
     local = LocalLimiter(clock)
@@ -55,7 +55,7 @@ def test_two_shared_limiters_decide_as_one_local_limiter(table: str) -> None:
         w.close()
 
 
-def test_many_keys_fit_and_expired_slots_are_reused(table: str) -> None:
+def test_many_keys_fit_and_expired_slots_are_reused(table: int) -> None:
     clock = Clock()
     lim = SharedLimiter(table, clock)
     for round_ in range(3):

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 
 from inferno.core.config import BatchSettings, ProxySettings
+from inferno.ops import lifeline
 from inferno.proxy.gateway import Gateway
 
 
@@ -75,12 +76,12 @@ def free_port(host: str, port: int) -> int:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker process is told, in a file only this user may read (pickled)."""
+    """What a worker process is told, pickled on its stdin (a pipe: it holds secrets)."""
     settings: ProxySettings
     batch: BatchSettings | None
     index: int
-    run_dir: str
-    limits_table: str | None
+    announce_fd: int              # where it writes its pid and ops port once it serves
+    limits_fd: int | None         # the shared rate-limit table (None: Redis)
     log_level: str
 
 
@@ -93,13 +94,15 @@ class WorkerService:
 
     async def start(self) -> None:
         s = self.spec.settings
+        # A killed supervisor takes its workers with it, as a killed single proxy would
+        # its requests; a drain is what SIGTERM to the supervisor is for.
+        lifeline.die_with_parent()
         self.gateway.listen_sock = reuseport_socket(s.host, s.port)
         self.gateway.ops_host = "127.0.0.1"
         await self.gateway.start()
-        path = Path(self.spec.run_dir) / f"worker-{self.spec.index}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"pid": os.getpid(), "ops_port": self.gateway.ops.port}))
-        tmp.replace(path)  # the supervisor never reads half a file
+        line = orjson.dumps({"pid": os.getpid(), "ops_port": self.gateway.ops.port}) + b"\n"
+        os.write(self.spec.announce_fd, line)  # one small write: the reader gets it whole
+        os.close(self.spec.announce_fd)
 
     async def drain(self) -> None:
         await self.gateway.drain()

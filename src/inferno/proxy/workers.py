@@ -15,27 +15,26 @@ one proxy there:
   (:mod:`inferno.proxy.security.ratelimit_shm`); with ``redis_url`` in Redis as for
   replicas. The request log is written by each worker for the requests it served.
 
-The workers reach their private ops servers on loopback ports, which they write to a
-run directory once they serve. They end with the supervisor (:mod:`inferno.ops.lifeline`);
-SIGTERM to the supervisor drains every worker. A worker that dies is started again, after
-a back-off that grows while it keeps dying young.
+The supervisor reaches each worker's private ops server on a loopback port, which the
+worker announces on a pipe once it serves. Workers end with the supervisor
+(:mod:`inferno.ops.lifeline`: killed with it); SIGTERM to the supervisor drains them. A worker
+that dies is started again, after a back-off that grows while it keeps dying young.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import pickle
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
+import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -64,6 +63,8 @@ class _Worker:
     failures: int = 0      # deaths in a row, each soon after its start
     restart_at: float = 0.0
     answered: float = 0.0  # when its ops /health last said healthy
+    announce: int = -1     # the pipe it announces itself on, until it has
+    heard: bytes = b""
     probe: asyncio.Task[None] | None = None
     history: list[int] = field(default_factory=list)  # every pid it has had
 
@@ -81,8 +82,7 @@ class ProxyWorkers:
         self._client = HttpClient()
         self._reserved: socket.socket | None = None
         self._port = settings.port
-        self._run_dir = ""
-        self._table: str | None = None
+        self._table: int | None = None  # the shared rate-limit table's descriptor
         self._monitor: asyncio.Task[None] | None = None
         registry = CollectorRegistry()
         self._restarts = Counter("inferno_proxy_worker_restarts", "Proxy workers started "
@@ -104,14 +104,13 @@ class ProxyWorkers:
 
     async def start(self) -> None:
         s = self.settings
+        if not sys.platform.startswith("linux"):
+            raise ConfigError("invalid setting 'workers': several proxy workers need Linux "
+                              "(SO_REUSEPORT balancing); use --workers 1")
         # Held (bound, never listening) for the supervisor's life: port 0 becomes one port
         # for every worker, and a restarting worker finds its port still ours.
-        try:
-            self._reserved = reuseport_socket(s.host, free_port(s.host, s.port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {exc.strerror}") from exc
+        self._reserved = await self._claim_port()
         self._port = int(self._reserved.getsockname()[1])
-        self._run_dir = tempfile.mkdtemp(prefix="inferno-proxy-")
         self._table = None if s.redis_url else create_table()
         try:
             for w in self.workers:
@@ -125,6 +124,21 @@ class ProxyWorkers:
         self._monitor = asyncio.create_task(self._watch())
         log.info("proxy ready on http://%s:%d/v1 with %d workers (ops %d)", s.host,
                  self._port, self.count, self.ops.port)
+
+    async def _claim_port(self, within: float = 10.0) -> socket.socket:
+        """The API port, once no other socket holds it. The workers of a proxy that was
+        just killed close theirs within seconds (lifeline), so a prompt restart waits."""
+        s = self.settings
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                return reuseport_socket(s.host, free_port(s.host, s.port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or s.port == 0 \
+                        or time.monotonic() > deadline:
+                    raise ConfigError(f"cannot listen on {s.host}:{s.port}: "
+                                      f"{exc.strerror}") from exc
+            await asyncio.sleep(0.1)
 
     async def drain(self) -> None:
         if self._draining:
@@ -148,33 +162,56 @@ class ProxyWorkers:
                                   "workers": 1}
         if w.index > 0:
             update["alert_webhooks"] = []  # one worker alerts, not N copies of each alert
-        spec = WorkerSpec(s.model_copy(update=update), self._batch, w.index, self._run_dir,
+        self._close_announce(w)
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        spec = WorkerSpec(s.model_copy(update=update), self._batch, w.index, write,
                           self._table, self._log_level)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._announce(w))
-        # In the run directory (mode 0700): the spec holds the secrets of the settings.
-        path = os.path.join(self._run_dir, f"worker-{w.index}.spec")
-        with open(path, "wb") as f:
-            pickle.dump(spec, f)
-        # Its own session, as `inferno serve` starts its children: Ctrl-C reaches the
-        # supervisor alone, which drains every worker; and where the kernel groups CPU time
-        # by session (autogroup), each worker gets its own share, not a slice of one.
-        w.proc = subprocess.Popen([*self._command, path], env=lifeline.child_env(),
-                                  start_new_session=True)
+        inherited = (write,) if self._table is None else (write, self._table)
+        try:
+            # Its own session, as `inferno serve` starts its children: Ctrl-C reaches the
+            # supervisor alone, which drains every worker; and where the kernel groups CPU
+            # time by session (autogroup), each worker gets its own share, not a slice.
+            w.proc = subprocess.Popen(self._command, stdin=subprocess.PIPE,
+                                      pass_fds=inherited, env=lifeline.child_env(),
+                                      start_new_session=True)
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        assert w.proc.stdin is not None
+        # The spec holds secrets: through a pipe, never a file. A few KB: the write does
+        # not wait for the child to read it.
+        with contextlib.suppress(BrokenPipeError):
+            w.proc.stdin.write(pickle.dumps(spec))
+            w.proc.stdin.close()
+        w.announce, w.heard = read, b""
         w.ops_port, w.started = 0, time.monotonic()
         w.history.append(w.proc.pid)
 
-    def _announce(self, w: _Worker) -> str:
-        return os.path.join(self._run_dir, f"worker-{w.index}.json")
+    def _close_announce(self, w: _Worker) -> None:
+        if w.announce >= 0:
+            os.close(w.announce)
+            w.announce = -1
 
     def _check_serving(self, w: _Worker) -> bool:
+        """Whether the worker serves; reads its announcement when it comes."""
         if w.ops_port:
             return True
-        try:
-            info = orjson.loads(Path(self._announce(w)).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        if w.announce < 0 or w.proc is None:
             return False
-        if w.proc is None or info.get("pid") != w.proc.pid:
+        try:
+            data = os.read(w.announce, 4096)
+        except BlockingIOError:
+            return False
+        w.heard += data
+        if not data or b"\n" in w.heard:
+            self._close_announce(w)  # announced, or gone without a word (exited)
+        if b"\n" not in w.heard:
+            return False
+        info = orjson.loads(w.heard.split(b"\n", 1)[0])
+        if info.get("pid") != w.proc.pid:
             return False
         w.ops_port = int(info["ops_port"])
         w.answered = time.monotonic()
@@ -250,11 +287,10 @@ class ProxyWorkers:
             self._reserved.close()
             self._reserved = None
         if self._table is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._table)
+            os.close(self._table)
             self._table = None
-        if self._run_dir:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+        for w in self.workers:
+            self._close_announce(w)
 
     # ---- the ops port ----------------------------------------------------------------
     def _serving(self) -> list[_Worker]:

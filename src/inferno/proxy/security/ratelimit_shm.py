@@ -2,10 +2,12 @@
 
 The same GCRA as :class:`~inferno.proxy.security.ratelimit.LocalLimiter`, with the TATs in
 a table in shared memory (a file in ``/dev/shm``) that every worker maps, so a key's limit
-holds for the proxy as a whole, whichever worker a connection lands on. Every decision
-takes an exclusive ``flock`` on the file for a few microseconds: the lock is per open
-file, so each worker opens the table itself. ``time.monotonic`` is the system-wide
-``CLOCK_MONOTONIC`` on Linux, one clock for every worker.
+holds for the proxy as a whole, whichever worker a connection lands on. The file is
+unlinked as soon as it is made: the workers inherit a descriptor, so nothing is left
+behind however the proxy ends. Every decision takes an exclusive ``flock`` on the file for
+a few microseconds: the lock belongs to an open file, so each worker opens the table anew
+(``/proc/self/fd``, Linux). ``time.monotonic`` is the system-wide ``CLOCK_MONOTONIC`` on
+Linux, one clock for every worker.
 
 The table is open addressing over 64-bit key hashes (one array of hashes, one of TATs;
 a stable hash: Python's ``hash`` of a string differs between processes). A slot whose TAT
@@ -32,14 +34,17 @@ _PROBE = 32
 _SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
 
-def create_table() -> str:
-    """A new, empty table file; the caller (the supervisor) unlinks it when done."""
+def create_table() -> int:
+    """A descriptor of a new, empty table (already unlinked) for the workers to inherit;
+    the caller closes it."""
     fd, path = tempfile.mkstemp(prefix="inferno-limits-", dir=_SHM)
+    os.unlink(path)
     try:
         os.ftruncate(fd, _SIZE)
-    finally:
+    except OSError:
         os.close(fd)
-    return path
+        raise
+    return fd
 
 
 def _hash(key: str) -> int:
@@ -47,8 +52,9 @@ def _hash(key: str) -> int:
 
 
 class SharedLimiter:
-    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self._fd = os.open(path, os.O_RDWR)
+    def __init__(self, table: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """``table``: a descriptor from :func:`create_table` (inherited)."""
+        self._fd = os.open(f"/proc/self/fd/{table}", os.O_RDWR)  # our own open file
         self._page = mmap.mmap(self._fd, _SIZE)
         view = memoryview(self._page)
         self._keys = view[:_SLOTS * 8].cast("Q")
