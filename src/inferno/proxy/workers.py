@@ -72,8 +72,8 @@ class _Worker:
 class ProxyWorkers:
     def __init__(self, settings: ProxySettings, batch: BatchSettings | None, count: int, *,
                  command: list[str], log_level: str = "info") -> None:
-        """``command`` plus a file name starts one worker process, which reads its
-        :class:`WorkerSpec` from that file (``inferno.wiring.proxy_worker_main``)."""
+        """``command`` starts one worker process, which reads its :class:`WorkerSpec`
+        from stdin (``inferno.wiring.proxy_worker_main``)."""
         self.settings, self._batch, self.count = settings, batch, count
         self._command, self._log_level = command, log_level
         self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
@@ -183,9 +183,8 @@ class ProxyWorkers:
         assert w.proc.stdin is not None
         # The spec holds secrets: through a pipe, never a file. A few KB: the write does
         # not wait for the child to read it.
-        with contextlib.suppress(BrokenPipeError):
+        with contextlib.suppress(BrokenPipeError), w.proc.stdin:  # dead at once: restarted
             w.proc.stdin.write(pickle.dumps(spec))
-            w.proc.stdin.close()
         w.announce, w.heard = read, b""
         w.ops_port, w.started = 0, time.monotonic()
         w.history.append(w.proc.pid)
