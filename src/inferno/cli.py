@@ -182,17 +182,20 @@ def proxy(
     ops_health: Annotated[str | None, typer.Option(
         help="Where ops /health is answered: process (a small front process, fast even "
              "when the proxy is saturated) | thread | loop. [default: process]")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Proxy processes sharing the API port (one ops port for all). 0: one per "
+             "core, at most the container's CPU limit. [default: 0]")] = None,
     config: ConfigOpt = None,
     log_level: LogOpt = "info",
 ) -> None:
     """Run the OpenAI-compatible gateway in front of the nodes."""
-    from inferno.wiring import build_gateway, configure_logging, run_service
+    from inferno.wiring import build_proxy, configure_logging, run_service
 
     settings = _settings(ProxySettings, _cli(locals(), ProxySettings), config)
     batch = _settings(BatchSettings, {}, config)
     configure_logging(log_level)
     try:
-        run_service(lambda: build_gateway(settings, batch))
+        run_service(lambda: build_proxy(settings, batch, log_level=log_level))
     except ConfigError as exc:  # e.g. a public bind without auth, a bad JWT key
         typer.secho(f"error: {exc.message}", err=True, fg="red")
         raise typer.Exit(2) from exc

@@ -23,6 +23,7 @@ from inferno.ops import lifeline
 
 if TYPE_CHECKING:
     from inferno.proxy.gateway import Gateway
+    from inferno.proxy.security.guard import Limiter
     from inferno.proxy.security.keys import Principal
 
 log = logging.getLogger("inferno")
@@ -153,7 +154,43 @@ def run_service(factory: Callable[[], Service]) -> None:
     uvloop.run(main())
 
 
-def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None) -> Gateway:
+def build_proxy(settings: ProxySettings, batch: BatchSettings | None = None, *,
+                log_level: str = "info") -> Service:
+    """The proxy as configured: one gateway in this process, or a supervisor of
+    ``workers`` gateway processes on one port (proxy/workers.py)."""
+    from inferno.proxy.worker import worker_count
+    from inferno.proxy.workers import ProxyWorkers
+
+    count = worker_count(settings.workers)
+    if count == 1:
+        return build_gateway(settings, batch)
+    command = [sys.executable, "-c", "from inferno.wiring import proxy_worker_main; "
+               "proxy_worker_main()"]
+    return ProxyWorkers(settings, batch, count, command=command, log_level=log_level)
+
+
+def proxy_worker_main() -> None:
+    """One worker of ``inferno proxy --workers N``, started by the supervisor with its
+    spec on stdin."""
+    import pickle
+
+    from inferno.proxy.security.ratelimit_shm import SharedLimiter
+    from inferno.proxy.worker import WorkerService, WorkerSpec
+
+    spec = pickle.load(sys.stdin.buffer)  # from our supervisor, through a pipe
+    assert isinstance(spec, WorkerSpec)
+    configure_logging(spec.log_level)
+    limiter = SharedLimiter(spec.limits_fd) if spec.limits_fd is not None else None
+    try:
+        run_service(lambda: WorkerService(
+            spec, build_gateway(spec.settings, spec.batch, limiter=limiter)))
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None, *,
+                  limiter: Limiter | None = None) -> Gateway:
     """The proxy, with the Batch and Files API mounted on it (when enabled and the proxy
     has a database): its routes on the API port, its workers dispatching through the
     proxy's own pipeline as each batch's owner, at background priority."""
@@ -162,7 +199,7 @@ def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None) -
 
     batch = batch if batch is not None else BatchSettings()
     on = batch.enabled
-    gw = Gateway(settings, max_upload_size=batch.files_max_size if on else 0)
+    gw = Gateway(settings, max_upload_size=batch.files_max_size if on else 0, limiter=limiter)
     store = gw.security.store
     if not on or store is None:
         return gw

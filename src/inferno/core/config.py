@@ -227,6 +227,8 @@ class ProxySettings(ComponentSettings):
     # small front process with its own GIL owns the ops port and relays other routes),
     # "thread" (a thread of the proxy, waits for the GIL), "loop" (the main event loop).
     ops_health: Literal["process", "thread", "loop"] = "process"
+    # Proxy processes serving the API port together (SO_REUSEPORT); 0: one per core.
+    workers: Annotated[int, Field(ge=0, le=256)] = 0
     drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 30.0
     max_body_size: Annotated[int, Field(ge=1024, le=1 << 30)] = 4 * 1024 * 1024
     # Passive outlier detection / circuit breaker per node.

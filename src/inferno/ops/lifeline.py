@@ -80,6 +80,13 @@ def hold(orphaned: Callable[[], object], *, grace: float = 3.0, interval: float 
     return True
 
 
+def die_with_parent() -> bool:
+    """Be SIGKILLed, not asked to drain, when the parent dies (Linux; after :func:`hold`):
+    for a process that is part of its parent, as a proxy worker is of its supervisor, so
+    killing the parent ends the whole at once, as it would one process."""
+    return _pdeathsig(signal.SIGKILL)
+
+
 def stale_children(proc: Path = Path("/proc")) -> list[int]:
     """Processes started by a supervisor that no longer runs (its pid is gone, or now
     belongs to a process that is not its parent)."""

@@ -37,6 +37,7 @@ from inferno.proxy.retry import RetryBudget
 from inferno.proxy.router import Router
 from inferno.proxy.routing import build_router
 from inferno.proxy.routing_api import RoutingAPI, load_routing_file
+from inferno.proxy.security.guard import Limiter
 from inferno.proxy.security.setup import Security
 from inferno.proxy.standby import Standby, StandbyAPI, StandbyCollector
 from inferno.proxy.state import RouterState
@@ -60,8 +61,10 @@ class Attached(Protocol):
 
 
 class Gateway:
-    def __init__(self, settings: ProxySettings, *, max_upload_size: int = 0) -> None:
-        """``max_upload_size``: the largest body a mounted route may stream to disk."""
+    def __init__(self, settings: ProxySettings, *, max_upload_size: int = 0,
+                 limiter: Limiter | None = None) -> None:
+        """``max_upload_size``: the largest body a mounted route may stream to disk;
+        ``limiter``: rate-limit counters shared with other workers (default: this process)."""
         self.settings = settings
         self.state: NodeState = "loading"
         self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
@@ -101,7 +104,7 @@ class Gateway:
         self.metrics.running.set_function(
             lambda: float(sum(n.outstanding for n in self.pool.snapshot.nodes)))
         self.metrics.waiting.set_function(lambda: float(self.admission.queued))
-        self.security = Security(s, registry)  # auth, limits, cache, request log, store
+        self.security = Security(s, registry, limiter)  # auth, limits, cache, request log, store
         self.stored = ResponseStore(self.security.store, flush_interval=s.log_flush_interval)
         # Node membership and ejections are administrative facts too: the audit trail
         # keeps them (the timeline forgets; the trail is for later questions).
@@ -155,6 +158,10 @@ class Gateway:
             own_thread=s.ops_health == "thread", own_process=s.ops_health == "process")
         self._tasks: list[asyncio.Task[None]] = []
         self._attached: list[Attached] = []
+        # A worker of several (proxy/workers.py): its own SO_REUSEPORT socket on the shared
+        # API port, and its ops routes on a private loopback port.
+        self.listen_sock: socket.socket | None = None
+        self.ops_host: str | None = None
 
     def set_router(self, router: Router) -> None:
         """Routing changed at run time (``PUT /routing``): later requests use ``router``."""
@@ -172,8 +179,8 @@ class Gateway:
         self.stored.start()
         for service in self._attached:
             await service.start()
-        await self.ops.start(s.host, s.ops_port)
-        await self.server.start(s.host, s.port)
+        await self.ops.start(self.ops_host or s.host, s.ops_port)
+        await self.server.start(s.host, s.port, sock=self.listen_sock)
         self._tasks.append(asyncio.create_task(sweep_leases(self.pool, self.metrics)))
         self._tasks.append(asyncio.create_task(self.active.run()))
         if self.security.store is not None:  # the dashboard's last hour survives a restart

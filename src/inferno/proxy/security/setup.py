@@ -48,7 +48,10 @@ def is_loopback(host: str) -> bool:
 
 
 class Security:
-    def __init__(self, settings: ProxySettings, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: ProxySettings, registry: CollectorRegistry,
+                 limiter: Limiter | None = None) -> None:
+        """``limiter``: where rate-limit counters live when not Redis (the workers of one
+        proxy share theirs); default: this process."""
         s = settings
         self.settings = s
         self.metrics = m = SecurityMetrics(registry)
@@ -71,7 +74,7 @@ class Security:
             self.limiter = RedisLimiter(s.redis_url.get_secret_value(), prefix=s.redis_prefix,
                                         on_error=m.ratelimit_backend_errors.inc)
         else:
-            self.limiter = LocalLimiter()
+            self.limiter = limiter or LocalLimiter()
         self.cache = ResponseCache(m, max_bytes=s.cache_max_bytes, ttl=s.cache_ttl,
                                    disk_dir=s.data_dir / "cache",
                                    disk_max_bytes=s.cache_disk_max_bytes) if s.cache else None
