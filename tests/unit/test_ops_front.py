@@ -10,11 +10,13 @@ import resource
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from prometheus_client import CollectorRegistry
 
+from inferno.net import Request, Response
 from inferno.ops import OpsServer
 from inferno.ops._sidecar import BadRequest, Limits, parse_head
 from tests.polling import eventually
@@ -22,7 +24,8 @@ from tests.polling import eventually
 
 @contextlib.asynccontextmanager
 async def front(
-    limits: Limits | None = None, *, fds: int | None = None
+    limits: Limits | None = None, *, fds: int | None = None,
+    routes: dict[tuple[str, str], Any] | None = None,
 ) -> AsyncIterator[OpsServer]:
     """A front process; ``fds``: its soft file descriptor limit (as under a low ulimit)."""
     ops = OpsServer(
@@ -31,6 +34,7 @@ async def front(
         registry=CollectorRegistry(),
         own_process=True,
         front_limits=limits,
+        routes=routes,
     )
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if fds is not None:
@@ -291,3 +295,34 @@ async def test_idle_and_slow_connections_are_closed_after_their_timeouts(
             assert 0 < len(sent) < len(head)  # cut while still sending
             status, _ = await asyncio.to_thread(health, ops.port)
             assert status == 200
+
+
+async def test_relayed_requests_reuse_upstream_connections() -> None:
+    # Each relayed request used to open a connection to the component (with a thousand
+    # nodes renewing, that cost more than the requests); they now reuse a few.
+    peers: list[tuple[str, int] | None] = []
+    bodies: list[bytes] = []
+
+    async def echo(req: Request) -> Response:
+        peers.append(req.client)
+        bodies.append(req.body)
+        return Response.json({"n": len(bodies)})
+
+    async with front(routes={("POST", "/echo"): echo, ("DELETE", "/echo/*"): echo}) as ops:
+        def call(i: int) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", ops.port, timeout=5)
+            try:
+                if i % 2:
+                    conn.request("DELETE", f"/echo/{i}")
+                else:
+                    conn.request("POST", "/echo", body=f"body {i}".encode())
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+
+        answers = [await asyncio.to_thread(call, i) for i in range(40)]
+    assert [status for status, _ in answers] == [200] * 40
+    assert len(peers) == 40, "every request reached the component"
+    assert bodies[::2] == [f"body {i}".encode() for i in range(0, 40, 2)]
+    assert len(set(peers)) <= 2, f"{len(set(peers))} upstream connections for 40 requests"

@@ -9,7 +9,7 @@ for the GIL: p99 6-7 ms). The component writes its state and a heartbeat into ``
 (see :func:`pack_state`); while that says "ready" the probe is answered here, and a
 heartbeat older than ``--stale`` seconds means its event loop has stopped turning (503
 ``unresponsive``). Other states and other requests go to
-the component's own ops server on ``127.0.0.1:U``, one upstream connection each. The
+the component's own ops server on ``127.0.0.1:U`` over kept-alive connections. The
 process exits when its parent does.
 
 Clients cannot starve it (see :class:`Limits`): a request head must arrive within a
@@ -88,6 +88,7 @@ _BUSY = _response(503, "Service Unavailable", b"too many connections\n",
 _HEAD_TOO_LARGE = _refusal(431, "Request Header Fields Too Large", "request head too large")
 _TOO_LARGE = _refusal(413, "Payload Too Large", "too large")
 _RELAY_TIMEOUT = 30.0
+_POOL = 32  # idle upstream connections kept
 _SPARE_FDS = 32  # descriptors kept for the listener, relays, the state page, stdio
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -151,6 +152,8 @@ class Sidecar:
         # Those waiting, by what for, oldest first (dicts keep insertion order).
         self._idle: dict[_Conn, None] = {}     # for a request
         self._reading: dict[_Conn, None] = {}  # for the rest of a request's head
+        # Idle keep-alive connections to the component's ops server.
+        self._pool: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     def health(self) -> bytes | None:
         """The answer from the state page, or None: ask the component itself.
@@ -253,33 +256,68 @@ class Sidecar:
                     pass
 
     async def relay(self, lines: list[str], body: bytes) -> bytes:
-        """One request to the component's ops server, its whole answer back."""
+        """One request to the component's ops server, its whole answer back.
+
+        Upstream connections are kept alive and reused (up to ``_POOL`` idle ones): with a
+        thousand nodes renewing their leases, a connection per relayed request cost both
+        processes more than the requests themselves. A reused connection the component
+        closed meanwhile is retried once on a new one (every relayed request is safe to
+        send again: renewals, deregistrations and settings are idempotent)."""
         kept = [line for line in lines[1:] if line and
                 line.split(":", 1)[0].strip().lower() not in ("connection", "keep-alive")]
-        head = "\r\n".join([lines[0], *kept, "connection: close", "", ""]).encode("latin-1")
-        try:
-            r, w = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self._upstream), self._stale)
-        except (OSError, TimeoutError):
-            return _UNRESPONSIVE
-        try:
-            w.write(head + body)
-            await w.drain()
-            # The upstream closes after one answer; a stuck component gets a timeout.
-            answer = await asyncio.wait_for(r.read(), _RELAY_TIMEOUT)
-        except (OSError, TimeoutError):
-            return _UNRESPONSIVE
-        finally:
-            w.close()
-        resp_head, sep, resp_body = answer.partition(b"\r\n\r\n")
-        if not sep:
-            return _response(502, "Bad Gateway", b"bad upstream answer\n")
-        # Its "connection: close" was for us; the client's connection stays as it asked.
+        head_only = lines[0].startswith("HEAD ")
+        close = ["connection: close"] if head_only else []
+        head = "\r\n".join([lines[0], *kept, *close, "", ""]).encode("latin-1")
+        for reused in (bool(self._pool), False):
+            if reused:
+                r, w = self._pool.pop()
+            else:
+                try:
+                    r, w = await asyncio.wait_for(
+                        asyncio.open_connection("127.0.0.1", self._upstream), self._stale)
+                except (OSError, TimeoutError):
+                    return _UNRESPONSIVE
+            try:
+                w.write(head + body)
+                await w.drain()
+                async with asyncio.timeout(_RELAY_TIMEOUT):  # a stuck component
+                    resp_head, resp_body, keep = await _read_answer(r, head_only)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError, ValueError) as exc:
+                w.close()
+                if reused and not isinstance(exc, TimeoutError):
+                    continue  # closed while idle in the pool: once more on a new one
+                return _UNRESPONSIVE
+            if keep and len(self._pool) < _POOL:
+                self._pool.append((r, w))
+            else:
+                w.close()
+            break
+        # Its connection headers were for us; the client's connection stays as it asked.
         resp_lines = [line for line in resp_head.split(b"\r\n")
                       if not line.lower().startswith((b"connection:", b"keep-alive:"))]
         if not any(line.lower().startswith(b"content-length:") for line in resp_lines[1:]):
             resp_lines.append(b"content-length: %d" % len(resp_body))
         return b"\r\n".join(resp_lines) + b"\r\n\r\n" + resp_body
+
+
+async def _read_answer(r: asyncio.StreamReader, head_only: bool
+                       ) -> tuple[bytes, bytes, bool]:
+    """(head, body, whether the connection can carry another request) of one answer."""
+    head = (await r.readuntil(b"\r\n\r\n"))[:-4]
+    status_line, *header_lines = head.split(b"\r\n")
+    status = int(status_line.split(b" ", 2)[1])
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip().lower()
+    if head_only or status in (204, 304) or 100 <= status < 200:
+        return head, b"", not head_only and fields.get(b"connection") != b"close"
+    length = fields.get(b"content-length")
+    if length is None or b"transfer-encoding" in fields:  # to the end of the connection
+        return head, await r.read(), False
+    body = await r.readexactly(int(length))
+    return head, body, fields.get(b"connection") != b"close"
 
 
 async def _main(a: argparse.Namespace) -> None:
