@@ -166,7 +166,7 @@ async def test_unknown_models_still_fail_at_once(tmp_path: Path) -> None:
 
 
 async def test_a_model_whose_nodes_left_is_remembered(tmp_path: Path) -> None:
-    gw = await start_gateway(tmp_path)  # no standby models: memory only (standby_ttl)
+    gw = await start_gateway(tmp_path, standby_ttl=3600)  # no standby models: memory only
     node: BackendNode | None = await join(gw)
     try:
         assert node is not None

@@ -260,11 +260,13 @@ class ProxySettings(ComponentSettings):
     max_requests_per_connection: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
     # Scale from zero (README "Scale to zero"): a request for a standby model with no ready
     # node waits for one (the governator starts it) instead of failing. Standby: these
-    # models, and every model the pool served within standby_ttl seconds (0: only these).
+    # models (the Kubernetes operator also sets them at run time), and, with standby_ttl
+    # above 0, every model the pool served within that many seconds. Off by default: a
+    # proxy without an autoscaler behind it answers at once that no node serves a model.
     # At most max_held requests wait per model (beyond: 429), each up to hold_timeout
     # seconds (then: 503).
     standby_models: Annotated[list[str], NoDecode] = []
-    standby_ttl: Annotated[float, Field(ge=0, le=30 * 86400)] = 3600.0
+    standby_ttl: Annotated[float, Field(ge=0, le=30 * 86400)] = 0.0
     hold_timeout: Annotated[float, Field(gt=0, le=3600)] = 120.0
     max_held: Annotated[int, Field(ge=1, le=1_000_000)] = 64
 
