@@ -117,3 +117,25 @@ async def test_the_governators_drain_reaches_every_replica(
         await client.aclose()
         for g in gws:
             await g.drain()
+
+
+async def test_the_operators_put_is_done_only_when_every_replica_took_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kopf = pytest.importorskip("kopf")
+    from inferno.k8s.objects_config import merge_routing
+    from inferno.k8s.operator import OperatorConfig, put_proxy
+
+    gws = [await start_gateway(tmp_path / d) for d in "ab"]
+    cfg = OperatorConfig(proxy_ops=f"{NAME}:6100", retry_delay=0.1)
+    routes = {**merge_routing([]), "canary": {"chat": {"chat-v1": 100.0}}}
+    try:
+        behind_name(monkeypatch, "inferno.net", [ops(gws[0]), ("127.0.0.1", free_port())])
+        with pytest.raises(kopf.TemporaryError, match="Cannot connect"):
+            await put_proxy(cfg, "/routing", routes)  # kopf retries the handler
+        assert gws[0].router.config.canary == routes["canary"]  # the live one took it
+        behind_name(monkeypatch, "inferno.net", [ops(g) for g in gws])
+        await put_proxy(cfg, "/routing", routes)
+        assert [g.router.config.canary for g in gws] == [routes["canary"]] * 2
+    finally:
+        for g in gws:
+            await g.drain()
