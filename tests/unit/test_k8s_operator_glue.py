@@ -1,5 +1,6 @@
 """The operator reaching the running install: InfernoRoutes PUT to a real in-process
-proxy's ``/routing`` (and again after the proxy lost them), InfernoScalingPolicies
+proxy's ``/routing`` (and again after the proxy lost them; at every replica behind the
+proxy's ops name), InfernoScalingPolicies
 combined into the one ConfigMap the governator mounts."""
 
 from __future__ import annotations
@@ -68,6 +69,32 @@ async def test_routes_reach_the_proxy_and_come_back_after_it_lost_them(tmp_path:
             await until(lambda: gw.router.config.canary == {}, what="the canary removed")
     finally:
         await gw.drain()
+
+
+async def test_routes_reach_every_proxy_replica(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two replicas behind one name, as a headless Service's name resolves to its pods.
+    gws = [await start_gateway(tmp_path / d, node_tokens=["node-secret-token"]) for d in "ab"]
+    name = "inferno-proxy-ops.replicas.test"
+
+    async def resolve(host: str, port: int, *, within: float | None = None
+                      ) -> list[tuple[str, int]]:
+        assert host == name and port == 6100
+        return [("127.0.0.1", g.ops.port) for g in gws]
+    monkeypatch.setattr("inferno.net.resolve_all", resolve)
+    try:
+        async with cluster() as c:
+            await c.start_operator(proxy_ops=f"{name}:6100", node_token="node-secret-token")
+            await deployment(c, "a", "chat-v1")
+            await deployment(c, "b", "chat-v2")
+            await c.create(resource("InfernoRoute", "r", {"model": "chat", "backends": [
+                {"deployment": "a", "weight": 50}, {"deployment": "b", "weight": 50}]}))
+            want = {"chat": {"chat-v1": 50.0, "chat-v2": 50.0}}
+            await until(lambda: [g.router.config.canary for g in gws] == [want, want],
+                        what="the canary at both replicas")
+    finally:
+        for g in gws:
+            await g.drain()
 
 
 async def test_scaling_policies_combine_into_the_governators_configmap(tmp_path: Path

@@ -95,6 +95,10 @@ def test_only_the_api_port_may_leave_the_cluster() -> None:
     assert api["spec"]["type"] == "LoadBalancer"
     assert [p["name"] for p in api["spec"]["ports"]] == ["http"]
     assert ops["spec"]["type"] == "ClusterIP" and ops["spec"]["ports"][0]["port"] == 6100
+    # Headless: the name resolves to every ready proxy pod, so each replica hears from
+    # every node (and the operator, the governator), whatever proxy.replicas says.
+    assert ops["spec"]["clusterIP"] == "None" and not ops["spec"]["publishNotReadyAddresses"]
+    assert "clusterIP" not in api["spec"]
     pods = one(objects, "Deployment", "inferno-proxy")["spec"]["template"]["metadata"]
     assert api["spec"]["selector"] == ops["spec"]["selector"] == pods["labels"]
     # Nodes register, and the governator drains, through the ops Service.

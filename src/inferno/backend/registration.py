@@ -9,6 +9,11 @@ the node (``registration`` may be a callable), and :meth:`RegistrationClient.not
 sends one at once, e.g. when the node's loaded models change. A proxy that restarts (and
 forgot us) therefore learns about the node again within one interval. ``deregister()``
 tells the proxy to stop routing here before the node drains.
+
+The discovery name is resolved again for every round and each registration goes to every
+address it stands for (concurrently): behind a headless Service that is every proxy
+replica, each of which routes on its own pool. A replica that fails is logged when it
+starts and stops failing, never holding up the others.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import orjson
 
 from inferno.api.node import Registration
 from inferno.core.errors import InfernoError
-from inferno.net import HttpClient
+from inferno.net import HttpClient, resolve_all
 
 log = logging.getLogger("inferno.backend.registration")
 
@@ -50,7 +55,10 @@ class RegistrationClient:
         if token:
             self._headers.append((b"authorization", b"Bearer " + token.encode()))
         self._task: asyncio.Task[None] | None = None
-        self._failing = False
+        # The addresses of the last round, and those whose failure streak was logged;
+        # ``None`` stands for the lookup itself.
+        self._addresses: list[tuple[str, int]] = []
+        self._failing: set[tuple[str, int] | None] = set()
         self._rng = random.Random()
 
     def start(self) -> None:
@@ -76,31 +84,63 @@ class RegistrationClient:
         return period * self._rng.uniform(0.75, 1.0)
 
     async def _send(self, method: str, path: str, body: bytes = b"") -> bool:
+        """Send to every address the discovery name stands for; True when all answered."""
+        try:
+            addresses = await resolve_all(self._host, self._port, within=2.0)
+        except InfernoError as exc:
+            self._report(None, f"proxy at {self._host}:{self._port} unreachable: "
+                               f"{exc.message}")
+            return False
+        lookup_was_failing = None in self._failing
+        self._recovered(None)
+        if self._addresses and addresses != self._addresses:
+            log.info("proxy at %s:%d now at %s", self._host, self._port,
+                     ", ".join(_label(*a) for a in addresses))
+        self._addresses = addresses
+        self._failing.intersection_update([None, *addresses])  # replicas gone: forgotten
+        sent = await asyncio.gather(*(self._send_to(a, method, path, body)
+                                      for a in addresses))
+        if lookup_was_failing and any(sent):
+            log.info("registered with proxy at %s again", _label(self._host, self._port))
+        return all(sent)
+
+    async def _send_to(self, address: tuple[str, int], method: str, path: str,
+                       body: bytes) -> bool:
+        host, port = address
+        where = self._where(address)
         try:
             resp = await self._client.request(
-                self._host, self._port, method, path, body=body,
-                headers=self._headers,
+                host, port, method, path, body=body, headers=self._headers,
                 connect_timeout=2.0, header_timeout=5.0)
             payload = await resp.read()
         except InfernoError as exc:
-            self._report(f"proxy at {self._host}:{self._port} unreachable: {exc.message}")
+            self._report(address, f"proxy at {where} unreachable: {exc.message}")
             return False
         if method == "DELETE" and resp.status == 404:
             return True  # already gone (e.g. the governator deregistered us first)
         if resp.status >= 300:
             detail = _error_message(payload)
-            self._report(f"proxy refused {method} {path} ({resp.status}): {detail}")
+            self._report(address, f"proxy at {where} refused {method} {path} "
+                                  f"({resp.status}): {detail}")
             return False
-        if self._failing:
-            log.info("registered with proxy at %s:%d again", self._host, self._port)
-        self._failing = False
+        if address in self._failing:
+            log.info("registered with proxy at %s again", where)
+        self._recovered(address)
         return True
 
-    def _report(self, message: str) -> None:
+    def _where(self, address: tuple[str, int]) -> str:
+        # The name as configured, and the replica's address when the name stands for it.
+        name = _label(self._host, self._port)
+        return name if address == (self._host, self._port) else f"{name} ({_label(*address)})"
+
+    def _report(self, key: tuple[str, int] | None, message: str) -> None:
         # Log the first failure of a streak, not every heartbeat of an outage.
-        if not self._failing:
+        if key not in self._failing:
             log.warning("%s (will keep retrying)", message)
-        self._failing = True
+        self._failing.add(key)
+
+    def _recovered(self, key: tuple[str, int] | None) -> None:
+        self._failing.discard(key)
 
     async def deregister(self) -> None:
         if self._task is not None:
@@ -108,6 +148,10 @@ class RegistrationClient:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self._send("DELETE", f"/registration/{self._registration().id}")
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _error_message(payload: bytes) -> str:

@@ -95,28 +95,40 @@ def _retrying(delay: float) -> Iterator[None]:
 
 async def put_proxy(cfg: OperatorConfig, path: str, body: Any) -> None:
     """PUT ``body`` to the proxy's ops route ``path`` with the node token (``/standby``,
-    ``/routing``); a failure is retried (TemporaryError)."""
-    from inferno.net import HttpClient
+    ``/routing``), at every proxy replica the ops name resolves to (a headless Service);
+    unless all of them took it, the handler is retried (TemporaryError)."""
+    from inferno.net import HttpClient, resolve_all
 
     host, sep, port_text = cfg.proxy_ops.rpartition(":")
     host, port = (host, int(port_text)) if sep else (cfg.proxy_ops, ob.NODE_OPS_PORT)
     headers = [(b"content-type", b"application/json")]
     if cfg.node_token:
         headers.append((b"authorization", b"Bearer " + cfg.node_token.encode()))
+    payload = orjson.dumps(body)
     client = HttpClient()
+
+    async def put(address: tuple[str, int]) -> str | None:
+        """What went wrong at one replica, or None."""
+        try:
+            resp = await client.request(*address, "PUT", path, headers=headers, body=payload,
+                                        connect_timeout=2.0, header_timeout=5.0)
+            answer = await resp.read()
+        except InfernoError as exc:
+            return f"{address[0]}:{address[1]} failed: {exc.message}"
+        if resp.status != 200:
+            return (f"{address[0]}:{address[1]} answered {resp.status}: "
+                    f"{answer[:300].decode(errors='replace')}")
+        return None
+
     try:
-        resp = await client.request(host, port, "PUT", path, headers=headers,
-                                    body=orjson.dumps(body),
-                                    connect_timeout=2.0, header_timeout=5.0)
-        answer = await resp.read()
+        addresses = await resolve_all(host.strip("[]"), port, within=2.0)
+        failures = [f for f in await asyncio.gather(*map(put, addresses)) if f]
     except InfernoError as exc:
-        raise kopf.TemporaryError(f"the proxy's PUT {path} failed: {exc.message}",
-                                  delay=cfg.retry_delay) from exc
+        failures = [exc.message]
     finally:
         await client.aclose()
-    if resp.status != 200:
-        raise kopf.TemporaryError(f"the proxy's PUT {path} answered {resp.status}: "
-                                  f"{answer[:300].decode(errors='replace')}",
+    if failures:
+        raise kopf.TemporaryError(f"the proxy's PUT {path}: {'; '.join(failures)}",
                                   delay=cfg.retry_delay)
 
 

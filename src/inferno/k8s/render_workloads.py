@@ -119,13 +119,15 @@ def proxy(v: RenderValues, meta: Meta, refs: dict[str, SecretRef | None]
     dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 60
     pods = meta("proxy")["labels"]
     # The API may be public (serviceType); the ops port (registration, metrics, drains)
-    # stays inside the cluster, behind a Service of its own.
+    # stays inside the cluster, behind a Service of its own: headless, so its name resolves
+    # to every ready proxy pod and nodes (the operator, the governator) reach each replica.
     api = {"apiVersion": "v1", "kind": "Service", "metadata": meta("proxy"),
            "spec": {"type": p.service_type, "selector": dict(pods),
                     "ports": [{"name": "http", "port": p.port, "targetPort": "http",
                                "protocol": "TCP"}]}}
     ops = {"apiVersion": "v1", "kind": "Service", "metadata": meta("proxy-ops"),
-           "spec": {"type": "ClusterIP", "selector": dict(pods),
+           "spec": {"type": "ClusterIP", "clusterIP": "None",
+                    "publishNotReadyAddresses": False, "selector": dict(pods),
                     "ports": [{"name": "ops", "port": p.ops_port, "targetPort": "ops",
                                "protocol": "TCP"}]}}
     return [dep, api, ops]

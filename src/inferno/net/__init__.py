@@ -5,6 +5,7 @@ a fraction of a general-purpose framework; see each module for its contract.
 """
 
 from .client import HttpClient, UpstreamResponse, get_json
+from .resolve import resolve_all
 from .server import BodySink, Handler, HttpServer, Request, Response, StreamingResponse
 from .sse import EVENT_ENDS, SSE_DONE, SSEDecoder, last_event_end, sse_event
 
@@ -22,5 +23,6 @@ __all__ = [
     "UpstreamResponse",
     "get_json",
     "last_event_end",
+    "resolve_all",
     "sse_event",
 ]

@@ -10,13 +10,14 @@ decision's outcome and retries later with back-off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 from inferno.core.errors import InfernoError
 from inferno.governator.signals import Endpoint
-from inferno.net import HttpClient
+from inferno.net import HttpClient, resolve_all
 
 log = logging.getLogger("inferno.governator")
 
@@ -52,7 +53,8 @@ class Provider(Protocol):
 
 
 class ProxyDrainer:
-    """Removes a node from the proxy's rotation (``DELETE /registration/{id}``)."""
+    """Removes a node from the proxy's rotation (``DELETE /registration/{id}``) at every
+    proxy replica the ops name resolves to (a headless Service); done only when all did."""
 
     def __init__(self, client: HttpClient, host: str, port: int) -> None:
         self._client = client
@@ -61,11 +63,20 @@ class ProxyDrainer:
 
     async def deregister(self, node_id: str) -> bool:
         try:
-            resp = await self._client.request(self._host, self._port, "DELETE",
-                                              f"/registration/{node_id}",
+            addresses = await resolve_all(self._host, self._port, within=1.0)
+        except InfernoError as exc:
+            log.warning("could not deregister %s at the proxy: %s", node_id, exc.message)
+            return False
+        done = await asyncio.gather(*(self._delete(a, node_id) for a in addresses))
+        return all(done)
+
+    async def _delete(self, address: tuple[str, int], node_id: str) -> bool:
+        try:
+            resp = await self._client.request(*address, "DELETE", f"/registration/{node_id}",
                                               connect_timeout=1.0, header_timeout=2.0)
             await resp.read()
         except InfernoError as exc:
-            log.warning("could not deregister %s at the proxy: %s", node_id, exc.message)
+            log.warning("could not deregister %s at the proxy (%s:%d): %s", node_id,
+                        *address, exc.message)
             return False
         return resp.status in (200, 404)  # 404: already gone, which is what we wanted
