@@ -84,11 +84,11 @@ bench-engine: setup
 # The manifests `inferno k8s render` gives for the default values (kubectl apply -f deploy/k8s/),
 # the chart's CRDs and values schema, and the dashboard copies: regenerated from the code.
 k8s-manifests: setup
+	cp deploy/grafana/inferno.json deploy/helm/inferno/files/inferno.json
+	cp deploy/grafana/inferno.json src/inferno/k8s/grafana-dashboard.json
 	$(BIN)/inferno k8s render --output deploy/k8s
 	$(BIN)/inferno k8s crds > deploy/helm/inferno/crds/inferno-crds.yaml
 	$(BIN)/python -c 'import json; from inferno.k8s.values import values_schema; print(json.dumps(values_schema(), indent=2))' > deploy/helm/inferno/values.schema.json
-	cp deploy/grafana/inferno.json deploy/helm/inferno/files/inferno.json
-	cp deploy/grafana/inferno.json src/inferno/k8s/grafana-dashboard.json
 
 clean:
 	rm -rf $(VENV)
