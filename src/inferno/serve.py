@@ -61,8 +61,11 @@ def _argv(component: str, *args: str, config: Path | None) -> list[str]:
 
 
 def proxy_child(s: ServeSettings, config: Path | None) -> Child:
+    # One proxy worker: the nodes share this machine's cores, and one worker already
+    # serves thousands of requests a second, more than local nodes can generate.
     return Child("proxy", _argv("proxy", "--host", s.host, "--port", str(s.port),
-                                "--ops-port", str(s.ops_port), config=config))
+                                "--ops-port", str(s.ops_port), "--workers", "1",
+                                config=config))
 
 
 async def _telemetry(client: HttpClient, port: int) -> dict[str, object] | None:

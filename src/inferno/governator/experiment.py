@@ -76,8 +76,10 @@ def _start_proxy(tmp: Path, port: int, ops: int) -> subprocess.Popen[bytes]:
     # turn a slower machine's longer wait into failures).
     env = lifeline.child_env({**os.environ, "INFERNO_PROXY_QUEUE_WAIT": "60"})
     with (tmp / "proxy.log").open("ab") as out:
+        # One worker: the nodes this experiment starts need the machine's cores.
         return subprocess.Popen([sys.executable, "-m", "inferno", "proxy", "--port", str(port),
-                                 "--ops-port", str(ops)], stdout=out, stderr=subprocess.STDOUT,
+                                 "--ops-port", str(ops), "--workers", "1"], stdout=out,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env)
 
 
