@@ -23,11 +23,10 @@ from inferno.core.config import (
     ComponentSettings,
     GovernatorSettings,
     ProxySettings,
-    S,
     ServeSettings,
-    load_settings,
 )
 from inferno.core.errors import ConfigError, EngineError
+from inferno.core.settings import S, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Inferno: a self-healing cloud for AI inference.")

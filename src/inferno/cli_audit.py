@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from inferno.core.config import ProxySettings, load_settings, parse_duration
+from inferno.core.config import ProxySettings
 from inferno.core.errors import ConfigError, InfernoError
+from inferno.core.settings import load_settings, parse_duration
 
 audit_app = typer.Typer(
     invoke_without_command=True,

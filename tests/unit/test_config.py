@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from inferno.core.config import BackendSettings, ProxySettings, load_settings
+from inferno.core.config import BackendSettings, ProxySettings
 from inferno.core.errors import ConfigError
+from inferno.core.settings import load_settings
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from inferno.core.config import BackendSettings, load_settings
+from inferno.core.config import BackendSettings
 from inferno.core.errors import ConfigError
+from inferno.core.settings import load_settings
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="the llama.cpp engine is not installed")
 

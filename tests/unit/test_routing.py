@@ -8,9 +8,10 @@ from collections import Counter
 import pytest
 
 from inferno.api.node import Registration
-from inferno.core.config import ProxySettings, load_settings
+from inferno.core.config import ProxySettings
 from inferno.core.errors import ConfigError
 from inferno.core.routing_config import ROUTING_PRESETS, RoutingConfig
+from inferno.core.settings import load_settings
 from inferno.proxy.pool import Node, Pool
 from inferno.proxy.router import Router, prefix_blocks
 from inferno.proxy.routing import FILTERS, PICKERS, SCORERS, RouteContext, build_router

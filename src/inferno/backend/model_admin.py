@@ -20,8 +20,8 @@ import hmac
 import ipaddress
 
 from inferno.backend.models import LoadedModels
-from inferno.core.config import parse_duration
 from inferno.core.errors import AuthenticationError, InvalidRequest, PermissionDenied
+from inferno.core.settings import parse_duration
 from inferno.core.validation import json_object
 from inferno.net import Request, Response
 

@@ -1,27 +1,13 @@
-"""Settings: loaded once at the edge, then passed down through constructors.
-
-Precedence, highest first: command-line flags > environment (``INFERNO_<COMPONENT>_<FIELD>``)
-> the YAML file given with ``--config`` (its ``<component>:`` section) > defaults.
-:func:`load_settings` is the only entry point; a bad value raises :class:`ConfigError`
-whose message names the field and where the value came from.
+"""Each component's settings: loaded once at the edge (``inferno.core.settings``:
+``load_settings``, precedence and error messages), then passed down through constructors.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
-from pydantic import (
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
-from pydantic.fields import FieldInfo
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -29,34 +15,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from inferno.core.errors import ConfigError
 from inferno.core.paths import data_dir
 from inferno.core.routing_config import ROUTING_PRESETS, RoutingConfig, _routing
-
-Port = Annotated[int, Field(ge=0, le=65535)]
-_yaml_section: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_section", default=None)
-
-
-class _YamlSection(PydanticBaseSettingsSource):
-    """Feeds the already-read YAML section of the component being loaded."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        data = _yaml_section.get() or {}
-        return data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_section.get() or {})
-
-
-class _UnprefixedEnv(PydanticBaseSettingsSource):
-    """``INFERNO_DATABASE_URL`` and friends: below the prefixed variable, above YAML."""
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        names: dict[str, str] = getattr(self.settings_cls, "unprefixed_env", {})
-        return {f: os.environ[e] for f, e in names.items() if os.environ.get(e)}
+from inferno.core.settings import (
+    Port,
+    UnprefixedEnv,
+    YamlSection,
+    _split_csv,
+    parse_duration,
+)
 
 
 class ComponentSettings(BaseSettings):
@@ -72,41 +39,8 @@ class ComponentSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _UnprefixedEnv(settings_cls),
-                _YamlSection(settings_cls))
-
-
-def _split_csv(v: Any) -> Any:
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
-        return [p for x in v for p in _split_csv(x)]  # --model a,b --model c
-    return v
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(v: Any) -> float:
-    """Seconds from ``300``, ``"300"``, ``"5m"``, ``"1h30m"``, ``"7d"``; any negative is -1
-    (forever)."""
-    if isinstance(v, bool):
-        raise ValueError("expected a duration such as 300, 5m or -1")
-    if isinstance(v, (int, float)):
-        return -1.0 if v < 0 else float(v)
-    if isinstance(v, str):
-        text = v.strip().lower()
-        try:
-            return parse_duration(float(text))
-        except ValueError:
-            pass
-        if text.startswith("-"):
-            return -1.0
-        parts = _DURATION.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return sum(float(n) * _UNIT[u] for n, u in parts)
-    raise ValueError(f"expected a duration such as 300, 5m or -1, got {v!r}")
+        return (init_settings, env_settings, UnprefixedEnv(settings_cls),
+                YamlSection(settings_cls))
 
 
 class BackendSettings(ComponentSettings):
@@ -455,62 +389,3 @@ class GovernatorSettings(ComponentSettings):
     # deployments_file (a YAML mapping, reloaded with the policy; it wins).
     k8s_deployments: dict[str, str] = {}
     deployments_file: Path | None = None
-
-
-S = TypeVar("S", bound=ComponentSettings)
-
-
-def read_yaml(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections")
-    return data
-
-
-def load_settings(cls: type[S], *, cli: dict[str, Any] | None = None,
-                  config_file: Path | None = None) -> S:
-    """Build ``cls`` from CLI values (``None`` means "not given"), env, YAML and defaults."""
-    given = {k: v for k, v in (cli or {}).items() if v is not None}
-    section = read_yaml(config_file).get(cls.section) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"config file {config_file}: section '{cls.section}' must be a mapping")
-    token = _yaml_section.set(section)
-    try:
-        return cls(**given)
-    except ValidationError as exc:
-        raise ConfigError(_describe(cls, exc, given, section, config_file)) from exc
-    finally:
-        _yaml_section.reset(token)
-
-
-def _describe(cls: type[ComponentSettings], exc: ValidationError, cli: dict[str, Any],
-              section: dict[str, Any], config_file: Path | None) -> str:
-    """One line per error: the setting (dotted when nested) and where its value came from,
-    checked in precedence order (the source pydantic-settings took it from)."""
-    lines = []
-    prefix = str(cls.model_config.get("env_prefix", ""))
-    unprefixed: dict[str, str] = getattr(cls, "unprefixed_env", {})
-    for err in exc.errors(include_url=False):
-        name = str(err["loc"][0]) if err["loc"] else "?"
-        path = ".".join(str(p) for p in err["loc"]) or "?"
-        env_name = f"{prefix}{name}".upper()
-        shared = unprefixed.get(name)
-        if name in cli:
-            source = f"command line (--{name.replace('_', '-')})"
-        elif env_name in os.environ:
-            source = f"environment variable {env_name}"
-        elif shared and os.environ.get(shared):
-            source = f"environment variable {shared}"
-        elif name in section:
-            source = f"config file {config_file} ({cls.section}.{path})"
-        else:
-            source = "default"
-        lines.append(f"invalid setting '{path}' from {source}: {err['msg']}")
-    return "; ".join(lines)
