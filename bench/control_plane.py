@@ -261,7 +261,9 @@ def _measure(src: Path, n: int, args: argparse.Namespace, tmp: Path,
              fake_ports: list[int]) -> dict[str, Any]:
     port, ops = _free_port(), _free_port()
     env = {**_env(src), "INFERNO_PROXY_AUTH": "none", "INFERNO_DATABASE_URL": "none",
-           "INFERNO_PROXY_DATA_DIR": str(tmp / "data"), "INFERNO_PROXY_MAX_PER_NODE": "4096"}
+           "INFERNO_PROXY_DATA_DIR": str(tmp / "data"), "INFERNO_PROXY_MAX_PER_NODE": "4096",
+           # One process: what one proxy pays (with --workers N, each worker pays it).
+           "INFERNO_PROXY_WORKERS": "1"}
     proxy = _spawn([sys.executable, "-c", "import sys; from inferno.cli import main; "
                     "sys.argv[0] = 'inferno'; main()", "proxy", "--port", str(port),
                     "--ops-port", str(ops), "--log-level", "warning"], env, tmp / "proxy.log")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -290,3 +291,19 @@ async def test_the_utc_day_is_derived_from_ts_when_written(store: Store) -> None
     )
     days = {r["request_id"]: r["day"] for r in await store.requests.recent()}
     assert days == {"d1": "2026-11-25", "d2": "2026-11-26"}
+
+
+async def test_stores_starting_together_on_a_new_postgresql_schema() -> None:
+    # Proxy workers and replicas start at the same moment on one new database and a schema
+    # not created yet: one creates and migrates it, the others find it done. (SQLite
+    # serialises start-up with a lock on the database file, one process at a time.)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    stores = [Store(require_postgres(), schema=schema) for _ in range(4)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(s.start() for s in stores)), 60)
+        for s in stores:  # every one of them works on the migrated schema
+            assert await s.keys.list() == []
+    finally:
+        await stores[0].drop_schema()
+        for s in stores:
+            await s.close()

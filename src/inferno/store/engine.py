@@ -109,16 +109,17 @@ class Store:
     async def start(self) -> None:
         """Connect and bring the schema to the latest migration."""
         try:
-            if self.dialect == "postgresql" and self.schema:
-                async with self.engine.begin() as conn:
-                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             if self.dialect == "sqlite":
                 with _file_lock(make_url(self.url).database):
                     async with self.engine.begin() as conn:
                         await conn.run_sync(_upgrade)
             else:
+                # One process at a time (proxy workers, replicas starting together): under
+                # the lock, since CREATE SCHEMA IF NOT EXISTS itself races on PostgreSQL.
                 async with self.engine.begin() as conn:
                     await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+                    if self.schema:
+                        await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                     await conn.run_sync(_upgrade)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreUnavailable(f"cannot open the database {redact(self.url)}: "
