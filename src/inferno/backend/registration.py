@@ -31,6 +31,7 @@ from inferno.core.errors import InfernoError
 from inferno.net import HttpClient, resolve_all
 
 log = logging.getLogger("inferno.backend.registration")
+_FIRST_RETRY = 0.5  # seconds after a failed registration (then 1, 2, 4... up to the interval)
 
 
 def split_host_port(value: str, default_port: int) -> tuple[str, int]:
@@ -69,12 +70,20 @@ class RegistrationClient:
         self._changed.set()
 
     async def _run(self) -> None:
+        retry = _FIRST_RETRY
         while True:
             self._changed.clear()
             reg = self._registration()
-            await self._send("POST", "/registration", reg.model_dump_json().encode())
+            ok = await self._send("POST", "/registration", reg.model_dump_json().encode())
+            wait = self.next_wait(reg.lease_seconds)
+            if ok:
+                retry = _FIRST_RETRY
+            else:
+                # A proxy not answering yet (starting, restarting): try again soon, backing
+                # off to the heartbeat, rather than stay out of rotation a whole interval.
+                wait, retry = min(wait, retry), retry * 2
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.next_wait(reg.lease_seconds)):
+                async with asyncio.timeout(wait):
                     await self._changed.wait()
 
     def next_wait(self, lease: float | None) -> float:
