@@ -129,7 +129,7 @@ class Gateway:
         self.api.standby = self.standby
         registry.register(StandbyCollector(self.standby))
         # Setting standby models needs what registering a node needs: a node token.
-        standby_api = StandbyAPI(self.standby, self.security.registration._token)
+        standby_api = StandbyAPI(self.standby, self.security.registration.authenticate)
         if s.ui:
             self.api.mount(self._dashboard())
         self.alerts = self._alerts() if s.alert_webhooks else None
@@ -145,7 +145,7 @@ class Gateway:
         self._router_state = state = RouterState(self.pool, self.router, self.budget,
                                                  self.admission)
         routing_api = RoutingAPI(lambda: self.router, self.set_router,
-                                 self.security.registration._token)
+                                 self.security.registration.authenticate)
         self.ops = OpsServer(
             health=lambda: self.state, telemetry=self.vitals, registry=registry,
             routes={("POST", "/registration"): registration.post,

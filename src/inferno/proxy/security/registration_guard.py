@@ -93,8 +93,9 @@ class RegistrationGuard:
     def requires_token(self) -> bool:
         return bool(self._tokens)
 
-    def _token(self, req: Request) -> bytes | None:
-        """The fingerprint of the presented token, or None when no tokens are configured."""
+    def authenticate(self, req: Request) -> bytes | None:
+        """The fingerprint of the presented node token, or None when no tokens are configured;
+        raises for a missing or wrong token (also guards the ops settings routes)."""
         if not self._tokens:
             return None
         value = req.header("authorization") or ""
@@ -109,7 +110,7 @@ class RegistrationGuard:
         return digest
 
     async def check(self, req: Request, reg: Registration) -> None:
-        fingerprint = self._token(req)
+        fingerprint = self.authenticate(req)
         refuse_static(reg.id)
         if b"://" in req.body:
             raise InvalidRequest("Registration addresses are host:port; other schemes and "
@@ -123,7 +124,7 @@ class RegistrationGuard:
                                        param="id")
 
     def check_delete(self, req: Request, node_id: str) -> None:
-        fingerprint = self._token(req)
+        fingerprint = self.authenticate(req)
         refuse_static(node_id)
         owner = self._owners.get(node_id)
         if fingerprint is not None and owner is not None \
