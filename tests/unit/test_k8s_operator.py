@@ -21,9 +21,8 @@ from tests.k8s_emulator import Cluster, cluster, condition, is_, resource
 
 
 async def until(cond: Any, what: str) -> Any:
-    """Polls the emulator gently (each read is an HTTP call); kopf retries take a moment,
-    and under a full test run on 2 shared cores a deletion took over 15 s once."""
-    return await eventually(cond, what=what, timeout=45, interval=0.1)  # a loaded host
+    """Polls the emulator gently (each read is an HTTP call); kopf retries take a moment."""
+    return await eventually(cond, what=what, timeout=15, interval=0.1)
 
 
 MODEL = {"source": "hf://org/repo/model.gguf", "servedName": "chat-v1",
