@@ -22,6 +22,7 @@ from inferno.core.errors import ConfigError
 from inferno.ops import lifeline
 
 if TYPE_CHECKING:
+    from inferno.proxy.board import Board
     from inferno.proxy.gateway import Gateway
     from inferno.proxy.security.guard import Limiter
     from inferno.proxy.security.keys import Principal
@@ -174,6 +175,7 @@ def proxy_worker_main() -> None:
     spec on stdin."""
     import pickle
 
+    from inferno.proxy.board import Board
     from inferno.proxy.security.ratelimit_shm import SharedLimiter
     from inferno.proxy.worker import WorkerService, WorkerSpec
 
@@ -183,14 +185,15 @@ def proxy_worker_main() -> None:
     limiter = SharedLimiter(spec.limits_fd) if spec.limits_fd is not None else None
     try:
         run_service(lambda: WorkerService(
-            spec, build_gateway(spec.settings, spec.batch, limiter=limiter)))
+            spec, build_gateway(spec.settings, spec.batch, limiter=limiter,
+                                board=Board(spec.board_fd, spec.index))))
     except ConfigError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from exc
 
 
 def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None, *,
-                  limiter: Limiter | None = None) -> Gateway:
+                  limiter: Limiter | None = None, board: Board | None = None) -> Gateway:
     """The proxy, with the Batch and Files API mounted on it (when enabled and the proxy
     has a database): its routes on the API port, its workers dispatching through the
     proxy's own pipeline as each batch's owner, at background priority."""
@@ -199,7 +202,8 @@ def build_gateway(settings: ProxySettings, batch: BatchSettings | None = None, *
 
     batch = batch if batch is not None else BatchSettings()
     on = batch.enabled
-    gw = Gateway(settings, max_upload_size=batch.files_max_size if on else 0, limiter=limiter)
+    gw = Gateway(settings, max_upload_size=batch.files_max_size if on else 0,
+                 limiter=limiter, board=board)
     store = gw.security.store
     if not on or store is None:
         return gw

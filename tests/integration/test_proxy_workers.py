@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import orjson
 import pytest
 
 from inferno.proxy.security.keys import ANONYMOUS
@@ -242,3 +243,38 @@ def test_health_says_unresponsive_while_every_worker_is_stuck(
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
     wait_until(lambda: health(lb) == "healthy", 10, "healthy again", lb)
+
+
+def test_a_batch_runs_on_worker_0_alone_and_completes_whole(
+        cluster: tuple[Proc, Proc]) -> None:
+    """Every worker serves the Batch and Files API; worker 0 alone dispatches the items,
+    so it sees every background request on a node (and yields to the interactive
+    requests the other workers publish on their board)."""
+    lb, _ = cluster
+    n = 60
+    lines = b"".join(
+        b'{"custom_id":"c%d","method":"POST","url":"/v1/chat/completions","body":%s}\n'
+        % (i, CHAT) for i in range(n))
+    before = {w["index"]: w["requests_total"] for w in workers(lb)}
+    base = f"http://127.0.0.1:{lb.port}/v1"
+    with httpx.Client(timeout=30, headers={"connection": "close"}) as http:
+        up = http.post(f"{base}/files", data={"purpose": "batch"},
+                       files={"file": ("in.jsonl", lines)})
+        assert up.status_code == 200, up.text
+        made = http.post(f"{base}/batches", json={
+            "input_file_id": up.json()["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"})
+        assert made.status_code == 200, made.text
+        url = f"{base}/batches/{made.json()['id']}"
+        # Each poll on a new connection: the reads land on both workers.
+        wait_until(lambda: http.get(url).json()["status"] in ("completed", "failed"), 60,
+                   "the batch finished", lb)
+        done = http.get(url).json()
+        assert done["status"] == "completed", done
+        assert done["request_counts"] == {"total": n, "completed": n, "failed": 0}
+        out = http.get(f"{base}/files/{done['output_file_id']}/content")
+        ids = sorted(json_line["custom_id"] for json_line in map(orjson.loads,
+                                                                 out.content.splitlines()))
+        assert ids == sorted(f"c{i}" for i in range(n))
+    after = {w["index"]: w["requests_total"] for w in workers(lb)}
+    assert after[0] - before[0] == n and after[1] == before[1], (before, after)

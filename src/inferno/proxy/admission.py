@@ -13,6 +13,9 @@ background request is woken after every interactive one. So a batch at full spee
 idle capacity, and an interactive request arriving finds a free slot instead of queueing
 behind batch work. Beyond that, :class:`BackgroundLimit` caps background requests in
 flight while interactive requests get slower than they are without background work.
+With several workers (``--workers N``) each also reads what the others publish on a
+:class:`~inferno.proxy.board.Board`: their interactive peaks, queues and limits count as
+its own, and the background cap is on the proxy's background requests as a whole.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ from collections.abc import Sequence
 
 from inferno.core.errors import Overloaded
 from inferno.proxy.background import BackgroundLimit
+from inferno.proxy.board import BACKGROUND, LAST_SAMPLE, LIMIT, PEAK, PEAK_AT, WAITING, Board
 from inferno.proxy.pool import Node
 
 
 class Admission:
     def __init__(self, *, max_per_node: int, queue_size: int, queue_wait: float,
-                 reserve_window: float = 2.0) -> None:
+                 reserve_window: float = 2.0, board: Board | None = None) -> None:
+        """``board``: where this worker and the proxy's other workers publish their
+        traffic (None: a proxy of one process)."""
         self._max_per_node = max_per_node
         self._queue_size = queue_size
         self._queue_wait = queue_wait
@@ -41,8 +47,38 @@ class Admission:
         self._peak = 0  # interactive requests in flight at most, lately
         self._peak_at = 0.0
         self.background = BackgroundLimit(idle=reserve_window)
-        self.background_in_flight = 0
+        self._board = board
+        self._background_in_flight = 0
         self.rejected = 0
+
+    @property
+    def background_in_flight(self) -> int:
+        """Background requests in flight in this process."""
+        return self._background_in_flight
+
+    @background_in_flight.setter
+    def background_in_flight(self, n: int) -> None:
+        self._background_in_flight = n
+        if self._board is not None:
+            self._board.set(BACKGROUND, n)
+
+    def background_total(self) -> int:
+        """Background requests in flight in the whole proxy (every worker)."""
+        own = self._background_in_flight
+        if self._board is None:
+            return own
+        return own + int(self._board.others(time.monotonic(), self._window).background)
+
+    def wants_sample(self) -> bool:
+        """Whether to time this interactive stream's first chunk (BackgroundLimit)."""
+        return self.background.wants_sample(self.background_total())
+
+    def observe_interactive(self, seconds: float) -> None:
+        """An interactive request's time to first byte, for the background limit."""
+        self.background.observe(seconds, self.background_total())
+        if self._board is not None:
+            self._board.set(LIMIT, self.background.limit)
+            self._board.set(LAST_SAMPLE, time.monotonic())
 
     def cap(self, node: Node) -> int:
         return self._max_per_node or 4 * max(node.capacity, 1)
@@ -55,19 +91,33 @@ class Admission:
         now = time.monotonic()
         if in_flight >= self._peak or now - self._peak_at > self._window:
             self._peak, self._peak_at = in_flight, now
+            if self._board is not None:
+                self._board.set(PEAK, in_flight)
+                self._board.set(PEAK_AT, now)
 
-    def background_cap(self, node: Node, n_nodes: int) -> int:
+    def background_cap(self, node: Node, n_nodes: int, elsewhere: float = 0.0) -> int:
+        """``elsewhere``: the other workers' recent interactive peak."""
         peak = self._peak if time.monotonic() - self._peak_at <= self._window else 0
+        peak += math.ceil(elsewhere)
         reserve = 1 + math.ceil(peak / max(1, n_nodes)) if peak else 0
         return min(self.cap(node), max(0, max(node.capacity, 1) - reserve))
 
     def background_room(self, nodes: Sequence[Node], pool: int = 0) -> list[Node]:
         """The nodes that may take background work now (none while interactive waits);
         ``pool``: how many nodes share the reserve when ``nodes`` is a sample of them."""
-        if self._waiters or self.background_in_flight >= self.background.current():
+        waiting, limit = len(self._waiters), self.background.current()
+        in_flight, elsewhere = self._background_in_flight, 0.0
+        if self._board is not None:
+            others = self._board.others(time.monotonic(), self._window)
+            waiting += int(others.waiting)
+            limit = min(limit, others.limit)
+            in_flight += int(others.background)
+            elsewhere = others.peak
+        if waiting or in_flight >= limit:
             return []
         n_nodes = max(pool, len(nodes))
-        return [n for n in nodes if n.outstanding < self.background_cap(n, n_nodes)]
+        return [n for n in nodes
+                if n.outstanding < self.background_cap(n, n_nodes, elsewhere)]
 
     async def wait_background(self, deadline: float) -> None:
         """Wait until a request finishes with no interactive one waiting, or a short while
@@ -100,6 +150,7 @@ class Admission:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        self._publish_waiting()
         timeout = min(self._queue_wait, deadline - time.monotonic())
         try:
             await asyncio.wait_for(waiter, max(0.0, timeout))
@@ -112,6 +163,11 @@ class Admission:
                 waiter.cancel()
             with contextlib.suppress(ValueError):  # already popped by release()
                 self._waiters.remove(waiter)
+            self._publish_waiting()
+
+    def _publish_waiting(self) -> None:
+        if self._board is not None:
+            self._board.set(WAITING, len(self._waiters))
 
     def release(self) -> None:
         """A request finished somewhere: let the longest waiter re-check (interactive

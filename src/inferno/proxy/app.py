@@ -241,14 +241,12 @@ class ProxyAPI:
             status = resp.status
             if isinstance(resp, StreamingResponse):
                 # Still in flight until the stream ends: the chunks take the decrement.
-                timed = not background and admission.background.wants_sample(
-                    admission.background_in_flight)
+                timed = not background and admission.wants_sample()
                 resp.chunks = _InFlightChunks(resp.chunks, self, background,
                                               started if timed else None)
                 streaming = True
             elif not background and status == 200:
-                admission.background.observe(time.perf_counter() - started,
-                                             admission.background_in_flight)
+                admission.observe_interactive(time.perf_counter() - started)
             return resp
         except InfernoError as exc:
             status = exc.status_code
@@ -359,8 +357,7 @@ class _InFlightChunks:
         api = self._api
         if started is not None and api is not None:
             admission = api._admission
-            admission.background.observe(time.perf_counter() - started,
-                                         admission.background_in_flight)
+            admission.observe_interactive(time.perf_counter() - started)
         return chunk
 
     async def aclose(self) -> None:

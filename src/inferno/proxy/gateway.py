@@ -21,6 +21,7 @@ from inferno.proxy.admission import Admission
 from inferno.proxy.alert_rules import build_rules
 from inferno.proxy.alerts import AlertManager, WebhookSender
 from inferno.proxy.app import ProxyAPI
+from inferno.proxy.board import Board
 from inferno.proxy.discovery import RegistrationAPI, probe_static, sweep_leases
 from inferno.proxy.events import Event, EventLog
 from inferno.proxy.forward import Forwarder, Timeouts
@@ -62,9 +63,10 @@ class Attached(Protocol):
 
 class Gateway:
     def __init__(self, settings: ProxySettings, *, max_upload_size: int = 0,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, board: Board | None = None) -> None:
         """``max_upload_size``: the largest body a mounted route may stream to disk;
-        ``limiter``: rate-limit counters shared with other workers (default: this process)."""
+        ``limiter``: rate-limit counters shared with other workers (default: this process);
+        ``board``: the other workers' traffic, for admission (default: none)."""
         self.settings = settings
         self.state: NodeState = "loading"
         self.id = f"proxy-{socket.gethostname()}-{os.getpid()}"
@@ -92,7 +94,7 @@ class Gateway:
                                    on_change=self._health_changed)
         self.budget = RetryBudget(s.retry_budget_ratio, s.retry_budget_min_per_s)
         self.admission = Admission(max_per_node=s.max_per_node, queue_size=s.queue_size,
-                                   queue_wait=s.queue_wait)
+                                   queue_wait=s.queue_wait, board=board)
         routing = load_routing_file(s.routing_file) or s.routing
         self.router = Router(routing, build_router(routing))
         forwarder = Forwarder(

@@ -83,6 +83,7 @@ class WorkerSpec:
     announce_fd: int              # where it writes its pid and ops port once it serves
     limits_fd: int | None         # the shared rate-limit table (None: Redis)
     log_level: str
+    board_fd: int                 # where the workers publish their traffic (proxy/board.py)
 
 
 class WorkerService:

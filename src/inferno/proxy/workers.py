@@ -45,6 +45,7 @@ from inferno.core.config import BatchSettings, ProxySettings
 from inferno.core.errors import ConfigError, InfernoError, ServiceUnavailable
 from inferno.net import HttpClient, Request, Response
 from inferno.ops import OpsServer, lifeline
+from inferno.proxy.board import create_board
 from inferno.proxy.security.ratelimit_shm import create_table
 from inferno.proxy.worker import WorkerSpec, free_port, reuseport_socket
 from inferno.proxy.workers_merge import merge_metrics, merge_router_state, merge_telemetry
@@ -84,6 +85,7 @@ class ProxyWorkers:
         self._reserved: socket.socket | None = None
         self._port = settings.port
         self._table: int | None = None  # the shared rate-limit table's descriptor
+        self._board: int | None = None  # the workers' traffic board's descriptor
         self._monitor: asyncio.Task[None] | None = None
         registry = CollectorRegistry()
         self._restarts = Counter("inferno_proxy_worker_restarts", "Proxy workers started "
@@ -119,6 +121,7 @@ class ProxyWorkers:
         self._reserved = await self._claim_port()
         self._port = int(self._reserved.getsockname()[1])
         self._table = None if s.redis_url else create_table()
+        self._board = create_board(self.count)
         try:
             for w in self.workers:
                 self._spawn(w)
@@ -172,9 +175,17 @@ class ProxyWorkers:
         self._close_announce(w)
         read, write = os.pipe()
         os.set_blocking(read, False)
-        spec = WorkerSpec(s.model_copy(update=update), self._batch, w.index, write,
-                          self._table, self._log_level)
-        inherited = (write,) if self._table is None else (write, self._table)
+        # Worker 0 alone runs batch items (all of them: the configured count is the
+        # proxy's), so that it knows every background request in flight on each node;
+        # every worker serves the Batch and Files API and supervises batches.
+        batch = self._batch
+        if batch is not None and w.index > 0:
+            batch = batch.model_copy(update={"workers": 0})
+        assert self._board is not None
+        spec = WorkerSpec(s.model_copy(update=update), batch, w.index, write,
+                          self._table, self._log_level, self._board)
+        inherited = (write, self._board) if self._table is None else \
+            (write, self._board, self._table)
         try:
             # Its own session, as `inferno serve` starts its children: Ctrl-C reaches the
             # supervisor alone, which drains every worker; and where the kernel groups CPU
@@ -295,6 +306,9 @@ class ProxyWorkers:
         if self._table is not None:
             os.close(self._table)
             self._table = None
+        if self._board is not None:
+            os.close(self._board)
+            self._board = None
         for w in self.workers:
             self._close_announce(w)
 
