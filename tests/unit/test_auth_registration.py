@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -83,6 +84,41 @@ async def test_node_ids_cannot_be_taken_over(gw: Gateway) -> None:
         ok = await http.post(url, json=reg("localhost:8001", node_id="n2", metrics_port=8500),
                              headers=auth(TOKEN))
         assert ok.status_code == 200
+
+
+async def test_a_repeated_registration_body_skips_only_the_address_checks(
+        gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renewal repeating an accepted body byte for byte is not parsed or address-checked
+    again (for RECHECK seconds), but its token and the id's owner are."""
+    checks: list[str] = []
+    guard = gw.security.registration
+    real = guard._check_address
+
+    async def counted(host: str, port: int, param: str) -> None:
+        checks.append(param)
+        await real(host, port, param)
+    monkeypatch.setattr(guard, "_check_address", counted)
+    url = f"http://127.0.0.1:{gw.ops.port}/registration"
+    body = orjson.dumps(reg())
+    async with httpx.AsyncClient() as http:
+        async def post(headers: dict[str, str]) -> int:
+            return (await http.post(url, content=body, headers=headers)).status_code
+
+        assert await post(auth(TOKEN)) == 200 and len(checks) == 2  # address, metrics_port
+        assert await post(auth(TOKEN)) == 200
+        assert len(checks) == 2  # the renewal took the short path ...
+        assert await post(auth(OTHER)) == 403  # ... which still checks the id's owner
+        assert await post({}) == 401  # ... and the token
+        assert await post(auth("wrong")) == 401
+        assert len(checks) == 2
+        monkeypatch.setattr(discovery, "RECHECK", 0.0)  # the addresses are due again
+        assert await post(auth(TOKEN)) == 200 and len(checks) == 4
+        monkeypatch.undo()
+        assert (await http.delete(f"{url}/n1", headers=auth(TOKEN))).status_code == 200
+        # A node no longer in the pool registers anew: the whole check again.
+        monkeypatch.setattr(guard, "_check_address", counted)
+        assert await post(auth(TOKEN)) == 200 and len(checks) == 6
+    assert gw.pool.get("n1") is not None
 
 
 async def test_backend_sends_its_node_token(gw: Gateway) -> None:

@@ -232,6 +232,24 @@ async def test_heartbeats_are_jittered_and_fit_the_lease() -> None:
     await client.aclose()
 
 
+def test_the_sweeper_expires_each_lease_on_time_whatever_order_they_came_in() -> None:
+    clock = Clock()
+    pool = big_pool(3, clock)  # 30 s leases, until 1030
+    clock.now += 10
+    assert pool.expire() == []
+    pool.upsert(reg(7, lease_seconds=5))  # a shorter lease, registered later: ends at 1015
+    pool.upsert(reg(0))  # renewed: n0 now ends at 1040
+    clock.now += 4.9
+    assert pool.expire() == []
+    clock.now += 0.2
+    assert pool.expire() == ["n7"]
+    clock.now = 1030.0
+    assert sorted(pool.expire()) == ["n1", "n2"]
+    assert pool.expire() == [] and pool.get("n0") is not None
+    clock.now = 1040.0
+    assert pool.expire() == ["n0"] and pool.nodes() == []
+
+
 def test_background_reserve_is_spread_over_the_pool_not_the_sample() -> None:
     pool = big_pool(1000)
     router = sampled_router()

@@ -93,6 +93,9 @@ class Pool:
     def __init__(self, *, default_lease: float, breaker: BreakerPolicy | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._nodes: dict[str, Node] = {}
+        # No lease ends before this: the sweeper (4 times a second) scans the pool only
+        # once it has passed. Renewals only move leases later; an upsert may lower it.
+        self._earliest = float("inf")
         self._default_lease = default_lease
         self._breaker = breaker or BreakerPolicy()
         self._clock = clock
@@ -116,6 +119,7 @@ class Pool:
         lease = reg.lease_seconds or self._default_lease
         now = self._clock()
         expires = now + lease
+        self._earliest = min(self._earliest, expires)
         models = frozenset(reg.models)
         node = self._nodes.get(reg.id)
         if (node is not None and node.host == reg.host and node.port == reg.port
@@ -162,7 +166,11 @@ class Pool:
 
     def expire(self) -> list[str]:
         now = self._clock()
+        if now < self._earliest:
+            return []
         gone = [nid for nid, n in self._nodes.items() if n.expires_at <= now]
+        self._earliest = min((n.expires_at for n in self._nodes.values() if n.expires_at > now),
+                             default=float("inf"))
         for nid in gone:
             del self._nodes[nid]
         if gone:
