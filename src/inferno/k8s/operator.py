@@ -159,6 +159,10 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "inferno.dev/operator"
         settings.networking.error_backoffs = [cfg.retry_delay / 4, cfg.retry_delay / 2,
                                               cfg.retry_delay]
+        # A resource deleted while its refresh timer runs (a few API calls) keeps its
+        # finalizer until kopf sees the timer finish; kopf looks again after
+        # cancellation_polling, 60 s by default, so the deletion would wait that long.
+        settings.background.cancellation_polling = cfg.retry_delay
         api = cfg.api_client or await asyncio.to_thread(_load_api_client)
         kube_box[:] = [Kube(api)]
 
