@@ -1,14 +1,18 @@
 """The operator survives API conflicts and server errors, dropped watch streams, and being
-stopped half-way through a reconcile, without duplicating what it made."""
+stopped half-way through a reconcile, without duplicating what it made; a deletion that
+meets a running refresh timer is not held long."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from inferno.k8s import objects as ob
 from inferno.k8s.operator_api import ApiError
 from tests.polling import eventually
 
@@ -129,3 +133,43 @@ async def test_restart_half_way_through_a_reconcile_makes_no_duplicates(k8s: Clu
         assert created_once(k8s, plural, name), plural
     assert len(await k8s.kube.list("Service", "default")) == 1
     assert len(await k8s.kube.list("Job", "default")) == 1
+
+
+async def test_a_model_deleted_while_its_refresh_timer_runs_is_released(k8s: Cluster) -> None:
+    # A model handled before (finalizer, kopf's last-handled annotation) and its pull Job,
+    # done, without the operator's labels: the restarted operator resumes the model once,
+    # and no Job event refreshes it, so once that reconcile has written the status every
+    # read of the Job is the refresh timer's.
+    model = resource("InfernoModel", "m", MODEL)
+    job = ob.model_job(model)
+    del job["metadata"]["labels"]
+    await k8s.create({**job, "status": {"succeeded": 1}})
+    model["metadata"] |= {"finalizers": ["inferno.dev/operator"], "annotations": {
+        "kopf.zalando.org/last-handled-configuration": json.dumps({"spec": MODEL})}}
+    await k8s.create(model)
+    await k8s.start_operator()
+
+    async def reconciled() -> bool:
+        m = await k8s.get("InfernoModel", "m")
+        return is_(m, "Downloaded") and m is not None and "cache" in m["status"]
+    await until(reconciled, what="the resumed reconcile's status")
+    gate, held = asyncio.Event(), []
+
+    async def hold() -> object:
+        held.append(1)
+        await gate.wait()
+        return NotImplemented  # then served as usual
+    k8s.em[request("fetch", "jobs")] << hold
+    try:
+        await until(lambda: held, what="the refresh timer reading the Job")
+        await k8s.delete("InfernoModel", "m")
+        await until(lambda: k8s.history("batch/v1/jobs", "inferno-pull-m")[-1] is None,
+                    what="the deletion handler (it deletes the Job)")
+        assert len(held) == 1  # the timer still runs: kopf holds the finalizer for it
+    finally:
+        gate.set()
+
+    async def gone() -> bool:
+        return await k8s.get("InfernoModel", "m") is None
+    # kopf looks at an exiting timer again after cancellation_polling (60 s by default)
+    await until(gone, what="the finalizer removed once the timer finished")

@@ -159,6 +159,10 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = "inferno.dev/operator"
         settings.networking.error_backoffs = [cfg.retry_delay / 4, cfg.retry_delay / 2,
                                               cfg.retry_delay]
+        # A resource deleted while its refresh timer runs (a few API calls) keeps its
+        # finalizer until kopf sees the timer finish; kopf looks again after
+        # cancellation_polling, 60 s by default, so the deletion would wait that long.
+        settings.background.cancellation_polling = cfg.retry_delay
         api = cfg.api_client or await asyncio.to_thread(_load_api_client)
         kube_box[:] = [Kube(api)]
 
@@ -291,6 +295,15 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
             await kube().delete("Service", namespace, ob.node_name(name))
             await sync_standby(namespace, without=name)
 
+    renders: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def rendering(what: str, namespace: str) -> asyncio.Lock:
+        """One render at a time of a ConfigMap that several resources make together: two
+        handlers interleaving list-then-write would let the one that listed first write
+        last (a policy deleted meanwhile rendered back, a ConfigMap made again after its
+        last policy deleted it)."""
+        return renders.setdefault((what, namespace), asyncio.Lock())
+
     standby: dict[str, set[str]] = {}  # namespace -> its scale-to-zero models
     standby_sent: list[set[str]] = [set()]  # what the proxy was last told
 
@@ -348,18 +361,20 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     async def render_routes(namespace: str, without: str | None = None) -> list[str]:
         """Re-renders the namespace's routes ConfigMap (and the routing sync_routes PUTs);
         the deployments not found."""
-        routes = [r for r in await kube().list("InfernoRoute", namespace)
-                  if r["metadata"]["name"] != without
-                  and not r["metadata"].get("deletionTimestamp")]
-        if not routes:
-            await kube().delete("ConfigMap", namespace, ROUTES)
-            routes_by_ns.pop(namespace, None)
-            return []
-        names = {b["deployment"] for r in routes for b in r["spec"]["backends"]}
-        found = {n: s for n in sorted(names) if (s := await served(namespace, n)) is not None}
-        await kube().ensure(routes_configmap(namespace, routes, found))
-        routes_by_ns[namespace] = routing(routes, found)
-        return sorted(names - set(found))
+        async with rendering(ROUTES, namespace):
+            routes = [r for r in await kube().list("InfernoRoute", namespace)
+                      if r["metadata"]["name"] != without
+                      and not r["metadata"].get("deletionTimestamp")]
+            if not routes:
+                await kube().delete("ConfigMap", namespace, ROUTES)
+                routes_by_ns.pop(namespace, None)
+                return []
+            names = {b["deployment"] for r in routes for b in r["spec"]["backends"]}
+            found = {n: s for n in sorted(names)
+                     if (s := await served(namespace, n)) is not None}
+            await kube().ensure(routes_configmap(namespace, routes, found))
+            routes_by_ns[namespace] = routing(routes, found)
+            return sorted(names - set(found))
 
     async def sync_routes() -> None:
         """The proxy's routing: every watched namespace's routes (PUT /routing; the same
@@ -441,22 +456,23 @@ def build_registry(cfg: OperatorConfig) -> kopf.OperatorRegistry:
     async def render_governator(namespace: str, without: str | None = None) -> None:
         """The namespace's combined governator ConfigMap: every policy whose deployment
         (and its model) exists; none: the ConfigMap goes (the governator then has none)."""
-        found = []
-        for p in await kube().list("InfernoScalingPolicy", namespace):
-            if p["metadata"]["name"] == without or p["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                spec = ScalingPolicySpec.model_validate(p["spec"])
-            except ValidationError:  # reported by its own reconcile
-                continue
-            dep = await kube().get("InfernoDeployment", namespace, spec.deployment)
-            model = await served(namespace, spec.deployment)
-            if dep is not None and model is not None:
-                found.append((p, dep, model))
-        if found:
-            await kube().ensure(governator_configmap(namespace, found))
-        else:
-            await kube().delete("ConfigMap", namespace, GOVERNATOR)
+        async with rendering(GOVERNATOR, namespace):
+            found = []
+            for p in await kube().list("InfernoScalingPolicy", namespace):
+                if p["metadata"]["name"] == without or p["metadata"].get("deletionTimestamp"):
+                    continue
+                try:
+                    spec = ScalingPolicySpec.model_validate(p["spec"])
+                except ValidationError:  # reported by its own reconcile
+                    continue
+                dep = await kube().get("InfernoDeployment", namespace, spec.deployment)
+                model = await served(namespace, spec.deployment)
+                if dep is not None and model is not None:
+                    found.append((p, dep, model))
+            if found:
+                await kube().ensure(governator_configmap(namespace, found))
+            else:
+                await kube().delete("ConfigMap", namespace, GOVERNATOR)
 
     @on.cleanup(registry=reg)
     async def cleanup(**_: Any) -> None:
