@@ -20,6 +20,13 @@ and a queue that has begun to grow will keep growing while new nodes start. So:
   keeps a minute's p95 within target in the planner), plus the backlog's concurrency /
   per-node concurrency, in one step.
 
+Scale-down reads the recent rate too (``RECENT_WINDOWS`` panic windows): the stable
+window lags a burst's onset as much as its end, so early in a burst it reads a rate far
+below the one the nodes serve, and a pool sized on it drops nodes mid-burst and has to
+start them again (a queue meanwhile). ``keep`` is what the higher of the two rates needs;
+the policy scales down no lower. Burstiness needs ``MIN_BUCKETS`` buckets: from fewer
+(a pool's first seconds) the spread of a handful of requests is noise, not bursts.
+
 Service time is measured too: mean running requests / mean requests started per second
 over the stable window (Little's law again, on the nodes' slots).
 """
@@ -35,12 +42,16 @@ Sample = tuple[float, float, float, float, float]
 WAIT_QUANTILE = 0.9  # the fleet is sized so this share of requests waits within target
 MAX_HEADROOM = 0.5
 BUCKET_S = 5.0
+MIN_BUCKETS = 4
+RECENT_WINDOWS = 4.0
 
 
 @dataclass(frozen=True, slots=True)
 class Demand:
     nodes: int  # what the rate and the backlog need (0: no estimate yet)
     text: str  # why, for the decision's reason
+    keep: int = 0  # what the recent rate still needs: scale-down goes no lower
+    keep_text: str = ""
 
 
 def erlang_c(servers: int, load: float) -> float:
@@ -89,7 +100,7 @@ def burstiness(samples: tuple[Sample, ...], now: float, window: float) -> float:
         if now - at < window:
             buckets.setdefault(int((now - at) // BUCKET_S), []).append(rate)
     means = [sum(b) / len(b) for b in buckets.values()]
-    if len(means) < 2:
+    if len(means) < MIN_BUCKETS:
         return 0.0
     mu = sum(means) / len(means)
     if mu <= 0:
@@ -133,4 +144,11 @@ def demand(samples: tuple[Sample, ...], now: float, *, per_node: float, startup_
     text = (f"arrivals {rate:.2f}/s x service {service:.1f}s (+{headroom:.0%} burst headroom)"
             + (f" + backlog {backlog:.0f} drained in {drain_s:g}s" if backlog >= 0.5
                else "") + f" = {concurrency:.1f} running")
-    return Demand(nodes, text)
+    # The higher of the stable and the recent rate, without a significance test: it only
+    # holds nodes the pool already has.
+    recent_s = RECENT_WINDOWS * panic_window_s
+    held = max(slow, _mean_rate(samples, now, recent_s))
+    held_load = held * service * (1 + headroom)
+    keep = nodes_for_wait(held_load, service, per_node, target_wait_s) if held_load > 0 else 0
+    keep_text = f"arrivals {held:.2f}/s over the last {recent_s:g}s keep {keep} node(s)"
+    return Demand(nodes, text, keep, keep_text)

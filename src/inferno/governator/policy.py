@@ -10,7 +10,8 @@ When the short window wants ``panic_threshold`` times the running nodes, the poo
 panic: it scales up at once and does not scale down until a stable window has passed.
 Load shows only what the nodes already carry, so the pool is also sized from demand
 (demand.py: arrival rate x service time, queue growth, burstiness), in one step; the
-larger of the two wins, up and down. A missed target adds a node only when none is
+larger of the two wins, up and down, and scale-down goes no lower than what the recent
+arrival rate needs (``Demand.keep``). A missed target adds a node only when none is
 starting. Scale-down is slow: not within ``scale_down_delay_s`` of a scale-up, at most
 ``scale_down_step`` nodes per ``scale_down_cooldown_s``, never while a target is missed.
 """
@@ -158,6 +159,10 @@ def decide(spec: PoolSpec, node_type_name: str, node_type: NodeType, sig: PoolSi
     target, note = clamp(want)
     if need.text and need.nodes >= want:
         load_txt = need.text
+    if target < current and need.keep > target:
+        # The recent rate still needs more than the stable window says (a burst it lags).
+        target = min(current, need.keep)
+        load_txt = f"{load_txt}; {need.keep_text}"
     if target < current:
         if misses:
             return out(current, "hold", f"{load_txt} wants {target} but {'; '.join(misses)}",
