@@ -100,6 +100,27 @@ async def test_admission_queue_rejects_fast_when_full() -> None:
     assert adm.queued == 0 and adm.rejected == 1
 
 
+async def test_admission_queue_wait_bounds_the_whole_wait_not_each() -> None:
+    adm = Admission(max_per_node=1, queue_size=4, queue_wait=5.0)
+    deadline = time.monotonic() + 60
+    first = asyncio.create_task(adm.wait(deadline))
+    await eventually(lambda: adm.queued == 1, what="the request to queue")
+    adm.release()  # woken: but say another request took the slot meanwhile ...
+    await first
+    # ... so it waits again, counted from when it first queued: once the queue wait has
+    # passed since then, it is refused without queueing again.
+    queued_since = time.monotonic() - 5.0
+    with pytest.raises(Overloaded) as info:
+        await adm.wait(deadline, queued_since)
+    assert adm.queued == 0 and adm.rejected == 1
+    assert info.value.headers() == [("retry-after", "2")]
+    again = asyncio.create_task(adm.wait(deadline, time.monotonic() - 1.0))  # 4 s left
+    await eventually(lambda: adm.queued == 1, what="a second wait within the bound")
+    adm.release()
+    await again
+    assert adm.rejected == 1
+
+
 async def test_admission_wait_times_out_with_retry_after() -> None:
     adm = Admission(max_per_node=1, queue_size=4, queue_wait=0.05)
     with pytest.raises(Overloaded) as info:

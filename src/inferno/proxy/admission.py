@@ -141,19 +141,28 @@ class Admission:
     def queued(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, deadline: float) -> None:
-        """Wait for any request to finish; raises Overloaded when refused or out of time."""
+    async def wait(self, deadline: float, since: float | None = None) -> None:
+        """Wait for any request to finish; raises Overloaded when refused or out of time.
+
+        ``since``: when the request first queued (``time.monotonic``). A waiter woken by a
+        finished request may find the slot taken again and wait once more; its time in the
+        queue counts from ``since``, so ``queue_wait`` bounds the whole wait, not each."""
         if len(self._waiters) >= self._queue_size:
             self.rejected += 1
             raise Overloaded("Every node is at capacity and the proxy's queue is full; "
                              "retry later.", retry_after=1)
+        now = time.monotonic()
+        timeout = min((now if since is None else since) + self._queue_wait, deadline) - now
+        if timeout <= 0:
+            self.rejected += 1
+            raise Overloaded(f"No node had capacity within {self._queue_wait:g} s; "
+                             "retry later.", retry_after=2)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         self._publish_waiting()
-        timeout = min(self._queue_wait, deadline - time.monotonic())
         try:
-            await asyncio.wait_for(waiter, max(0.0, timeout))
+            await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             self.rejected += 1
             raise Overloaded(f"No node had capacity within {self._queue_wait:g} s; "

@@ -273,6 +273,7 @@ class ProxyAPI:
         profile = router.profile_for(target, req.header("x-inferno-profile"))
         session = req.header("x-session-id")
         queued_at = 0.0
+        queued_since: float | None = None  # monotonic, for the queue's bound
         while True:
             snapshot = self._pool.snapshot
             nodes = snapshot.by_model.get(target)
@@ -299,7 +300,8 @@ class ProxyAPI:
                 order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
                 break
             queued_at = queued_at or time.perf_counter()
-            await self._admission.wait(deadline)  # raises Overloaded when refused
+            queued_since = queued_since or time.monotonic()
+            await self._admission.wait(deadline, queued_since)  # raises Overloaded if refused
         self._metrics.queue_time.observe(queued_at and time.perf_counter() - queued_at)
         order = [n for n in decision.order if n.outstanding < self._admission.cap(n)]
         headers = req.headers
