@@ -84,15 +84,22 @@ def parse_duration(v: Any) -> float:
 S = TypeVar("S", bound=BaseSettings)
 
 
+def load_yaml(path: Path, what: str = "") -> Any:
+    """A YAML file's content (None when empty); a file that cannot be read or parsed is a
+    ConfigError naming it (``what``: how to call it, e.g. "config file")."""
+    name = f"{what} {path}" if what else str(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{name} is not valid YAML: {exc}") from exc
+
+
 def read_yaml(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections")
     return data

@@ -16,9 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from inferno.core.errors import ConfigError
+from inferno.core.settings import load_yaml
 from inferno.governator.spec import Policy, PriceList, load_policy, load_prices
 
 log = logging.getLogger("inferno.governator")
@@ -37,12 +36,7 @@ def load_deployments(path: Path | None) -> dict[str, str]:
     """A YAML mapping pool -> deployment (``infernodeployment/NAME`` or a Deployment)."""
     if path is None:
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path) or {}
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in data.items()):
         raise ConfigError(f"{path}: expected a mapping of pool (model) -> deployment name")

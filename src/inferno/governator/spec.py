@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from inferno.core.errors import ConfigError
+from inferno.core.settings import load_yaml
 from inferno.core.validation import field_errors
 
 NonNeg = Annotated[float, Field(ge=0)]
@@ -115,12 +115,7 @@ def default_policy(model: str, min_replicas: int, max_replicas: int,
 
 
 def _load(cls: type[_Strict], path: Path) -> Any:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    data = load_yaml(path)
     try:
         return cls.model_validate(data or {})
     except ValidationError as exc:
