@@ -3,11 +3,12 @@ back off, max replicas hold, scale-down deregisters at the proxy and then stops.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 from inferno.governator.providers.base import NodeTemplate
-from inferno.governator.providers.local import LocalProvider
+from inferno.governator.providers.local import LocalProvider, free_port
 from inferno.net import HttpClient
 from inferno.proxy.gateway import Gateway
 
@@ -62,3 +63,12 @@ async def test_never_exceeds_max_and_drains_on_scale_down(gateway: Gateway,
     assert [e.id for e in prov.endpoints()] == ["node-0"]
     await prov.close()
     assert not prov.nodes
+
+
+def test_a_port_given_to_a_node_is_not_given_again_before_it_binds_it() -> None:
+    with socket.socket() as s:  # a port free again at once, as one a node has not bound yet
+        s.bind(("127.0.0.1", 0))
+        given = int(s.getsockname()[1])
+    assert free_port(preferred=given) == given  # the scenario: it is free ...
+    assert free_port(preferred=given, taken=frozenset({given})) != given  # ... yet not reused
+    assert all(free_port(taken=frozenset({given})) != given for _ in range(50))

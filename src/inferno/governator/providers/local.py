@@ -37,14 +37,20 @@ State = Literal["starting", "ready", "draining", "restarting"]
 HEALTHY_RESET_S = 60.0
 
 
-def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
-    for candidate in ((preferred,) if preferred else ()) + (0,):
+def free_port(host: str = "127.0.0.1", preferred: int = 0,
+              taken: frozenset[int] = frozenset()) -> int:
+    """A port free now and not in ``taken``: ports given to nodes that may not have bound
+    them yet (the kernel hands a port just probed and closed out again)."""
+    first = (preferred,) if preferred and preferred not in taken else ()
+    for candidate in first + (0,) * 16:
         with socket.socket() as s:
             try:
                 s.bind((host, candidate))
             except OSError:
                 continue
-            return int(s.getsockname()[1])
+            port = int(s.getsockname()[1])
+            if port not in taken:
+                return port
     raise ProviderError("no free port on this machine")
 
 
@@ -107,9 +113,12 @@ class LocalProvider:
 
     def _spawn(self, node: LocalNode) -> None:
         t = self._templates[node.pool]
-        node.port = free_port(self._host, self._port_base + node.slot if self._port_base else 0)
+        taken = frozenset(p for n in self.nodes if n is not node for p in (n.port, n.ops_port))
+        node.port = free_port(self._host, self._port_base + node.slot if self._port_base else 0,
+                              taken)
         node.ops_port = free_port(self._host,
-                                  self._ops_base + node.slot if self._ops_base else 0)
+                                  self._ops_base + node.slot if self._ops_base else 0,
+                                  taken | {node.port})
         out: IO[bytes] | int
         if self._log_dir is not None:
             out = (self._log_dir / f"{node.id}.log").open("ab")
