@@ -66,7 +66,6 @@ wheel: setup
 
 lint: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
