@@ -142,6 +142,36 @@ def test_autoscaler_on_every_shape(shape: str) -> None:
             assert ratio <= 0.7, where
 
 
+def test_another_decider_drives_the_simulated_fleet() -> None:
+    """``simulate(decider=...)`` replays a policy other than ``decide`` (the bench's
+    oracles use it): a decider that wants 1 node before 60 s and 3 after gets exactly
+    that fleet, its new nodes paying the node type's start-up."""
+    from inferno.governator.policy import Decision, PoolState
+    from inferno.governator.signals import PoolSignals
+
+    nt = load_prices(EXAMPLES / "prices.yaml").node_types["local-cpu"]
+    spec = pool(MODEL)
+    rows = [TraceRow(float(t), MODEL, 10, 20) for t in range(0, 120, 4)]
+    seen: list[tuple[float, int, int]] = []
+
+    def three_after_a_minute(spec: PoolSpec, name: str, _nt: object, sig: PoolSignals,
+                             state: PoolState) -> tuple[Decision, PoolState]:
+        seen.append((sig.at, sig.ready, sig.starting))
+        want = 1 if sig.at < 60 else 3
+        return Decision(pool=spec.name, at=sig.at, current=sig.running, desired=want,
+                        action="hold", reason="test", node_type=name), state
+
+    _, waits, node_s, peak = simulate(rows, nt, 2.0, spec=spec, type_name="local-cpu",
+                                      decider=three_after_a_minute)
+    assert seen and peak == 3
+    # The two new nodes were starting for start-up seconds, then ready.
+    assert any(at >= 60 and starting == 2 for at, _, starting in seen)
+    assert any(at >= 60 + nt.startup_s and ready == 3 for at, ready, _ in seen)
+    end = rows[-1].ts
+    assert node_s >= end + 2 * (end - 61)  # 1 node all along, 2 more from ~60 s
+    assert all(w == w for w in waits)  # every request was served
+
+
 def test_cli_synthetic_json_rows() -> None:
     result = CliRunner().invoke(app, [
         "governator", "plan", "--synthetic", "two-models", "--seed", "1", "--duration", "300",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import orjson
 
 from inferno.core.errors import ConfigError
 from inferno.governator.cost import api_usd
-from inferno.governator.policy import PoolState, decide
+from inferno.governator.policy import Decision, PoolState, decide
 from inferno.governator.signals import PoolSignals, percentile
 from inferno.governator.spec import (
     NodeType,
@@ -35,6 +36,10 @@ from inferno.governator.spec import (
 )
 
 STEP = 0.1
+# What drives an autoscaled fleet: ``decide`` itself, or another policy with its
+# signature (``bench/autoscale_shapes.py`` measures a clairvoyant bound with one).
+Decider = Callable[[PoolSpec, str, NodeType, PoolSignals, PoolState],
+                   tuple[Decision, PoolState]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,8 @@ class FleetResult:
 
 
 def simulate(rows: list[TraceRow], nt: NodeType, target_wait: float, *, nodes: int = 0,
-             spec: PoolSpec | None = None, type_name: str = "node") -> tuple[
+             spec: PoolSpec | None = None, type_name: str = "node",
+             decider: Decider = decide) -> tuple[
                  list[float], list[float], float, int]:
     """Returns (arrival times, queue waits, node-seconds, peak nodes)."""
     per_seq = nt.tokens_per_second / nt.capacity
@@ -148,7 +154,7 @@ def simulate(rows: list[TraceRow], nt: NodeType, target_wait: float, *, nodes: i
                 request_rate=dispatched / dt, arrival_rate=arrived / dt, queue_wait_p95_s=max(
                     head, percentile([w for _, w in recent], 0.95) or 0.0))
             arrived = dispatched = 0
-            decision, state = decide(spec, type_name, nt, sig, state)
+            decision, state = decider(spec, type_name, nt, sig, state)
             if decision.desired > len(live):
                 fleet += [_Node(ready_at=t + nt.startup_s, created=t)
                           for _ in range(decision.desired - len(live))]
