@@ -81,9 +81,10 @@ def backend(
     threads: Annotated[int | None, typer.Option(help="CPU threads for the engine.")] = None,
     parallel: Annotated[int | None, typer.Option(help="Sequences generated at once.")] = None,
     quantize: Annotated[str | None, typer.Option(
-        help="llamacpp: serve a converted copy of the GGUF, built once and cached: native | "
+        help="llamacpp: serve a converted copy of the GGUF, built once and cached: auto "
+             "(q8_0 for a small Q4_1/Q5_1 model with --parallel > 1, else native) | native | "
              "q8_0 (batches better, near-lossless) | q5_0 | q4_0 | iq4_nl | f16. "
-             "[default: native]")] = None,
+             "[default: auto]")] = None,
     gpu_layers: Annotated[int | None, typer.Option(
         help="llamacpp on a GPU build: layers offloaded to the GPU (-1: all). "
              "[default: 0]")] = None,
@@ -151,19 +152,25 @@ def _prebuild_weights(settings: BackendSettings) -> None:
     from rich.console import Console
 
     from inferno.models.catalog import resolve_model
-    from inferno.models.quantize import default_data_dir, ensure_quantized
+    from inferno.models.quantize import choose_weights, default_data_dir, ensure_quantized
 
     console = Console(stderr=True)
     for ref in settings.model:
         source = resolve_model(ref).path
-        with console.status(f"[bold]{settings.quantize}[/] weights for {source.name}") as st:
-            def show(msg: str, st: Any = st) -> None:
-                st.update(f"[bold]{settings.quantize}[/] {msg}")
+        target: str = settings.quantize
+        if target == "auto":
+            target, why = choose_weights(source, parallel=settings.parallel,
+                                         gpu_layers=settings.gpu_layers)
+            if target == "native":
+                continue
+            console.print(f"[green]✓[/] quantize auto: {target} ({why})")
+        with console.status(f"[bold]{target}[/] weights for {source.name}") as st:
+            def show(msg: str, st: Any = st, target: str = target) -> None:
+                st.update(f"[bold]{target}[/] {msg}")
 
-            path = ensure_quantized(source, settings.quantize,
-                                    settings.data_dir or default_data_dir(),
+            path = ensure_quantized(source, target, settings.data_dir or default_data_dir(),
                                     threads=settings.threads, status=show)
-        console.print(f"[green]✓[/] {settings.quantize} weights: {path}")
+        console.print(f"[green]✓[/] {target} weights: {path}")
 
 
 @app.command()

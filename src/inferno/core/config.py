@@ -71,8 +71,9 @@ class BackendSettings(ComponentSettings):
     parallel: Annotated[int, Field(ge=1, le=256)] = 4
     # llama.cpp engine: load a converted copy of the GGUF (built once, cached under
     # data_dir/gguf). q8_0 batches far better than the shipped Q4_1 on CPU and is
-    # near-lossless; q4_0/iq4_nl/q5_0 are faster but lossy. See bench/README.md.
-    quantize: Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "native"
+    # near-lossless; q4_0/iq4_nl/q5_0 are faster but lossy. auto: q8_0 for a small
+    # Q4_1/Q5_1 model when parallel > 1 and no GPU, else native. See bench/README.md.
+    quantize: Literal["auto", "native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "auto"
     # llama.cpp engine: layers offloaded to the GPU of a GPU build (make setup GPU=cuda|vulkan);
     # 0 keeps everything on the CPU, -1 offloads every layer.
     gpu_layers: Annotated[int, Field(ge=-1, le=100_000)] = 0

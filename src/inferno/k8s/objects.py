@@ -148,7 +148,7 @@ def backend_args(spec: DeploymentSpec, model: dict[str, Any], proxy_ops: str) ->
     threads = spec.threads or serving.threads
     if threads:
         args += ["--threads", str(threads)]
-    if serving.quantize != "native":
+    if serving.quantize != "auto":
         args += ["--quantize", serving.quantize]
     if spec.gpu_layers:
         args += ["--gpu-layers", str(spec.gpu_layers)]

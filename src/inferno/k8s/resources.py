@@ -60,7 +60,7 @@ class ServingDefaults(_Spec):
     n_ctx: Annotated[int, Field(ge=64, le=1_048_576)] = 4096
     parallel: Annotated[int, Field(ge=1, le=256)] = 4
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
-    quantize: Literal["native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "native"
+    quantize: Literal["auto", "native", "q8_0", "q5_0", "q4_0", "iq4_nl", "f16"] = "auto"
 
 
 class ModelSpec(_Spec):

@@ -48,19 +48,26 @@ Design
   request queues, so a bad schema is a 400), held by the sequence beside its sampler
   chain; ``logit_bias`` joins the chain. Grammar steps and log-probabilities are handled
   per sequence in :mod:`~._llama_sample`, so sequences that ask nothing pay nothing.
-* **Weight type.** ``quantize`` (default ``native``) loads a converted copy of the GGUF,
-  built once and cached under ``data_dir`` (:mod:`inferno.models.quantize`). ggml's CPU
+* **Weight type.** ``quantize`` loads a converted copy of the GGUF, built once and
+  cached under ``data_dir`` (:mod:`inferno.models.quantize`); ``auto`` (what nodes get
+  by default) picks Q8_0 for a small Q4_1/Q5_1 model served to several sequences at
+  once, else the file as it is (``choose_weights``). ggml's CPU
   backend has a batched matmul path (llamafile sgemm, repacked AVX2 kernels) for Q8_0,
   Q4_0, IQ4_NL and F16 but not for Q4_1, the type of the shipped SmolLM2 file: with it a
   step for 8 sequences costs ~4.5 single steps, with Q8_0 ~3. Q4_1 -> Q8_0 is
   near-lossless (KL 0.006 nats from the original); Q4_0 and IQ4_NL are faster still but
   lossy (KL 0.35-0.4). Numbers: ``bench/README.md``.
+* **No speculative decoding.** Prompt lookup (drafts from the sequence's own n-grams)
+  was measured (``bench/prompt_lookup.py``): on this CPU a decode step costs about
+  linearly in its query tokens, so checking a draft costs what it saves; it lost 0-15 %
+  on story and chat prompts and gained only on one stream copying its prompt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import secrets
 from collections.abc import AsyncGenerator, Callable, Sequence
 from pathlib import Path
@@ -83,6 +90,8 @@ from inferno.core.errors import (
     InvalidRequest,
 )
 from inferno.models.quantize import silence_llama_logs
+
+log = logging.getLogger(__name__)
 
 # Batch invariance: the CPU flash-attention kernel switches to a tiled variant, with
 # different rounding, once a ubatch holds 64 or more query rows. A prompt prefilled
@@ -240,11 +249,18 @@ class LlamaCppEngine:
 
     def _weights_path(self) -> Path:
         """The GGUF to load: the file itself, or its cached ``quantize`` copy."""
-        if self._quantize == "native":
-            return Path(self._path)
-        from inferno.models.quantize import default_data_dir, ensure_quantized
+        from inferno.models.quantize import choose_weights, default_data_dir, ensure_quantized
 
-        return ensure_quantized(Path(self._path), self._quantize,
+        target = self._quantize
+        if target == "auto":
+            target, why = choose_weights(Path(self._path), parallel=self._n_parallel,
+                                         gpu_layers=self._gpu_layers)
+            log.info("quantize auto: %s weights (%s)", target, why)
+            if self._status is not None:
+                self._status(f"{target} weights ({why})")
+        if target == "native":
+            return Path(self._path)
+        return ensure_quantized(Path(self._path), target,
                                 self._data_dir or default_data_dir(),
                                 threads=self._n_threads, status=self._status)
 
