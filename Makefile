@@ -78,7 +78,7 @@ bench-gateway: setup
 # The llama.cpp engine's batching benchmark (about 3-5 minutes; bench/README.md).
 bench-engine: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
-	$(BIN)/python bench/llamacpp_batching.py --threads 2 --quantize q8_0 --rounds 5
+	$(BIN)/python bench/node_vs_llama_server.py
 
 # The manifests `inferno k8s render` gives for the default values (kubectl apply -f deploy/k8s/),
 # the chart's CRDs and values schema, and the dashboard copies: regenerated from the code.

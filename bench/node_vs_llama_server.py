@@ -1,7 +1,7 @@
 """The node against llama.cpp's own C++ ``llama-server``: same GGUF, same threads, same load.
 
-For each thread count (``--threads``, default 1 and all cores) both servers run side by
-side (``inferno backend`` with the model as shipped, the engine settings a user gets, and
+For each thread count (``--threads``, default 1, 2 and all cores) both servers run side by
+side (``inferno backend`` with the model as shipped and the engine settings a user gets, and
 ``llama-server -np P``), and each round sends, to one then the other (the order alternates
 by round), bursts of 1, 4, 8 and 16 simultaneous streaming completions of 64 greedy tokens
 on distinct ~20-token prompts. Per burst: aggregate completion tokens/s (all tokens over
@@ -200,7 +200,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+",
-                    default=sorted({1, os.cpu_count() or 1}))
+                    default=sorted({1, min(2, os.cpu_count() or 1), os.cpu_count() or 1}))
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n-ctx", type=int, default=512, help="context per sequence")
