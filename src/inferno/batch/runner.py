@@ -33,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from inferno.batch.idle import IdleBackoff
 from inferno.batch.types import Answer, Dispatch, ReadLine
 from inferno.store import BatchWriter, Claimed, Store
 
@@ -95,6 +96,8 @@ class Runner:
         # batch id -> (owner, endpoint, input file id)
         self._batches: dict[str, tuple[str | None, str, str]] = {}
         self._wake = asyncio.Event()
+        self._idle = IdleBackoff(config.poll_interval)
+        self._claimed_some = False  # the last claim found items (the loop is not idle)
         self._on_outcome = on_outcome or (lambda outcome: None)
         self.done = self.failed = self.retried = 0
         self._outcomes: BatchWriter[dict[str, Any]] = BatchWriter(
@@ -102,6 +105,7 @@ class Runner:
             batch_size=256, flush_interval=0.02, log=log)
 
     def wake(self) -> None:
+        self._idle.reset()
         self._wake.set()
 
     async def run(self) -> None:
@@ -123,10 +127,14 @@ class Runner:
                         want > 0 and not self._ready)):
                     self._claiming = asyncio.create_task(self._claim(want))
                 self._wake.clear()
+                # Not idle while items run or wait, or the last claim found some. (A claim
+                # started just now does not count: an empty one must let the wait grow.)
+                busy = bool(self._in_flight or self._ready or self._claimed_some)
+                self._claimed_some = False
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                     # lands as the event fires, and the task would never stop.
-                    async with asyncio.timeout(self._cfg.poll_interval):
+                    async with asyncio.timeout(self._idle.next(busy)):
                         await self._wake.wait()
         finally:
             renew.cancel()
@@ -149,6 +157,7 @@ class Runner:
             self._claiming = None
         self._ready.extend(claimed)
         if claimed:
+            self._claimed_some = True
             self._wake.set()
 
     def _finished(self, key: tuple[str, int], _task: asyncio.Task[None]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from croniter import croniter
 
 from inferno.batch.files import FileStore
+from inferno.batch.idle import IdleBackoff
 from inferno.batch.lifecycle import create_batch
 from inferno.batch.metrics import BatchMetrics
 from inferno.batch.output import write_results
@@ -53,32 +54,37 @@ class Supervisor:
         self._on_ready = on_ready  # items became claimable (wake the local workers)
         self._validating: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self._idle = IdleBackoff(poll_interval)
         self._started = False
         self._files_swept = 0.0
         self._observed = 0.0
 
     def wake(self) -> None:
+        self._idle.reset()
         self._wake.set()
 
     async def run(self) -> None:
         try:
             while True:
                 try:
-                    await self.tick()
+                    active = await self.tick()
                 except Exception:
                     log.exception("batch supervisor tick failed")
+                    active = True
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
                     # lands as the event fires, and the task would never stop.
-                    async with asyncio.timeout(self._poll):
+                    async with asyncio.timeout(self._idle.next(active)):
                         await self._wake.wait()
         finally:
             for task in self._validating.values():
                 task.cancel()
             await asyncio.gather(*self._validating.values(), return_exceptions=True)
 
-    async def tick(self) -> None:
+    async def tick(self) -> bool:
+        """One look at the batches that are not done; whether any was found (or is being
+        validated here), i.e. whether the next look should come soon."""
         now = time.time()
         store = self._store
         rows = await store.batches.with_status("validating", "in_progress", "cancelling",
@@ -115,6 +121,7 @@ class Supervisor:
         if now - self._files_swept > 60:
             self._files_swept = now
             await self._sweep_files(now)
+        return bool(rows or self._validating)
 
     def _validated(self, batch_id: str, task: asyncio.Task[None]) -> None:
         self._validating.pop(batch_id, None)

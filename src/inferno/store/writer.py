@@ -8,7 +8,8 @@ Contract:
 - :meth:`BatchWriter.put` never blocks and never raises: the hot path calls it once per
   row. Beyond ``queue_size`` waiting rows a row is dropped and counted, nothing else;
 - the task writes the oldest ``batch_size`` rows in one call of ``write`` (one
-  transaction) as soon as a full batch waits, and what is there every ``flush_interval``;
+  transaction) as soon as a full batch waits, and otherwise what is there one
+  ``flush_interval`` after the first row came; with nothing queued it sleeps untimed;
 - peek, write, then pop: a write that fails or is cancelled loses nothing. ``write`` must
   therefore be idempotent (the stores skip rows already stored). One write at a time: the
   task and a :meth:`flush` could otherwise both store the same rows and both pop them;
@@ -111,7 +112,9 @@ class BatchWriter(Generic[T]):
             self._on_dropped(1)
             return False
         queue.append(row)
-        if len(queue) >= self._batch_size:
+        # The first row wakes an idle writer (which then gives others one interval to
+        # join it); a full batch wakes it at once.
+        if len(queue) == 1 or len(queue) >= self._batch_size:
             self._wake.set()
         return True
 
@@ -124,13 +127,17 @@ class BatchWriter(Generic[T]):
         backoff = self._interval
         while True:
             if not self._queue:
+                # Idle: sleep until a row comes (no timer: an idle process stays asleep),
+                # then up to one interval more for a batch to gather.
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that
-                    # lands as the event fires, and the task would never stop.
-                    async with asyncio.timeout(self._interval):
-                        await self._wake.wait()
-                continue
+                await self._wake.wait()
+                if len(self._queue) < self._batch_size:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                        # cancel that lands as the event fires, and the task would never stop.
+                        async with asyncio.timeout(self._interval):
+                            await self._wake.wait()
             if await self._write_next():
                 backoff = self._interval
             else:
