@@ -79,6 +79,8 @@ def test_auto_picks_q8_0_only_for_a_small_row_at_a_time_model_served_batched(
     big = _header_only(tmp_path / "big.gguf", "Q4_1", AUTO_MAX_PARAMETERS + 1)
     target, why = choose_weights(big, parallel=8)
     assert target == "native" and "1.0 B parameters" in why
+    split = _header_only(tmp_path / "m-00001-of-00003.gguf", "Q4_1", 100_000_000)
+    assert choose_weights(split, parallel=8) == ("native", "a split GGUF")
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"not a gguf at all")
     target, why = choose_weights(junk, parallel=8)

@@ -37,7 +37,7 @@ from inferno.governator.spec import (
 
 STEP = 0.1
 # What drives an autoscaled fleet: ``decide`` itself, or another policy with its
-# signature (``bench/autoscale_shapes.py`` measures a clairvoyant bound with one).
+# signature (``bench/autoscale_shapes.py`` measures oracle bounds with it).
 Decider = Callable[[PoolSpec, str, NodeType, PoolSignals, PoolState],
                    tuple[Decision, PoolState]]
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from inferno.core.errors import ConfigError, EngineError
 from inferno.core.paths import cache_dir
+from inferno.models.store import SPLIT_GGUF
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def choose_weights(source: Path, *, parallel: int, gpu_layers: int = 0) -> tuple
         return "native", "layers run on the GPU"
     if parallel < 2:
         return "native", "one sequence at a time"
+    if SPLIT_GGUF.search(source.name):  # parts of a large model; the header sees one part
+        return "native", "a split GGUF"
     from inferno.models.gguf_info import read_gguf
 
     try:

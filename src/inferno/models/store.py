@@ -35,7 +35,7 @@ from inferno.core.errors import ConfigError, ModelIntegrityError, ModelNotFound
 from inferno.core.paths import data_dir
 
 CHUNK = 1 << 20
-_SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
+SPLIT_GGUF = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 DEFAULT_TAG = "latest"
 
 
@@ -185,7 +185,7 @@ class ModelStore:
         0000N.gguf`` and its siblings) part 1 in a directory of links that carry every part's
         own name. Links are made again whenever one is missing or points elsewhere."""
         first = self.weights_blob(manifest)
-        parts = [layer for layer in manifest.layers if _SPLIT.search(layer.filename)]
+        parts = [layer for layer in manifest.layers if SPLIT_GGUF.search(layer.filename)]
         if len(parts) < 2:
             return first
         home = self.root / "splits" / parts[0].digest
