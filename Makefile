@@ -75,7 +75,8 @@ bench-gateway: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/gateway/run.py $(BENCH_ARGS)
 
-# The llama.cpp engine's batching benchmark (about 3-5 minutes; bench/README.md).
+# The node against llama.cpp's own llama-server binary at 1, 2 and all threads, 1-16
+# streams (about 2-8 minutes; bench/README.md).
 bench-engine: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/node_vs_llama_server.py
