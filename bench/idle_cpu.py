@@ -25,33 +25,15 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT / "bench" / "gateway"))
+
+from load import cpu_seconds  # noqa: E402  (the process tree's utime + stime)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _tree(pid: int) -> list[int]:
-    out = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split()
-        for child in children:
-            out += _tree(int(child))
-    return out
-
-
-def _cpu_s(pid: int) -> float:
-    total = 0
-    for p in _tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICK
 
 
 def measure(src: Path, seconds: float, settle: float) -> float:
@@ -72,9 +54,9 @@ def measure(src: Path, seconds: float, settle: float) -> float:
                     raise SystemExit(f"the proxy from {src} did not start") from None
                 time.sleep(0.2)
         time.sleep(settle)
-        before = _cpu_s(proc.pid)
+        before = cpu_seconds(proc.pid)
         time.sleep(seconds)
-        return 100 * (_cpu_s(proc.pid) - before) / seconds
+        return 100 * (cpu_seconds(proc.pid) - before) / seconds
     finally:
         proc.terminate()
         proc.wait(timeout=30)

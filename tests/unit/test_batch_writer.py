@@ -108,3 +108,32 @@ async def test_concurrent_flushes_write_each_row_once() -> None:
     assert all(await asyncio.gather(w.flush(), w.flush(), w.flush()))
     await w.close()
     assert sorted(sink.rows) == list(range(100))
+
+
+async def test_an_idle_writer_sleeps_until_its_first_row() -> None:
+    """No timer while nothing is queued (an idle process stays asleep), and the first row
+    is still written within one flush interval of its arrival."""
+    sink = Sink()
+    w = BatchWriter(sink.write, name="t", queue_size=100, batch_size=50, flush_interval=0.01)
+    waits = 0
+    wake_wait = w._wake.wait
+
+    async def counted() -> bool:
+        nonlocal waits
+        waits += 1
+        return await wake_wait()
+
+    w._wake.wait = counted  # type: ignore[method-assign]
+    w.start()
+    try:
+        await asyncio.sleep(0.2)  # 20 flush intervals with nothing queued
+        assert waits == 1  # one untimed wait, not one per interval
+        w.put(1)
+        w.put(2)
+        for _ in range(100):
+            if sink.rows:
+                break
+            await asyncio.sleep(0.01)
+        assert sink.batches == [[1, 2]]  # the second row joined the first within the interval
+    finally:
+        assert await w.close()
